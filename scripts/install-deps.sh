@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing ECI needs on Debian 12: Debian packages and rustup targets.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential pkg-config protobuf-compiler libseccomp-dev
+  # containers and images for the end-to-end tests
+  containerd runc umoci skopeo docker-registry apache2-utils busybox-static
+  containernetworking-plugins iproute2 kmod
+  # guest kernel, initramfs and the qemu TCG tier
+  linux-source-6.12 bc bison flex libelf-dev libssl-dev cpio xz-utils zstd qemu-system-x86
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+targets=(x86_64-unknown-linux-musl x86_64-unknown-none)
+installed=$(rustup target list --installed)
+for t in "${targets[@]}"; do
+  grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("shim: not implemented yet");
+    std::process::exit(1);
+}

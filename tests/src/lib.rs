@@ -1,0 +1,1 @@
+//! Test fixtures shared by the end-to-end test tiers.
