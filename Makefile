@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Build output of the non-cargo artefacts (kernel, initramfs).
 BUILD_DIR ?= $(CURDIR)/build
 
-.PHONY: all deps build test demo install clean fmt lint
+.PHONY: all deps build test demo install clean fmt lint kernel rootfs
 
 all: build
 
@@ -17,8 +17,16 @@ deps:
 build: deps
 	$(CARGO) build --workspace --all-targets --locked
 
-test: build
+test: build kernel rootfs
 	$(CARGO) test --workspace --locked
+
+# Guest kernel (build/vmlinux, build/bzImage), cached outside the clone by kernel-config/build.sh.
+kernel: deps
+	kernel-config/build.sh $(BUILD_DIR)
+
+# Guest initramfs (build/initramfs.cpio.zst) and the qemu self-test one (build/initramfs-selftest.cpio.zst).
+rootfs: deps
+	rootfs/build.sh $(BUILD_DIR)
 
 fmt:
 	$(CARGO) fmt --all

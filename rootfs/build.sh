@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Builds the guest initramfs images:
+#   OUTPUT_DIR/initramfs.cpio.zst           production: the static agent as /init, nothing else
+#   OUTPUT_DIR/initramfs-selftest.cpio.zst  the same plus a second segment holding a busybox
+#                                           rootfs at /selftest/rootfs, for `eci.selftest=1`
+#
+# Usage: rootfs/build.sh [OUTPUT_DIR]   (default: build/ at the repository root)
+#
+# The kernel unpacks concatenated compressed cpio segments in order, so the self-test image is the
+# production image with the test segment appended: the production one stays small.
+set -euo pipefail
+
+TARGET=x86_64-unknown-linux-musl
+BUDGET_BYTES=$((4 * 1024 * 1024))
+BUSYBOX=/bin/busybox
+
+script_dir=$(cd "$(dirname "$0")" && pwd)
+repo_dir=$(dirname "$script_dir")
+out_dir=${1:-$repo_dir/build}
+cargo=${CARGO:-cargo}
+target_dir=${CARGO_TARGET_DIR:-$repo_dir/target}
+
+log() { echo "rootfs: $*" >&2; }
+die() {
+	echo "rootfs: error: $*" >&2
+	exit 1
+}
+
+# A static executable has no program interpreter (PT_INTERP).
+is_static() { ! readelf -lW "$1" | grep -q "INTERP"; }
+
+for tool in cpio zstd readelf strip; do
+	command -v "$tool" >/dev/null || die "$tool missing (scripts/install-deps.sh)"
+done
+
+log "building eci-agent for $TARGET (release, static)"
+(cd "$repo_dir" && "$cargo" build --locked --release -p eci-agent --target "$TARGET")
+agent=$target_dir/$TARGET/release/eci-agent
+[ -x "$agent" ] || die "$agent not built"
+is_static "$agent" || die "$agent is not statically linked"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# pack DIR OUT: a newc cpio of DIR, every file owned by root, compressed with zstd.
+pack() {
+	(cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible) |
+		zstd -q -19 -T0 -o "$2" -f
+}
+
+# Production segment: /init and the mount points it uses. /dev/console lets the kernel give /init
+# its stdio before devtmpfs is mounted; creating the node needs root, and the agent reopens the
+# console itself when it is missing.
+base=$work/base
+mkdir -p "$base"/{dev,proc,sys,run,tmp}
+install -m 0755 "$agent" "$base/init"
+strip --strip-all "$base/init"
+if [ "$(id -u)" -eq 0 ]; then
+	mknod -m 0600 "$base/dev/console" c 5 1
+else
+	log "not root: no /dev/console node in the image (the agent reopens the console itself)"
+fi
+mkdir -p "$out_dir"
+pack "$base" "$work/initramfs.cpio.zst"
+
+size=$(stat -c %s "$work/initramfs.cpio.zst")
+log "initramfs.cpio.zst: $size bytes (budget $BUDGET_BYTES)"
+[ "$size" -le "$BUDGET_BYTES" ] || die "initramfs is $size bytes, over the budget of $BUDGET_BYTES"
+
+# Self-test segment: a busybox rootfs for the container the self-test runs.
+[ -x "$BUSYBOX" ] || die "$BUSYBOX missing: install busybox-static (scripts/install-deps.sh)"
+is_static "$BUSYBOX" || die "$BUSYBOX is not static (busybox-static)"
+test_root=$work/selftest/selftest/rootfs
+mkdir -p "$test_root"/{bin,dev,proc,sys,tmp,etc,data}
+install -m 0755 "$BUSYBOX" "$test_root/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+	[ "$applet" = busybox ] || ln -s busybox "$test_root/bin/$applet"
+done
+echo "root:x:0:0:root:/:/bin/sh" >"$test_root/etc/passwd"
+echo "root:x:0:" >"$test_root/etc/group"
+pack "$work/selftest" "$work/selftest.cpio.zst"
+cat "$work/initramfs.cpio.zst" "$work/selftest.cpio.zst" >"$work/initramfs-selftest.cpio.zst"
+
+for f in initramfs.cpio.zst initramfs-selftest.cpio.zst; do
+	mv -f "$work/$f" "$out_dir/$f"
+done
+log "initramfs-selftest.cpio.zst: $(stat -c %s "$out_dir/initramfs-selftest.cpio.zst") bytes -> $out_dir"
