@@ -24,6 +24,9 @@ pub mod stream {
     include!(concat!(env!("OUT_DIR"), "/stream.rs"));
 }
 
+pub mod framing;
+pub mod validate;
+
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -1,0 +1,399 @@
+//! Request validation shared by the agent (which must check every request) and the shim (which
+//! can fail early). Every error names the offending field and says why it was refused.
+
+use crate::agent::{
+    CreateContainerRequest, ExecProcessRequest, ProcessRequest, ResizeTtyRequest,
+    SignalProcessRequest, StdioConfig, UpdateContainerRequest,
+};
+use crate::stream::{StreamHeader, StreamKind};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
+
+/// Longest container or exec id accepted. containerd ids are 64 hex digits; the agent also uses
+/// ids in file names and unix socket paths, which bounds them.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Largest OCI JSON document accepted (runtime spec, process, resources).
+pub const MAX_JSON_LEN: usize = 1 << 20;
+
+/// Highest signal number accepted (SIGRTMAX on Linux).
+pub const MAX_SIGNAL: u32 = 64;
+
+/// A request field that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ValidationError {
+    /// Dotted path of the field, e.g. `container_id` or `oci_spec_json.process.args`.
+    pub field: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl ValidationError {
+    /// An error for `field` with `reason`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, ValidationError>;
+
+/// Checks a required id: non-empty, at most [`MAX_ID_LEN`] bytes, only `[A-Za-z0-9_.+-]`, and not
+/// `.` or `..` (ids become file names).
+pub fn id(field: &str, value: &str) -> Result {
+    if value.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    optional_id(field, value)
+}
+
+/// Like [`id`], but the empty string is allowed (it names a container's init process).
+pub fn optional_id(field: &str, value: &str) -> Result {
+    if value.len() > MAX_ID_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!("longer than {MAX_ID_LEN} bytes"),
+        ));
+    }
+    if value == "." || value == ".." {
+        return Err(ValidationError::new(field, "must not be \".\" or \"..\""));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '+' | '-')))
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("character {c:?} not allowed (use A-Z a-z 0-9 _ . + -)"),
+        ));
+    }
+    Ok(())
+}
+
+fn json<T: serde::de::DeserializeOwned>(field: &str, bytes: &[u8]) -> Result<T> {
+    if bytes.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if bytes.len() > MAX_JSON_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!("larger than {MAX_JSON_LEN} bytes"),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ValidationError::new(field, e.to_string()))
+}
+
+/// Checks an OCI process: it has a non-empty `args` and an absolute `cwd`.
+pub fn process(field: &str, process: &Process) -> Result {
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => {
+            return Err(ValidationError::new(
+                format!("{field}.args"),
+                "must name the program to run",
+            ))
+        }
+    }
+    if !process.cwd().is_absolute() {
+        return Err(ValidationError::new(
+            format!("{field}.cwd"),
+            "must be an absolute path",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and checks an OCI runtime spec: version 1.x, a `process` and a `root`.
+pub fn spec(field: &str, bytes: &[u8]) -> Result<Spec> {
+    let spec: Spec = json(field, bytes)?;
+    if !spec.version().starts_with("1.") {
+        return Err(ValidationError::new(
+            format!("{field}.ociVersion"),
+            format!("{:?} is not 1.x", spec.version()),
+        ));
+    }
+    let Some(proc_) = spec.process() else {
+        return Err(ValidationError::new(
+            format!("{field}.process"),
+            "is required",
+        ));
+    };
+    process(&format!("{field}.process"), proc_)?;
+    match spec.root() {
+        Some(root) if !root.path().as_os_str().is_empty() => {}
+        _ => {
+            return Err(ValidationError::new(
+                format!("{field}.root.path"),
+                "is required",
+            ))
+        }
+    }
+    Ok(spec)
+}
+
+/// Parses and checks an OCI process document.
+pub fn process_json(field: &str, bytes: &[u8]) -> Result<Process> {
+    let p: Process = json(field, bytes)?;
+    process(field, &p)?;
+    Ok(p)
+}
+
+/// Parses an OCI LinuxResources document.
+pub fn resources_json(field: &str, bytes: &[u8]) -> Result<LinuxResources> {
+    json(field, bytes)
+}
+
+/// Checks a stdio configuration: a terminal process has no separate stderr.
+pub fn stdio(field: &str, stdio: &StdioConfig) -> Result {
+    if stdio.terminal && stdio.stderr {
+        return Err(ValidationError::new(
+            format!("{field}.stderr"),
+            "must be false with terminal (the tty carries stdout and stderr)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a CreateContainer request and returns its parsed spec.
+pub fn create_container(req: &CreateContainerRequest) -> Result<Spec> {
+    id("container_id", &req.container_id)?;
+    optional_id("sandbox_id", &req.sandbox_id)?;
+    if !req.bundle.is_empty() && !req.bundle.starts_with('/') {
+        return Err(ValidationError::new("bundle", "must be an absolute path"));
+    }
+    stdio("stdio", req.stdio.get_or_default())?;
+    let spec = spec("oci_spec_json", &req.oci_spec_json)?;
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_default();
+    if root.is_relative() && req.bundle.is_empty() {
+        return Err(ValidationError::new(
+            "bundle",
+            "is required when oci_spec_json.root.path is relative",
+        ));
+    }
+    Ok(spec)
+}
+
+/// Checks an ExecProcess request and returns its parsed process.
+pub fn exec_process(req: &ExecProcessRequest) -> Result<Process> {
+    id("container_id", &req.container_id)?;
+    id("exec_id", &req.exec_id)?;
+    stdio("stdio", req.stdio.get_or_default())?;
+    process_json("process_json", &req.process_json)
+}
+
+/// Checks a request that addresses a process (`exec_id` "" is the init process).
+pub fn process_request(req: &ProcessRequest) -> Result {
+    id("container_id", &req.container_id)?;
+    optional_id("exec_id", &req.exec_id)
+}
+
+/// Checks a SignalProcess request.
+pub fn signal_process(req: &SignalProcessRequest) -> Result {
+    id("container_id", &req.container_id)?;
+    optional_id("exec_id", &req.exec_id)?;
+    if req.signal == 0 || req.signal > MAX_SIGNAL {
+        return Err(ValidationError::new(
+            "signal",
+            format!("{} is not a signal number (1..={MAX_SIGNAL})", req.signal),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a ResizeTty request.
+pub fn resize_tty(req: &ResizeTtyRequest) -> Result {
+    id("container_id", &req.container_id)?;
+    optional_id("exec_id", &req.exec_id)?;
+    for (field, v) in [("rows", req.rows), ("cols", req.cols)] {
+        if v == 0 || v > u32::from(u16::MAX) {
+            return Err(ValidationError::new(
+                field,
+                format!("{v} is not in 1..=65535"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an UpdateContainer request and returns its parsed resources.
+pub fn update_container(req: &UpdateContainerRequest) -> Result<LinuxResources> {
+    id("container_id", &req.container_id)?;
+    resources_json("resources_json", &req.resources_json)
+}
+
+/// Checks a stream header: known kind and valid ids.
+pub fn stream_header(h: &StreamHeader) -> Result {
+    id("container_id", &h.container_id)?;
+    optional_id("exec_id", &h.exec_id)?;
+    match h.kind.enum_value() {
+        Ok(StreamKind::STDIN | StreamKind::STDOUT | StreamKind::STDERR) => Ok(()),
+        _ => Err(ValidationError::new(
+            "kind",
+            format!("{} is not STDIN, STDOUT or STDERR", h.kind.value()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal_spec() -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"}
+        })
+    }
+
+    fn create(spec: &serde_json::Value) -> CreateContainerRequest {
+        CreateContainerRequest {
+            container_id: "c1".into(),
+            oci_spec_json: serde_json::to_vec(spec).unwrap(),
+            bundle: "/run/bundle".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ids_accept_containerd_style_and_refuse_unsafe() {
+        assert!(id("container_id", &"a".repeat(64)).is_ok());
+        assert!(id("container_id", "web-1_x.y+z").is_ok());
+        let e = id("container_id", "").unwrap_err();
+        assert_eq!(e.field, "container_id");
+        assert!(e.to_string().contains("empty"), "{e}");
+        for bad in ["..", ".", "a/b", "a b", "a\0b", "é"] {
+            assert!(id("container_id", bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(id("container_id", &"a".repeat(MAX_ID_LEN + 1)).is_err());
+        assert!(optional_id("exec_id", "").is_ok());
+    }
+
+    #[test]
+    fn create_accepts_minimal_spec() {
+        let spec = create_container(&create(&minimal_spec())).unwrap();
+        assert_eq!(
+            spec.process().as_ref().unwrap().args().as_ref().unwrap()[0],
+            "/bin/true"
+        );
+    }
+
+    #[test]
+    fn create_names_the_broken_field() {
+        let mut req = create(&minimal_spec());
+        req.oci_spec_json = b"{not json".to_vec();
+        assert_eq!(create_container(&req).unwrap_err().field, "oci_spec_json");
+
+        let mut s = minimal_spec();
+        s["process"]["args"] = serde_json::json!([]);
+        assert_eq!(
+            create_container(&create(&s)).unwrap_err().field,
+            "oci_spec_json.process.args"
+        );
+
+        let mut s = minimal_spec();
+        s["process"]["cwd"] = "relative".into();
+        assert_eq!(
+            create_container(&create(&s)).unwrap_err().field,
+            "oci_spec_json.process.cwd"
+        );
+
+        let mut s = minimal_spec();
+        s.as_object_mut().unwrap().remove("root");
+        assert_eq!(
+            create_container(&create(&s)).unwrap_err().field,
+            "oci_spec_json.root.path"
+        );
+
+        let mut s = minimal_spec();
+        s["ociVersion"] = "0.9".into();
+        assert_eq!(
+            create_container(&create(&s)).unwrap_err().field,
+            "oci_spec_json.ociVersion"
+        );
+
+        let mut req = create(&minimal_spec());
+        req.bundle = String::new();
+        assert_eq!(create_container(&req).unwrap_err().field, "bundle");
+
+        let mut req = create(&minimal_spec());
+        req.bundle = "relative/bundle".into();
+        assert_eq!(create_container(&req).unwrap_err().field, "bundle");
+
+        let mut req = create(&minimal_spec());
+        req.container_id = "../etc".into();
+        assert_eq!(create_container(&req).unwrap_err().field, "container_id");
+
+        let mut req = create(&minimal_spec());
+        req.stdio.mut_or_insert_default().terminal = true;
+        req.stdio.mut_or_insert_default().stderr = true;
+        assert_eq!(create_container(&req).unwrap_err().field, "stdio.stderr");
+    }
+
+    #[test]
+    fn signal_and_resize_bounds() {
+        let mut s = SignalProcessRequest {
+            container_id: "c".into(),
+            signal: 9,
+            ..Default::default()
+        };
+        assert!(signal_process(&s).is_ok());
+        s.signal = 0;
+        assert_eq!(signal_process(&s).unwrap_err().field, "signal");
+        s.signal = 65;
+        assert_eq!(signal_process(&s).unwrap_err().field, "signal");
+
+        let mut r = ResizeTtyRequest {
+            container_id: "c".into(),
+            rows: 24,
+            cols: 80,
+            ..Default::default()
+        };
+        assert!(resize_tty(&r).is_ok());
+        r.cols = 70000;
+        assert_eq!(resize_tty(&r).unwrap_err().field, "cols");
+    }
+
+    #[test]
+    fn exec_requires_exec_id_and_process() {
+        let mut e = ExecProcessRequest {
+            container_id: "c".into(),
+            exec_id: "".into(),
+            process_json: br#"{"args":["ls"],"cwd":"/","user":{"uid":0,"gid":0}}"#.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(exec_process(&e).unwrap_err().field, "exec_id");
+        e.exec_id = "e1".into();
+        assert!(exec_process(&e).is_ok());
+        e.process_json = b"[]".to_vec();
+        assert_eq!(exec_process(&e).unwrap_err().field, "process_json");
+    }
+
+    #[test]
+    fn update_parses_resources() {
+        let u = UpdateContainerRequest {
+            container_id: "c".into(),
+            resources_json: br#"{"memory":{"limit":1048576}}"#.to_vec(),
+            ..Default::default()
+        };
+        let r = update_container(&u).unwrap();
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(1048576));
+    }
+
+    #[test]
+    fn stream_header_kind_checked() {
+        let mut h = StreamHeader {
+            container_id: "c".into(),
+            ..Default::default()
+        };
+        assert_eq!(stream_header(&h).unwrap_err().field, "kind");
+        h.kind = StreamKind::STDOUT.into();
+        assert!(stream_header(&h).is_ok());
+    }
+}
