@@ -1,4 +1,31 @@
+use anyhow::Context;
+use clap::Parser;
+use eci_vmm::config::Cli;
+use eci_vmm::vmm::{Vm, VmExit};
+
+fn run() -> anyhow::Result<i32> {
+    let cfg = Cli::parse().into_config().context("configuration")?;
+    let vm = Vm::new(cfg).context("creating the VM")?;
+    let exit = vm.run(|_| Ok(())).context("running the VM")?;
+    Ok(match exit {
+        VmExit::GuestStopped(reason) => {
+            eprintln!("eci-vmm: guest stopped: {reason}");
+            0
+        }
+        VmExit::Requested => 0,
+        VmExit::Failed(reason) => {
+            eprintln!("eci-vmm: error: {reason}");
+            1
+        }
+    })
+}
+
 fn main() {
-    eprintln!("vmm: not implemented yet");
-    std::process::exit(1);
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("eci-vmm: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }

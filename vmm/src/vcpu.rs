@@ -1,0 +1,207 @@
+//! The vCPU as a state machine driven by messages: Running <-> Paused, and Exited. Each vCPU
+//! runs on its own thread; the VMM kicks it out of KVM_RUN with a signal that sets
+//! `immediate_exit`, so a message is never missed even when it races with entry into the guest.
+
+use std::cell::Cell;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::devices::bus::Bus;
+
+/// Messages from the VMM to a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuMessage {
+    Pause,
+    Resume,
+    Exit,
+}
+
+/// Why a vCPU stopped running the guest for good, or what it reports back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEvent {
+    Paused(u8),
+    Resumed(u8),
+    /// The guest asked for a reset or power-off (triple fault, PSCI-like system event).
+    GuestStopped {
+        id: u8,
+        reason: String,
+    },
+    /// KVM or the guest failed in a way the VMM cannot continue from.
+    Failed {
+        id: u8,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Paused,
+    Exited,
+}
+
+thread_local! {
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(|c| c.get());
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's kvm_run mapping, valid for the vCPU's life;
+        // set before the handler can run on this thread and cleared before the unmap.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the kick handler (process wide, once).
+pub fn register_kick_handler() -> std::io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), handle_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+pub struct Vcpu {
+    pub id: u8,
+    fd: VcpuFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    messages: Receiver<VcpuMessage>,
+    events: Sender<VcpuEvent>,
+    /// Tells the VMM's event loop that `events` has something.
+    notify: vmm_sys_util::eventfd::EventFd,
+}
+
+impl Vcpu {
+    pub fn new(
+        id: u8,
+        fd: VcpuFd,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        messages: Receiver<VcpuMessage>,
+        events: Sender<VcpuEvent>,
+        notify: vmm_sys_util::eventfd::EventFd,
+    ) -> Self {
+        Vcpu {
+            id,
+            fd,
+            pio,
+            mmio,
+            messages,
+            events,
+            notify,
+        }
+    }
+
+    fn report(&self, e: VcpuEvent) {
+        let _ = self.events.send(e);
+        let _ = self.notify.write(1);
+    }
+
+    /// Runs until told to exit or the guest stops. Starts paused or running per `start`.
+    pub fn run(mut self, start_running: bool) {
+        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|c| c.set(run_ptr));
+        let mut state = if start_running {
+            State::Running
+        } else {
+            State::Paused
+        };
+        while state != State::Exited {
+            state = match state {
+                State::Paused => match self.messages.recv() {
+                    Ok(m) => self.apply(m, state),
+                    Err(_) => State::Exited,
+                },
+                State::Running => match self.messages.try_recv() {
+                    Ok(m) => self.apply(m, state),
+                    Err(TryRecvError::Disconnected) => State::Exited,
+                    Err(TryRecvError::Empty) => self.run_once(),
+                },
+                State::Exited => State::Exited,
+            };
+        }
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
+
+    fn apply(&mut self, m: VcpuMessage, state: State) -> State {
+        match (m, state) {
+            (VcpuMessage::Exit, _) => State::Exited,
+            (VcpuMessage::Pause, _) => {
+                self.report(VcpuEvent::Paused(self.id));
+                State::Paused
+            }
+            (VcpuMessage::Resume, _) => {
+                self.report(VcpuEvent::Resumed(self.id));
+                State::Running
+            }
+        }
+    }
+
+    fn run_once(&mut self) -> State {
+        let id = self.id;
+        match self.fd.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoIn(port, data) => {
+                    self.pio.read(port as u64, data);
+                    State::Running
+                }
+                VcpuExit::IoOut(port, data) => {
+                    self.pio.write(port as u64, data);
+                    State::Running
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    self.mmio.read(addr, data);
+                    State::Running
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    self.mmio.write(addr, data);
+                    State::Running
+                }
+                VcpuExit::Hlt => {
+                    self.report(VcpuEvent::GuestStopped {
+                        id,
+                        reason: "halted".into(),
+                    });
+                    State::Paused
+                }
+                VcpuExit::Shutdown => {
+                    self.report(VcpuEvent::GuestStopped {
+                        id,
+                        reason: "shutdown (triple fault or reset)".into(),
+                    });
+                    State::Paused
+                }
+                VcpuExit::SystemEvent(kind, _) => {
+                    self.report(VcpuEvent::GuestStopped {
+                        id,
+                        reason: format!("system event {kind}"),
+                    });
+                    State::Paused
+                }
+                other => {
+                    let reason = format!("unexpected KVM exit: {other:?}");
+                    self.report(VcpuEvent::Failed { id, reason });
+                    State::Paused
+                }
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                State::Running
+            }
+            Err(e) => {
+                self.report(VcpuEvent::Failed {
+                    id,
+                    reason: format!("KVM_RUN failed: {e}"),
+                });
+                State::Paused
+            }
+        }
+    }
+}

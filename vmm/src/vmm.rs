@@ -1,0 +1,430 @@
+//! Builds the VM from a [`VmConfig`] and runs it: KVM setup, memory, devices, kernel, vCPU
+//! threads, then the event loop on the calling thread until the guest stops.
+//!
+//! The event loop (event-manager over epoll) owns every non-vCPU event: vCPU reports, the
+//! i8042 reset line, virtio queue notifications (ioeventfds) and device backends, and the
+//! control socket. vCPU threads only run the guest and dispatch port/MMIO exits to the buses.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch;
+use crate::boot;
+use crate::config::{SerialOutput, VmConfig};
+use crate::devices::bus::{lock, Bus};
+use crate::devices::legacy::*;
+use crate::devices::EventFdTrigger;
+use crate::layout::*;
+use crate::vcpu::{self, Vcpu, VcpuEvent, VcpuMessage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM lacks a required capability: {0}")]
+    MissingCap(&'static str),
+    #[error("KVM VM setup failed at {step}")]
+    Kvm {
+        step: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("allocating guest memory failed")]
+    Memory(#[source] vm_memory::mmap::FromRangesError),
+    #[error("vCPU setup failed")]
+    Arch(#[from] arch::ArchError),
+    #[error("boot setup failed")]
+    Boot(#[from] boot::BootError),
+    #[error("device setup failed: {what}")]
+    Device {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
+    #[error("spawning a thread failed")]
+    Thread(#[source] std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, VmmError>;
+
+fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { step, source }
+}
+
+fn dev_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmmError {
+    let what = what.into();
+    move |source| VmmError::Device { what, source }
+}
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// Reset through the i8042, triple fault, or power-off: a normal end.
+    GuestStopped(String),
+    /// Shut down through the control socket.
+    Requested,
+    /// A KVM or device failure.
+    Failed(String),
+}
+
+/// Shared control surface of a running VM (vCPU channels and kicks), used by the event loop
+/// and the control socket.
+pub struct VcpuHandles {
+    senders: Vec<Sender<VcpuMessage>>,
+    threads: Vec<JoinHandle<()>>,
+    paused: bool,
+}
+
+impl VcpuHandles {
+    pub fn send_all(&self, m: VcpuMessage) {
+        for (tx, t) in self.senders.iter().zip(&self.threads) {
+            let _ = tx.send(m);
+            kick(t);
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        self.send_all(if paused {
+            VcpuMessage::Pause
+        } else {
+            VcpuMessage::Resume
+        });
+    }
+
+    fn join(&mut self) {
+        self.send_all(VcpuMessage::Exit);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn kick(t: &JoinHandle<()>) {
+    use std::os::unix::thread::JoinHandleExt;
+    // SAFETY: the thread is joinable (not yet joined), so its pthread_t is valid.
+    unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
+}
+
+/// Outcome shared between event handlers and the loop driver.
+#[derive(Default)]
+pub struct ExitState {
+    pub exit: Option<VmExit>,
+}
+
+/// Handles vCPU reports and the i8042 reset line.
+struct ExitHandler {
+    reset: EventFd,
+    vcpu_notify: EventFd,
+    vcpu_events: Receiver<VcpuEvent>,
+    state: Arc<Mutex<ExitState>>,
+}
+
+const EV_RESET: u32 = 1;
+const EV_VCPU: u32 = 2;
+
+impl MutEventSubscriber for ExitHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::with_data(&self.reset, EV_RESET, EventSet::IN));
+        let _ = ops.add(Events::with_data(&self.vcpu_notify, EV_VCPU, EventSet::IN));
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let mut st = lock(&self.state);
+        match events.data() {
+            EV_RESET => {
+                let _ = self.reset.read();
+                st.exit
+                    .get_or_insert(VmExit::GuestStopped("i8042 reset".into()));
+            }
+            EV_VCPU => {
+                let _ = self.vcpu_notify.read();
+                while let Ok(e) = self.vcpu_events.try_recv() {
+                    match e {
+                        VcpuEvent::GuestStopped { id, reason } => {
+                            st.exit.get_or_insert(VmExit::GuestStopped(format!(
+                                "vCPU {id}: {reason}"
+                            )));
+                        }
+                        VcpuEvent::Failed { id, reason } => {
+                            st.exit
+                                .get_or_insert(VmExit::Failed(format!("vCPU {id}: {reason}")));
+                        }
+                        VcpuEvent::Paused(_) | VcpuEvent::Resumed(_) => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A configured VM ready to run.
+pub struct Vm {
+    pub config: VmConfig,
+    kvm: Kvm,
+    vm_fd: VmFd,
+    pub mem: GuestMemoryMmap,
+    pio: Bus,
+    mmio: Bus,
+    reset_evt: EventFd,
+    /// Subscribers to add to the event loop (virtio devices, control socket).
+    subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    /// (base, irq) of each virtio-mmio device, for the command line.
+    virtio_slots: Vec<(u64, u32)>,
+}
+
+fn serial_output(cfg: &SerialOutput) -> Result<Box<dyn Write + Send>> {
+    Ok(match cfg {
+        SerialOutput::Stdout => {
+            // SAFETY: dup of our own stdout; the new fd is owned by the File.
+            let fd = unsafe { libc::dup(1) };
+            if fd < 0 {
+                return Err(dev_err("serial stdout")(std::io::Error::last_os_error()));
+            }
+            // SAFETY: `fd` is a fresh descriptor we own.
+            Box::new(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+        SerialOutput::Off => Box::new(std::io::sink()),
+        SerialOutput::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(dev_err(format!("serial file {}", p.display())))?,
+        ),
+    })
+}
+
+impl Vm {
+    /// Opens KVM, creates the VM with its memory, irqchip and PIT, and the legacy devices.
+    pub fn new(config: VmConfig) -> Result<Self> {
+        let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmmError::MissingCap(name));
+            }
+        }
+        let vm_fd = kvm.create_vm().map_err(kvm_step("KVM_CREATE_VM"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_step("KVM_SET_TSS_ADDR"))?;
+        // Only VMX uses the identity map; other KVM kinds may refuse it harmlessly.
+        let _ = vm_fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS);
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_step("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(kvm_step("KVM_CREATE_PIT2"))?;
+
+        let ranges: Vec<_> = ram_ranges(config.memory_mib << 20)
+            .into_iter()
+            .map(|(a, s)| (GuestAddress(a), s as usize))
+            .collect();
+        let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(VmmError::Memory)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM fd's
+            // use of it (both are dropped together with `Vm`; vCPU threads are joined first).
+            unsafe { vm_fd.set_user_memory_region(r) }
+                .map_err(kvm_step("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let mut pio = Bus::default();
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(dev_err("serial eventfd"))?;
+        vm_fd
+            .register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(kvm_step("KVM_IRQFD (serial)"))?;
+        let serial = SerialDevice::new(EventFdTrigger(serial_irq), serial_output(&config.serial)?);
+        let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(dev_err("reset eventfd"))?;
+        let i8042 = I8042::new(EventFdTrigger(
+            reset_evt.try_clone().map_err(dev_err("reset eventfd"))?,
+        ));
+        pio.insert(
+            Arc::new(Mutex::new(serial)),
+            SERIAL_PORT_BASE,
+            SERIAL_PORT_LEN,
+        )
+        .expect("fixed legacy ranges do not overlap");
+        pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT_BASE, I8042_PORT_LEN)
+            .expect("fixed legacy ranges do not overlap");
+
+        Ok(Vm {
+            config,
+            kvm,
+            vm_fd,
+            mem,
+            pio,
+            mmio: Bus::default(),
+            reset_evt,
+            subscribers: Vec::new(),
+            virtio_slots: Vec::new(),
+        })
+    }
+
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    pub fn mmio_bus(&mut self) -> &mut Bus {
+        &mut self.mmio
+    }
+
+    /// Reserves the next virtio-mmio window and IRQ.
+    pub fn next_virtio_slot(&mut self) -> Option<(u64, u32)> {
+        let i = self.virtio_slots.len();
+        (i < MAX_VIRTIO_DEVICES).then(|| {
+            let slot = (
+                VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE,
+                VIRTIO_IRQ_BASE + i as u32,
+            );
+            self.virtio_slots.push(slot);
+            slot
+        })
+    }
+
+    pub fn add_subscriber(&mut self, s: Arc<Mutex<dyn MutEventSubscriber + Send>>) {
+        self.subscribers.push(s);
+    }
+
+    /// Loads kernel, initrd and command line and writes the boot tables.
+    pub fn load_kernel(&self) -> Result<arch::EntryMode> {
+        let kernel = boot::load_kernel(&self.mem, &self.config.kernel)?;
+        let initrd = match &self.config.initrd {
+            Some(p) => Some(boot::load_initrd(&self.mem, p, kernel.end())?),
+            None => None,
+        };
+        let cmdline = boot::build_cmdline(&self.config.cmdline, &self.virtio_slots)?;
+        boot::configure_system(&self.mem, &kernel, &cmdline, initrd, self.config.vcpus)?;
+        Ok(kernel.entry)
+    }
+
+    /// Boots the guest and runs the event loop until the VM ends.
+    pub fn run(mut self, extra: impl FnOnce(&mut RunContext) -> Result<()>) -> Result<VmExit> {
+        let entry = self.load_kernel()?;
+        vcpu::register_kick_handler().map_err(VmmError::Thread)?;
+        let cpuid_base = arch::supported_cpuid(&self.kvm)?;
+        let msr_list = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(kvm_step("KVM_GET_MSR_INDEX_LIST"))?;
+        let (ev_tx, ev_rx) = channel();
+        let vcpu_notify = EventFd::new(EFD_NONBLOCK).map_err(dev_err("vcpu eventfd"))?;
+        let pio = Arc::new(std::mem::take(&mut self.pio));
+        let mmio = Arc::new(std::mem::take(&mut self.mmio));
+        let mut vcpus = Vec::new();
+        for id in 0..self.config.vcpus {
+            let fd = self
+                .vm_fd
+                .create_vcpu(id as u64)
+                .map_err(kvm_step("KVM_CREATE_VCPU"))?;
+            let mut cpuid = cpuid_base.clone();
+            arch::patch_cpuid(&mut cpuid, id, self.config.vcpus);
+            arch::set_cpuid(&fd, &cpuid)?;
+            arch::set_msrs(&fd, msr_list.as_slice())?;
+            arch::set_regs(&fd, entry)?;
+            arch::set_sregs(&self.mem, &fd, entry)?;
+            arch::set_fpu(&fd)?;
+            arch::set_lint(&fd)?;
+            let (tx, rx) = channel();
+            let notify = vcpu_notify.try_clone().map_err(dev_err("vcpu eventfd"))?;
+            vcpus.push((
+                tx,
+                Vcpu::new(id, fd, pio.clone(), mmio.clone(), rx, ev_tx.clone(), notify),
+            ));
+        }
+
+        let state = Arc::new(Mutex::new(ExitState::default()));
+        let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().map_err(VmmError::EventLoop)?;
+        manager.add_subscriber(Arc::new(Mutex::new(ExitHandler {
+            reset: self
+                .reset_evt
+                .try_clone()
+                .map_err(dev_err("reset eventfd"))?,
+            vcpu_notify,
+            vcpu_events: ev_rx,
+            state: state.clone(),
+        })));
+        for s in self.subscribers.drain(..) {
+            manager.add_subscriber(s);
+        }
+
+        let mut handles = VcpuHandles {
+            senders: Vec::new(),
+            threads: Vec::new(),
+            paused: false,
+        };
+        for (tx, v) in vcpus {
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{}", v.id))
+                .spawn(move || v.run(true))
+                .map_err(VmmError::Thread)?;
+            handles.senders.push(tx);
+            handles.threads.push(t);
+        }
+        let handles = Arc::new(Mutex::new(handles));
+        let mut ctx = RunContext {
+            manager: &mut manager,
+            vcpus: handles.clone(),
+            exit: state.clone(),
+            mem_bytes: self.config.memory_mib << 20,
+            vcpu_count: self.config.vcpus,
+        };
+        let res = extra(&mut ctx).and_then(|_| loop {
+            if let Some(e) = lock(&state).exit.clone() {
+                break Ok(e);
+            }
+            manager.run().map_err(VmmError::EventLoop)?;
+        });
+        lock(&handles).join();
+        res
+    }
+}
+
+/// What code that runs next to the event loop (the control socket) may touch.
+pub struct RunContext<'a> {
+    pub manager: &'a mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    pub vcpus: Arc<Mutex<VcpuHandles>>,
+    pub exit: Arc<Mutex<ExitState>>,
+    pub mem_bytes: u64,
+    pub vcpu_count: u8,
+}

@@ -1,0 +1,34 @@
+//! Guest (1): reports the boot state (CPL, IOPL, e820, command line) on serial, then resets.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use eci_vmm_test_guests::{println, reset, zero_page::ZeroPage};
+
+#[no_mangle]
+fn guest_main(zero_page: u64, cpu: u32) -> ! {
+    let cs: u16;
+    let flags: u64;
+    // SAFETY: reading CS and RFLAGS has no side effects.
+    unsafe {
+        asm!("mov {0:x}, cs", out(reg) cs);
+        asm!("pushfq; pop {0}", out(reg) flags);
+    }
+    println!("boot: cpu={cpu} cpl={} iopl={}", cs & 3, (flags >> 12) & 3);
+    let zp = ZeroPage(zero_page);
+    let n = zp.e820_count();
+    println!("boot: e820 entries={n}");
+    let mut ram = 0u64;
+    for i in 0..n {
+        let e = zp.e820(i);
+        println!("boot: e820 {:#x} {:#x} {}", e.addr, e.size, e.kind);
+        if e.kind == 1 {
+            ram += e.size;
+        }
+    }
+    println!("boot: ram-bytes={ram}");
+    let cmdline = core::str::from_utf8(zp.cmdline()).unwrap_or("<not utf-8>");
+    println!("boot: cmdline={cmdline}");
+    println!("boot: done");
+    reset()
+}

@@ -1,0 +1,1 @@
+//! Polling virtio-mmio driver (filled in with the virtio devices).

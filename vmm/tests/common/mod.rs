@@ -1,0 +1,86 @@
+//! Shared helpers of the eci-vmm integration tests: build the test guests, detect KVM, run
+//! the VMM with a deadline.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use eci_vmm::kvm_kind::KvmKind;
+
+pub const VMM: &str = env!("CARGO_BIN_EXE_eci-vmm");
+
+/// Builds vmm/test-guests once per test binary; returns the directory of the guest ELFs.
+pub fn guests_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-guests");
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&src)
+            .args(["build", "--release", "--target", "x86_64-unknown-none"])
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("running cargo to build the test guests");
+        assert!(status.success(), "building vmm/test-guests failed");
+        target.join("x86_64-unknown-none/release")
+    })
+}
+
+pub fn guest(name: &str) -> PathBuf {
+    guests_dir().join(name)
+}
+
+/// The KVM kind, printed once; `None` (with a SKIP line) when /dev/kvm is missing.
+pub fn kvm_or_skip(test: &str) -> Option<KvmKind> {
+    let kind = KvmKind::detect();
+    if kind == KvmKind::Absent {
+        eprintln!("SKIP {test}: /dev/kvm is missing");
+        return None;
+    }
+    eprintln!("{test}: KVM kind: {kind}");
+    Some(kind)
+}
+
+/// Runs eci-vmm with `args`, killing it after `deadline` (a generous bound, not a speed
+/// assertion: PVM emulates guest CPL0 code).
+pub fn run_vmm(args: &[&str], deadline: Duration) -> Output {
+    let mut child = Command::new(VMM)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning eci-vmm");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("waiting for eci-vmm").is_some() {
+            break;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "eci-vmm did not exit within {deadline:?}; stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
