@@ -112,8 +112,15 @@ done < <(cat "${fragments[@]}")
 [ "$missing" -eq 0 ] || die "the options above did not end up in the configuration (see $entry.tmp/merge.log)"
 
 log "building vmlinux and bzImage with $jobs jobs (log of every compiled file follows)"
+# Number the lines as they come (mawk would buffer them), so progress shows live.
 make -C "$src" O="$obj" -j"$jobs" vmlinux bzImage 2>&1 |
-	awk '{ n++; printf "kernel [%5d] %s\n", n, $0; fflush() }'
+	{
+		n=0
+		while IFS= read -r line; do
+			n=$((n + 1))
+			printf 'kernel [%5d] %s\n' "$n" "$line"
+		done
+	}
 [ "${PIPESTATUS[0]}" -eq 0 ] || die "kernel build failed"
 
 # A VMM boots the uncompressed vmlinux through its PVH entry point: make sure the note is there.
