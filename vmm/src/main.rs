@@ -5,7 +5,8 @@ use eci_vmm::vmm::{Vm, VmExit};
 
 fn run() -> anyhow::Result<i32> {
     let cfg = Cli::parse().into_config().context("configuration")?;
-    let vm = Vm::new(cfg).context("creating the VM")?;
+    let mut vm = Vm::new(cfg).context("creating the VM")?;
+    vm.attach_configured_devices().context("creating devices")?;
     let exit = vm.run(|_| Ok(())).context("running the VM")?;
     Ok(match exit {
         VmExit::GuestStopped(reason) => {

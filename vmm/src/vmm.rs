@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -24,6 +24,10 @@ use crate::boot;
 use crate::config::{SerialOutput, VmConfig};
 use crate::devices::bus::{lock, Bus};
 use crate::devices::legacy::*;
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::subscriber::VirtioSubscriber;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::EventFdTrigger;
 use crate::layout::*;
 use crate::vcpu::{self, Vcpu, VcpuEvent, VcpuMessage};
@@ -323,6 +327,64 @@ impl Vm {
 
     pub fn add_subscriber(&mut self, s: Arc<Mutex<dyn MutEventSubscriber + Send>>) {
         self.subscribers.push(s);
+    }
+
+    /// Puts a virtio device on the next virtio-mmio window: MMIO registers on the bus, one
+    /// ioeventfd per queue at QueueNotify, an irqfd, and a subscriber on the event loop.
+    pub fn attach_virtio(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<Arc<Mutex<MmioTransport>>> {
+        let name = format!("virtio device type {}", device.device_type());
+        let (base, irq) = self.next_virtio_slot().ok_or_else(|| {
+            dev_err(name.clone())(std::io::Error::other("too many virtio devices"))
+        })?;
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(dev_err(name.clone()))?;
+        self.vm_fd
+            .register_irqfd(&irqfd, irq)
+            .map_err(kvm_step("KVM_IRQFD (virtio)"))?;
+        let mut queue_evts = Vec::new();
+        for i in 0..device.queue_max_sizes().len() {
+            let e = EventFd::new(EFD_NONBLOCK).map_err(dev_err(name.clone()))?;
+            self.vm_fd
+                .register_ioevent(
+                    &e,
+                    &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                    i as u32,
+                )
+                .map_err(kvm_step("KVM_IOEVENTFD"))?;
+            queue_evts.push(e);
+        }
+        let clone_all = |v: &[EventFd]| -> std::io::Result<Vec<EventFd>> {
+            v.iter().map(|e| e.try_clone()).collect()
+        };
+        let activate = EventFd::new(EFD_NONBLOCK).map_err(dev_err(name.clone()))?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            self.mem.clone(),
+            Arc::new(Interrupt::new(irqfd)),
+            activate.try_clone().map_err(dev_err(name.clone()))?,
+            clone_all(&queue_evts).map_err(dev_err(name.clone()))?,
+        )));
+        self.mmio
+            .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)
+            .map_err(|e| dev_err(name.clone())(std::io::Error::other(e)))?;
+        self.subscribers.push(Arc::new(Mutex::new(VirtioSubscriber::new(
+            transport.clone(),
+            queue_evts,
+            activate,
+        ))));
+        Ok(transport)
+    }
+
+    /// Creates the virtio devices the configuration asks for.
+    pub fn attach_configured_devices(&mut self) -> Result<()> {
+        if let Some(v) = self.config.vsock.clone() {
+            let dev = Vsock::new(v.cid, &v.uds)
+                .map_err(dev_err(format!("vsock socket {}", v.uds.display())))?;
+            self.attach_virtio(Box::new(dev))?;
+        }
+        Ok(())
     }
 
     /// Loads kernel, initrd and command line and writes the boot tables.

@@ -10,6 +10,7 @@
 pub mod serial;
 pub mod smp;
 pub mod virtio;
+pub mod vsock;
 pub mod zero_page;
 
 use core::arch::{asm, global_asm};
