@@ -7,7 +7,8 @@
 # The result is cached under $ECI_KERNEL_CACHE (default /var/cache/eci/kernel), keyed by a hash of
 # the fragments, the source package version and RECIPE_VERSION, so repeated builds on one machine
 # (also from fresh clones, as CI makes them) only copy files. The cache lives outside the clone on
-# purpose. A lock serialises concurrent builds.
+# purpose. A lock serialises concurrent builds. Layout: src-<version>/ (unpacked source, read
+# only), obj/ (the kbuild object tree), <key>/ (vmlinux, bzImage, config, done).
 set -euo pipefail
 
 # Bump when this script changes how the kernel is built.
@@ -78,9 +79,11 @@ if [ ! -f "$src/.unpacked" ]; then
 	mv "$src.tmp" "$src"
 fi
 
-obj=$entry.tmp/obj
-rm -rf "$entry.tmp"
-mkdir -p "$obj"
+# One object tree serves every key: kbuild rebuilds only what a configuration change touches,
+# so a changed fragment costs minutes rather than a cold build, and an interrupted build resumes.
+obj=$cache_root/obj
+[ -d "$obj" ] && log "reusing the object tree $obj (incremental)"
+mkdir -p "$obj" "$entry.tmp"
 export ARCH=x86_64
 
 log "configuring: allnoconfig + $(for f in "${fragments[@]}"; do basename "$f" .config; done | tr '\n' ' ')"
@@ -126,13 +129,11 @@ make -C "$src" O="$obj" -j"$jobs" vmlinux bzImage 2>&1 |
 # A VMM boots the uncompressed vmlinux through its PVH entry point: make sure the note is there.
 readelf -n "$obj/vmlinux" | grep -q "Xen" || die "vmlinux has no PVH (Xen ELF) note"
 
-mkdir -p "$entry.tmp/out"
-cp "$obj/vmlinux" "$entry.tmp/out/vmlinux"
-cp "$obj/arch/x86/boot/bzImage" "$entry.tmp/out/bzImage"
-cp "$obj/.config" "$entry.tmp/out/config"
+cp "$obj/vmlinux" "$entry.tmp/vmlinux"
+cp "$obj/arch/x86/boot/bzImage" "$entry.tmp/bzImage"
+cp "$obj/.config" "$entry.tmp/config"
 rm -rf "$entry"
-mv "$entry.tmp/out" "$entry"
-rm -rf "$entry.tmp"
+mv "$entry.tmp" "$entry"
 touch "$entry/done"
 log "built $key in $(($(date +%s) - started)) s"
 install_outputs
