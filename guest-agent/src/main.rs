@@ -1,4 +1,62 @@
-fn main() {
-    eprintln!("eci-agent: not implemented yet");
-    std::process::exit(1);
+//! `eci-agent`: PID 1 of the pod VM, or `eci-agent --local --listen PATH` on a host.
+
+use anyhow::Context;
+use clap::Parser;
+use eci_agent::{Config, Listen};
+use std::path::PathBuf;
+
+/// ECI guest agent.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Run on the host (container isolation only, not a sandbox) instead of in a VM.
+    #[arg(long)]
+    local: bool,
+    /// Local mode: unix socket of the ttrpc API.
+    #[arg(long, required_if_eq("local", "true"))]
+    listen: Option<PathBuf>,
+    /// Local mode: unix socket of the stdio streams (default: the --listen path + ".io").
+    #[arg(long)]
+    stream_listen: Option<PathBuf>,
+    /// Directory for bundles and runtime state.
+    #[arg(long, default_value = "/run/eci-agent")]
+    state_dir: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::process::id() == 1 {
+        // return eci_agent::pid1::run(); // pid1: added by the kernel/initramfs work
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ECI_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let listen = if args.local {
+        let api = args.listen.context("--local needs --listen PATH")?;
+        let streams = args.stream_listen.unwrap_or_else(|| {
+            let mut p = api.clone().into_os_string();
+            p.push(".io");
+            p.into()
+        });
+        tracing::warn!(
+            "local mode: containers get container isolation only; this is not a sandbox"
+        );
+        Listen::Local { api, streams }
+    } else {
+        Listen::guest()
+    };
+    let config = Config {
+        listen,
+        state_dir: args.state_dir,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(eci_agent::serve(config)).context("agent")
 }

@@ -1,0 +1,489 @@
+//! The agent's state and operations: containers by id, their processes, the event queue.
+//! Each operation validates its request first; errors are typed and mapped to ttrpc codes by
+//! the service layer.
+
+use crate::container::{Container, CreateParams, StateDirs};
+use crate::error::{AgentError, Result};
+use crate::process::Process;
+use crate::reaper::Reaper;
+use crate::stdio::{self, ProcessLookup};
+use eci_protocol::agent::*;
+use eci_protocol::validate;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long RemoveContainer waits for killed processes to be reaped.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the OOM counter of each container is read.
+const OOM_POLL: Duration = Duration::from_millis(200);
+
+/// Where the agent runs, as reported by Ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 of a VM.
+    Guest,
+    /// A host process: container isolation only.
+    Local,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Guest => "guest",
+            Mode::Local => "local",
+        }
+    }
+}
+
+/// Events waiting for GetEvent.
+#[derive(Default)]
+struct EventQueue {
+    queue: Mutex<VecDeque<Event>>,
+    ready: tokio::sync::Notify,
+}
+
+impl EventQueue {
+    fn push(&self, event: Event) {
+        self.queue.lock().expect("event lock").push_back(event);
+        self.ready.notify_one();
+    }
+
+    async fn next(&self) -> Event {
+        loop {
+            let notified = self.ready.notified();
+            if let Some(e) = self.queue.lock().expect("event lock").pop_front() {
+                return e;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The agent.
+pub struct Agent {
+    mode: Mode,
+    dirs: StateDirs,
+    reaper: Arc<Reaper>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    creating: Mutex<HashSet<String>>,
+    creating_execs: Mutex<HashSet<(String, String)>>,
+    oom_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    events: Arc<EventQueue>,
+    sandbox_id: Mutex<Option<String>>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::io("blocking task", std::io::Error::other(e)))?
+}
+
+fn exited(what: &str) -> AgentError {
+    AgentError::NotFound {
+        what: "running process",
+        name: format!("{what} (it has exited)"),
+    }
+}
+
+impl Agent {
+    /// An agent without containers.
+    pub fn new(mode: Mode, dirs: StateDirs, reaper: Arc<Reaper>) -> Self {
+        Self {
+            mode,
+            dirs,
+            reaper,
+            containers: Mutex::default(),
+            creating: Mutex::default(),
+            creating_execs: Mutex::default(),
+            oom_watchers: Mutex::default(),
+            events: Arc::default(),
+            sandbox_id: Mutex::default(),
+        }
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::no_container(id))
+    }
+
+    fn process(&self, container_id: &str, exec_id: &str) -> Result<Arc<Process>> {
+        let c = self.container(container_id)?;
+        if exec_id.is_empty() {
+            return Ok(c.init.clone());
+        }
+        let execs = c.execs.lock().expect("execs lock");
+        execs
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound {
+                what: "exec",
+                name: exec_id.to_string(),
+            })
+    }
+
+    /// Ping.
+    pub fn ping(&self, req: &PingRequest) -> Result<PingResponse> {
+        if req.protocol_version != 0 && req.protocol_version != eci_protocol::PROTOCOL_VERSION {
+            return Err(validate::ValidationError::new(
+                "protocol_version",
+                format!(
+                    "{} is not spoken (the agent speaks {})",
+                    req.protocol_version,
+                    eci_protocol::PROTOCOL_VERSION
+                ),
+            )
+            .into());
+        }
+        Ok(PingResponse {
+            protocol_version: eci_protocol::PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            mode: self.mode.as_str().to_string(),
+            ..Default::default()
+        })
+    }
+
+    /// SetupSandbox: records the pod. In local mode the host's hostname, DNS and sysctls stay
+    /// untouched (containers get theirs from their spec); in a VM the hostname is set.
+    pub fn setup_sandbox(&self, req: &SetupSandboxRequest) -> Result<()> {
+        validate::id("sandbox_id", &req.sandbox_id)?;
+        let mut current = self.sandbox_id.lock().expect("sandbox lock");
+        if let Some(existing) = current.as_ref() {
+            if existing != &req.sandbox_id {
+                return Err(AgentError::AlreadyExists {
+                    what: "sandbox",
+                    name: existing.clone(),
+                });
+            }
+        }
+        if self.mode == Mode::Guest && !req.hostname.is_empty() {
+            nix::unistd::sethostname(&req.hostname)
+                .map_err(|e| AgentError::io("set the hostname", e))?;
+        }
+        *current = Some(req.sandbox_id.clone());
+        Ok(())
+    }
+
+    /// DestroySandbox: removes every container.
+    pub async fn destroy_sandbox(&self, req: &DestroySandboxRequest) -> Result<()> {
+        validate::id("sandbox_id", &req.sandbox_id)?;
+        self.remove_all().await?;
+        *self.sandbox_id.lock().expect("sandbox lock") = None;
+        Ok(())
+    }
+
+    /// Removes every container (forcefully); used on shutdown.
+    pub async fn remove_all(&self) -> Result<()> {
+        let ids: Vec<String> = self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            self.remove_container(&RemoveContainerRequest {
+                container_id: id,
+                force: true,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// CreateContainer.
+    pub async fn create_container(
+        self: &Arc<Self>,
+        req: CreateContainerRequest,
+    ) -> Result<CreateContainerResponse> {
+        let spec = validate::create_container(&req)?;
+        let id = req.container_id.clone();
+        {
+            let containers = self.containers.lock().expect("containers lock");
+            let mut creating = self.creating.lock().expect("creating lock");
+            if containers.contains_key(&id) || !creating.insert(id.clone()) {
+                return Err(AgentError::AlreadyExists {
+                    what: "container",
+                    name: id,
+                });
+            }
+        }
+        let this = self.clone();
+        let result = blocking(move || {
+            let stdio = req.stdio.get_or_default().clone();
+            Container::create(
+                &this.dirs,
+                &this.reaper,
+                CreateParams {
+                    id: &req.container_id,
+                    spec,
+                    bundle: &req.bundle,
+                    stdio: &stdio,
+                },
+            )
+        })
+        .await;
+        self.creating.lock().expect("creating lock").remove(&id);
+        let container = Arc::new(result?);
+        let pid = container.init.pid as u32;
+        self.watch_oom(&container);
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .insert(id, container);
+        Ok(CreateContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn watch_oom(&self, container: &Arc<Container>) {
+        let counter = container.cgroup.oom.clone();
+        let events = self.events.clone();
+        let id = container.id.clone();
+        let task = tokio::spawn(async move {
+            let mut last = counter.read();
+            let mut tick = tokio::time::interval(OOM_POLL);
+            loop {
+                tick.tick().await;
+                let now = counter.read();
+                if now > last {
+                    tracing::info!(container = %id, "OOM kill in the container");
+                    events.push(Event {
+                        timestamp_unix_nanos: crate::unix_nanos_now(),
+                        kind: Some(event::Kind::Oom(OomEvent {
+                            container_id: id.clone(),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    });
+                    last = now;
+                }
+            }
+        });
+        self.oom_watchers
+            .lock()
+            .expect("oom lock")
+            .insert(container.id.clone(), task.abort_handle());
+    }
+
+    /// StartContainer.
+    pub async fn start_container(
+        &self,
+        req: &StartContainerRequest,
+    ) -> Result<StartContainerResponse> {
+        validate::id("container_id", &req.container_id)?;
+        let c = self.container(&req.container_id)?;
+        let pid = c.init.pid as u32;
+        blocking(move || c.start()).await?;
+        Ok(StartContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    /// RemoveContainer: refuses a running container unless forced; then kills and reaps every
+    /// process and removes the cgroup and the state.
+    pub async fn remove_container(&self, req: &RemoveContainerRequest) -> Result<()> {
+        validate::id("container_id", &req.container_id)?;
+        let c = self.container(&req.container_id)?;
+        let started = *c.state.lock().expect("state lock") != crate::container::State::Created;
+        if c.init.exit_status().is_none() && started && !req.force {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {:?} is running: stop it or remove with force",
+                c.id
+            )));
+        }
+        let processes: Vec<Arc<Process>> = std::iter::once(c.init.clone())
+            .chain(c.execs.lock().expect("execs lock").values().cloned())
+            .collect();
+        if processes.iter().any(|p| p.exit_status().is_none()) {
+            let c2 = c.clone();
+            blocking(move || {
+                if *c2.state.lock().expect("state lock") == crate::container::State::Paused {
+                    c2.set_paused(false)?;
+                }
+                c2.signal_all(libc::SIGKILL)
+            })
+            .await?;
+            let all_exited = futures_join(&processes);
+            tokio::time::timeout(KILL_TIMEOUT, all_exited)
+                .await
+                .map_err(|_| {
+                    AgentError::FailedPrecondition(format!(
+                        "processes of {:?} survived SIGKILL",
+                        c.id
+                    ))
+                })?;
+        }
+        if let Some(watcher) = self.oom_watchers.lock().expect("oom lock").remove(&c.id) {
+            watcher.abort();
+        }
+        let c2 = c.clone();
+        blocking(move || c2.destroy()).await?;
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .remove(&c.id);
+        Ok(())
+    }
+
+    /// Pause or resume.
+    pub async fn set_paused(&self, req: &ContainerRequest, paused: bool) -> Result<()> {
+        validate::id("container_id", &req.container_id)?;
+        let c = self.container(&req.container_id)?;
+        blocking(move || c.set_paused(paused)).await
+    }
+
+    /// UpdateContainer.
+    pub async fn update_container(&self, req: &UpdateContainerRequest) -> Result<()> {
+        let resources = validate::update_container(req)?;
+        let c = self.container(&req.container_id)?;
+        blocking(move || c.cgroup.update(&resources)).await
+    }
+
+    /// StatsContainer.
+    pub async fn stats(&self, req: &ContainerRequest) -> Result<StatsContainerResponse> {
+        validate::id("container_id", &req.container_id)?;
+        let c = self.container(&req.container_id)?;
+        blocking(move || c.cgroup.stats()).await
+    }
+
+    /// ListProcesses.
+    pub fn list_processes(&self, req: &ContainerRequest) -> Result<ListProcessesResponse> {
+        validate::id("container_id", &req.container_id)?;
+        let c = self.container(&req.container_id)?;
+        let exec_ids: HashMap<i32, String> = c
+            .execs
+            .lock()
+            .expect("execs lock")
+            .values()
+            .map(|p| (p.pid, p.exec_id.clone()))
+            .collect();
+        let processes = c
+            .cgroup
+            .pids()?
+            .into_iter()
+            .map(|pid| ProcessInfo {
+                pid: pid as u32,
+                command: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|s| s.trim_end().to_string())
+                    .unwrap_or_default(),
+                exec_id: exec_ids.get(&pid).cloned().unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect();
+        Ok(ListProcessesResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    /// ExecProcess.
+    pub async fn exec_process(&self, req: &ExecProcessRequest) -> Result<ExecProcessResponse> {
+        let process = validate::exec_process(req)?;
+        let c = self.container(&req.container_id)?;
+        let key = (req.container_id.clone(), req.exec_id.clone());
+        {
+            let execs = c.execs.lock().expect("execs lock");
+            let mut creating = self.creating_execs.lock().expect("creating lock");
+            if execs.contains_key(&req.exec_id) || !creating.insert(key.clone()) {
+                return Err(AgentError::AlreadyExists {
+                    what: "exec",
+                    name: req.exec_id.clone(),
+                });
+            }
+        }
+        let (c2, reaper, exec_id, stdio) = (
+            c.clone(),
+            self.reaper.clone(),
+            req.exec_id.clone(),
+            req.stdio.get_or_default().clone(),
+        );
+        let result = blocking(move || c2.exec(&reaper, &exec_id, &process, &stdio)).await;
+        let mut execs = c.execs.lock().expect("execs lock");
+        self.creating_execs
+            .lock()
+            .expect("creating lock")
+            .remove(&key);
+        let p = result?;
+        let pid = p.pid as u32;
+        execs.insert(req.exec_id.clone(), p);
+        Ok(ExecProcessResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    /// SignalProcess.
+    pub async fn signal_process(&self, req: &SignalProcessRequest) -> Result<()> {
+        validate::signal_process(req)?;
+        let signal = req.signal as i32;
+        if req.all {
+            let c = self.container(&req.container_id)?;
+            return blocking(move || c.signal_all(signal)).await;
+        }
+        let p = self.process(&req.container_id, &req.exec_id)?;
+        if p.exit_status().is_some() {
+            return Err(exited(&format!("pid {}", p.pid)));
+        }
+        // SAFETY: kill(2) takes no pointers; the pid is our unreaped child, so it cannot have
+        // been reused by another process.
+        if unsafe { libc::kill(p.pid, signal) } != 0 {
+            return Err(AgentError::io(
+                "signal the process",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// WaitProcess.
+    pub async fn wait_process(&self, req: &ProcessRequest) -> Result<WaitProcessResponse> {
+        validate::process_request(req)?;
+        let p = self.process(&req.container_id, &req.exec_id)?;
+        Ok(p.wait().await.to_response())
+    }
+
+    /// CloseStdin.
+    pub fn close_stdin(&self, req: &ProcessRequest) -> Result<()> {
+        validate::process_request(req)?;
+        let p = self.process(&req.container_id, &req.exec_id)?;
+        stdio::close_stdin(&p);
+        Ok(())
+    }
+
+    /// ResizeTty.
+    pub fn resize_tty(&self, req: &ResizeTtyRequest) -> Result<()> {
+        validate::resize_tty(req)?;
+        let p = self.process(&req.container_id, &req.exec_id)?;
+        let ends = p.stdio.lock().expect("stdio lock");
+        let tty = ends
+            .tty
+            .as_ref()
+            .ok_or_else(|| AgentError::FailedPrecondition("the process has no terminal".into()))?;
+        stdio::resize(tty, req.rows as u16, req.cols as u16)
+    }
+
+    /// GetEvent: waits for the next event.
+    pub async fn next_event(&self) -> Event {
+        self.events.next().await
+    }
+}
+
+async fn futures_join(processes: &[Arc<Process>]) {
+    for p in processes {
+        p.wait().await;
+    }
+}
+
+impl ProcessLookup for Agent {
+    fn lookup(&self, container_id: &str, exec_id: &str) -> Result<Arc<Process>> {
+        self.process(container_id, exec_id)
+    }
+}

@@ -1,0 +1,431 @@
+//! One OCI container, created and driven through youki's libcontainer.
+//!
+//! libcontainer calls are blocking and some change process-wide state (the console-socket setup
+//! changes the current directory for a moment), so they all run under [`RUNTIME_LOCK`] on a
+//! blocking thread. The agent writes the spec it received to its own bundle directory (the
+//! shim's bundle may be read-only or absent in a VM) with `root.path` made absolute.
+
+use crate::cgroup::ContainerCgroup;
+use crate::error::{AgentError, Result};
+use crate::process::{Process, StdioEnds};
+use crate::reaper::Reaper;
+use crate::seccomp;
+use crate::stdio::{self, ChildStdio, ConsoleSocket};
+use eci_protocol::agent::StdioConfig;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container as LcContainer;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use oci_spec::runtime::{Process as OciProcess, Spec};
+use seccompiler::BpfProgram;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Serialises every libcontainer call of this process (see the module docs).
+pub static RUNTIME_LOCK: Mutex<()> = Mutex::new(());
+
+/// Parent of container cgroups when the spec names none.
+pub const DEFAULT_CGROUP_PARENT: &str = "/eci";
+
+/// Where the agent keeps its per-container files.
+#[derive(Debug, Clone)]
+pub struct StateDirs {
+    /// libcontainer's state root (`<state>/runtime`).
+    pub runtime_root: PathBuf,
+    /// The agent's bundles (`<state>/bundles/<id>`).
+    pub bundles: PathBuf,
+}
+
+impl StateDirs {
+    /// The layout under `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            runtime_root: state_dir.join("runtime"),
+            bundles: state_dir.join("bundles"),
+        }
+    }
+}
+
+/// The workload executor: the OCI seccomp profile (compiled in the agent) is installed right
+/// before the program is executed, then libcontainer's default executor runs it.
+#[derive(Clone)]
+struct SeccompExecutor {
+    filters: Arc<Vec<BpfProgram>>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        seccomp::install(&self.filters)
+            .map_err(|e| ExecutorError::Other(format!("install seccomp filter: {e}")))?;
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// Lifecycle state as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Created, init waiting for Start.
+    Created,
+    /// Started.
+    Running,
+    /// Frozen.
+    Paused,
+}
+
+/// A container and its processes.
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    /// The init process.
+    pub init: Arc<Process>,
+    /// Exec'd processes by exec id.
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Its cgroup.
+    pub cgroup: ContainerCgroup,
+    /// Lifecycle state.
+    pub state: Mutex<State>,
+    runtime: Mutex<LcContainer>,
+    bundle: PathBuf,
+    dirs: StateDirs,
+    filters: Arc<Vec<BpfProgram>>,
+}
+
+fn lc_err(context: &str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> AgentError + '_ {
+    move |e| AgentError::runtime(context, e)
+}
+
+/// Everything CreateContainer needs.
+pub struct CreateParams<'a> {
+    /// Container id (validated).
+    pub id: &'a str,
+    /// The parsed, validated spec.
+    pub spec: Spec,
+    /// The request's bundle (may be empty when root.path is absolute).
+    pub bundle: &'a str,
+    /// Requested stdio.
+    pub stdio: &'a StdioConfig,
+}
+
+/// Prepares the stdio of a new process: pipes, or a console socket for a tty.
+fn prepare_stdio(
+    cfg: &StdioConfig,
+    console_path: &Path,
+) -> Result<(ChildStdio, Option<StdioEnds>, Option<ConsoleSocket>)> {
+    if cfg.terminal {
+        Ok((
+            ChildStdio::default(),
+            None,
+            Some(ConsoleSocket::bind(console_path)?),
+        ))
+    } else {
+        let (child, ends) = stdio::pipes(cfg)?;
+        Ok((child, Some(ends), None))
+    }
+}
+
+fn builder(
+    id: &str,
+    dirs: &StateDirs,
+    filters: &Arc<Vec<BpfProgram>>,
+    child: ChildStdio,
+    console: Option<&Path>,
+) -> Result<ContainerBuilder> {
+    let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(&dirs.runtime_root)
+        .map_err(lc_err("set the runtime state directory"))?
+        .with_executor(SeccompExecutor {
+            filters: filters.clone(),
+        })
+        .with_console_socket(console);
+    if let Some(fd) = child.stdin {
+        b = b.with_stdin(fd);
+    }
+    if let Some(fd) = child.stdout {
+        b = b.with_stdout(fd);
+    }
+    if let Some(fd) = child.stderr {
+        b = b.with_stderr(fd);
+    }
+    Ok(b)
+}
+
+impl Container {
+    /// Creates the container; its init process waits for [`Container::start`].
+    /// Blocking: call from a blocking thread.
+    pub fn create(dirs: &StateDirs, reaper: &Reaper, p: CreateParams<'_>) -> Result<Self> {
+        let CreateParams {
+            id,
+            mut spec,
+            bundle,
+            stdio: stdio_cfg,
+        } = p;
+        let root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_default();
+        let rootfs = if root.is_absolute() {
+            root
+        } else {
+            Path::new(bundle).join(root)
+        };
+        if !rootfs.is_dir() {
+            return Err(AgentError::NotFound {
+                what: "rootfs (oci_spec_json.root.path)",
+                name: rootfs.display().to_string(),
+            });
+        }
+        let filters = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            Some(profile) => seccomp::compile(profile).map_err(|e| {
+                eci_protocol::validate::ValidationError::new(
+                    "oci_spec_json.linux.seccomp",
+                    AgentError::runtime("", e)
+                        .chain()
+                        .trim_start_matches(": ")
+                        .to_string(),
+                )
+            })?,
+            None => Vec::new(),
+        };
+        let filters = Arc::new(filters);
+
+        // The agent's copy of the bundle: absolute rootfs, terminal as requested, a cgroup path.
+        if let Some(r) = spec.root_mut() {
+            r.set_path(rootfs.clone());
+        }
+        if let Some(proc_) = spec.process_mut() {
+            proc_.set_terminal(Some(stdio_cfg.terminal));
+        }
+        let cgroup_path = {
+            let linux = spec.linux_mut().get_or_insert_with(Default::default);
+            let path = linux
+                .cgroups_path()
+                .clone()
+                .unwrap_or_else(|| Path::new(DEFAULT_CGROUP_PARENT).join(id));
+            linux.set_cgroups_path(Some(path.clone()));
+            path
+        };
+        let bundle_dir = dirs.bundles.join(id);
+        std::fs::create_dir_all(&bundle_dir)
+            .map_err(|e| AgentError::io("create the bundle directory", e))?;
+        let result = Self::create_in(
+            dirs,
+            reaper,
+            id,
+            &spec,
+            &bundle_dir,
+            stdio_cfg,
+            &cgroup_path,
+            filters,
+        );
+        if result.is_err() {
+            cleanup_failed(dirs, id, &bundle_dir);
+        }
+        result
+    }
+
+    fn create_in(
+        dirs: &StateDirs,
+        reaper: &Reaper,
+        id: &str,
+        spec: &Spec,
+        bundle_dir: &Path,
+        stdio_cfg: &StdioConfig,
+        cgroup_path: &Path,
+        filters: Arc<Vec<BpfProgram>>,
+    ) -> Result<Self> {
+        spec.save(bundle_dir.join("config.json"))
+            .map_err(|e| AgentError::runtime("write the bundle's config.json", e))?;
+        let console_path = bundle_dir.join("console.sock");
+        let (child, ends, console) = prepare_stdio(stdio_cfg, &console_path)?;
+        // Everything up to the reaper's registration happens under the lock, so that the stray
+        // reaper (which takes the lock) never collects one of our processes first.
+        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+        let runtime = builder(
+            id,
+            dirs,
+            &filters,
+            child,
+            console.as_ref().map(|_| console_path.as_path()),
+        )?
+        .as_init(bundle_dir)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(lc_err("create the container"))?;
+        let ends = match console {
+            Some(c) => c.receive(stdio_cfg)?,
+            None => ends.unwrap_or_default(),
+        };
+        let pid = runtime.pid().ok_or_else(|| {
+            AgentError::FailedPrecondition("created container has no init pid".into())
+        })?;
+        let cgroup = ContainerCgroup::open(id, cgroup_path)?;
+        let init = Arc::new(Process::new(
+            id,
+            "",
+            pid.as_raw(),
+            Some(cgroup.oom.clone()),
+            ends,
+        ));
+        reaper.register(init.clone());
+        Ok(Self {
+            id: id.to_string(),
+            init,
+            execs: Mutex::new(HashMap::new()),
+            cgroup,
+            state: Mutex::new(State::Created),
+            runtime: Mutex::new(runtime),
+            bundle: bundle_dir.to_path_buf(),
+            dirs: dirs.clone(),
+            filters,
+        })
+    }
+
+    /// Lets the init process run the user program. Blocking.
+    pub fn start(&self) -> Result<()> {
+        let mut state = self.state.lock().expect("state lock");
+        if *state != State::Created {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {:?} was already started",
+                self.id
+            )));
+        }
+        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+        self.runtime
+            .lock()
+            .expect("runtime")
+            .start()
+            .map_err(lc_err("start the container"))?;
+        *state = State::Running;
+        Ok(())
+    }
+
+    /// Starts an exec process in the running container. Blocking.
+    pub fn exec(
+        &self,
+        reaper: &Reaper,
+        exec_id: &str,
+        process: &OciProcess,
+        stdio_cfg: &StdioConfig,
+    ) -> Result<Arc<Process>> {
+        if *self.state.lock().expect("state lock") != State::Running
+            || self.init.exit_status().is_some()
+        {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {:?} is not running",
+                self.id
+            )));
+        }
+        let exec_dir = self.bundle.join("exec").join(exec_id);
+        std::fs::create_dir_all(&exec_dir)
+            .map_err(|e| AgentError::io("create the exec directory", e))?;
+        let mut process = process.clone();
+        process.set_terminal(Some(stdio_cfg.terminal));
+        let process_json = exec_dir.join("process.json");
+        let text = serde_json::to_vec(&process)
+            .map_err(|e| AgentError::runtime("encode process.json", e))?;
+        std::fs::write(&process_json, text).map_err(|e| AgentError::io("write process.json", e))?;
+        let console_path = exec_dir.join("console.sock");
+        let (child, ends, console) = prepare_stdio(stdio_cfg, &console_path)?;
+        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+        let pid = builder(
+            &self.id,
+            &self.dirs,
+            &self.filters,
+            child,
+            console.as_ref().map(|_| console_path.as_path()),
+        )?
+        .as_tenant()
+        .with_process(Some(&process_json))
+        .with_detach(true)
+        .build()
+        .map_err(lc_err("exec in the container"))?;
+        let ends = match console {
+            Some(c) => c.receive(stdio_cfg)?,
+            None => ends.unwrap_or_default(),
+        };
+        let process = Arc::new(Process::new(
+            &self.id,
+            exec_id,
+            pid.as_raw(),
+            Some(self.cgroup.oom.clone()),
+            ends,
+        ));
+        reaper.register(process.clone());
+        Ok(process)
+    }
+
+    /// Freezes or thaws every process. Blocking.
+    pub fn set_paused(&self, paused: bool) -> Result<()> {
+        let mut state = self.state.lock().expect("state lock");
+        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+        let mut rt = self.runtime.lock().expect("runtime");
+        match (paused, *state) {
+            (true, State::Running) => rt.pause().map_err(lc_err("pause the container"))?,
+            (false, State::Paused) => rt.resume().map_err(lc_err("resume the container"))?,
+            (_, s) => {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container {:?} is {s:?}",
+                    self.id
+                )))
+            }
+        }
+        *state = if paused {
+            State::Paused
+        } else {
+            State::Running
+        };
+        Ok(())
+    }
+
+    /// Sends `signal` to every process of the container.
+    pub fn signal_all(&self, signal: i32) -> Result<()> {
+        for pid in self.cgroup.pids()? {
+            // SAFETY: kill(2) takes no pointers. A process may exit meanwhile: ESRCH is fine.
+            unsafe { libc::kill(pid, signal) };
+        }
+        Ok(())
+    }
+
+    /// Kills every process, removes the cgroup and the state. The caller has waited for the
+    /// processes to be reaped. Blocking.
+    pub fn destroy(&self) -> Result<()> {
+        {
+            let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+            let mut rt = self.runtime.lock().expect("runtime");
+            if *self.state.lock().expect("state lock") == State::Paused {
+                let _ = rt.resume();
+            }
+            rt.delete(true).map_err(lc_err("delete the container"))?;
+        }
+        std::fs::remove_dir_all(&self.bundle)
+            .map_err(|e| AgentError::io("remove the bundle directory", e))?;
+        Ok(())
+    }
+}
+
+/// Removes what a failed create may have left.
+fn cleanup_failed(dirs: &StateDirs, id: &str, bundle_dir: &Path) {
+    let runtime_dir = dirs.runtime_root.join(id);
+    if runtime_dir.exists() {
+        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+        match LcContainer::load(runtime_dir.clone()) {
+            Ok(mut c) => {
+                if let Err(e) = c.delete(true) {
+                    tracing::warn!(error = %e, id, "clean up after a failed create");
+                }
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&runtime_dir);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(bundle_dir);
+}
