@@ -8,6 +8,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod fuzzing;
 pub mod kvm_kind;
 pub mod layout;
 pub mod mptable;

@@ -24,7 +24,9 @@ use crate::boot;
 use crate::config::{SerialOutput, VmConfig};
 use crate::devices::bus::{lock, Bus};
 use crate::devices::legacy::*;
+use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::subscriber::VirtioSubscriber;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -369,11 +371,12 @@ impl Vm {
         self.mmio
             .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)
             .map_err(|e| dev_err(name.clone())(std::io::Error::other(e)))?;
-        self.subscribers.push(Arc::new(Mutex::new(VirtioSubscriber::new(
-            transport.clone(),
-            queue_evts,
-            activate,
-        ))));
+        self.subscribers
+            .push(Arc::new(Mutex::new(VirtioSubscriber::new(
+                transport.clone(),
+                queue_evts,
+                activate,
+            ))));
         Ok(transport)
     }
 
@@ -383,6 +386,14 @@ impl Vm {
             let dev = Vsock::new(v.cid, &v.uds)
                 .map_err(dev_err(format!("vsock socket {}", v.uds.display())))?;
             self.attach_virtio(Box::new(dev))?;
+        }
+        for b in self.config.block.clone() {
+            let dev = Block::open(&b.path, b.read_only)
+                .map_err(dev_err(format!("block device {}", b.path.display())))?;
+            self.attach_virtio(Box::new(dev))?;
+        }
+        if self.config.rng {
+            self.attach_virtio(Box::new(Rng::default()))?;
         }
         Ok(())
     }

@@ -58,7 +58,10 @@ fn guest_connects_to_host_and_host_connects_to_guest() {
     s.read_exact(&mut echo).unwrap();
     assert_eq!(echo, msg);
     drop(s);
-    vmm.wait_line(&format!("vsock: echoed {} bytes to host port 5201", msg.len()), DEADLINE);
+    vmm.wait_line(
+        &format!("vsock: echoed {} bytes to host port 5201", msg.len()),
+        DEADLINE,
+    );
 
     // Host-initiated: CONNECT through the main socket.
     vmm.wait_line("vsock: listening on 1234", DEADLINE);
@@ -110,7 +113,11 @@ fn connect_to_a_port_nobody_serves_is_refused() {
     bad.write_all(b"CONNECT nine\n").unwrap();
     bad.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut b = [0u8; 1];
-    assert_eq!(bad.read(&mut b).unwrap(), 0, "malformed CONNECT closes the stream");
+    assert_eq!(
+        bad.read(&mut b).unwrap(),
+        0,
+        "malformed CONNECT closes the stream"
+    );
     let mut s = UnixStream::connect(&uds).unwrap();
     s.write_all(b"CONNECT 1\n").unwrap();
     let mut line = String::new();

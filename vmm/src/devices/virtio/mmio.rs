@@ -114,9 +114,7 @@ impl MmioTransport {
             return;
         }
         let added = v & !self.status;
-        if added & STATUS_FEATURES_OK != 0
-            && self.driver_features & !self.offered_features() != 0
-        {
+        if added & STATUS_FEATURES_OK != 0 && self.driver_features & !self.offered_features() != 0 {
             // Accepting a feature we did not offer: refuse FEATURES_OK.
             self.status = v & !STATUS_FEATURES_OK;
             return;
@@ -329,7 +327,11 @@ mod tests {
         w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         w(&mut t, 0x24, 1);
         w(&mut t, 0x20, 1);
-        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_ne!(r(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
         w(&mut t, 0x30, 0);
         assert_eq!(r(&mut t, 0x34), 16);

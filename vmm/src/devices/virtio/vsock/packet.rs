@@ -58,7 +58,10 @@ pub struct TxPacket {
 }
 
 /// Parses a tx chain: header then `hdr.len` payload bytes from the readable descriptors.
-pub fn parse_tx<M>(mem: &GuestMemoryMmap, chain: DescriptorChain<M>) -> Result<TxPacket, PacketError>
+pub fn parse_tx<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+) -> Result<TxPacket, PacketError>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory + Sized,
@@ -96,7 +99,8 @@ where
 pub fn write_rx(w: &mut Writer<'_>, hdr: &Header, data: &[u8]) -> Result<u32, PacketError> {
     let mut hdr = *hdr;
     hdr.len = data.len() as u32;
-    w.write_all(hdr.as_slice()).map_err(|_| PacketError::Short)?;
+    w.write_all(hdr.as_slice())
+        .map_err(|_| PacketError::Short)?;
     w.write_all(data)
         .map_err(|_| PacketError::BadLength(data.len() as u32))?;
     Ok((HDR_SIZE + data.len()) as u32)
