@@ -1,0 +1,287 @@
+//! The shim's TOML configuration and the runtime options that point at it.
+//!
+//! containerd hands the shim its runtime options in every create request: CRI's
+//! `runtimeoptions.v1.Options` (`ConfigPath` in containerd's runtime config) or `ctr run
+//! --runtime-config-path`. Without a path the shim reads [`DEFAULT_CONFIG_PATH`] when it exists
+//! and uses built-in defaults otherwise.
+
+use std::path::{Path, PathBuf};
+
+use containerd_shim::protos::protobuf::{well_known_types::any::Any, CodedInputStream};
+use serde::Deserialize;
+
+/// Where the shim looks for its configuration when the runtime options name none.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/eci/shim.toml";
+
+/// Errors of loading the configuration; each names the field or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("runtime options: cannot decode {type_url}")]
+    Options {
+        type_url: String,
+        source: containerd_shim::protos::protobuf::Error,
+    },
+    #[error("config file {path}: cannot read")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: field `{field}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// Which hypervisor runs the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum HypervisorKind {
+    /// Local mode: the agent runs on the host in fresh namespaces (container isolation only).
+    #[serde(rename = "none")]
+    #[default]
+    None,
+    /// A microVM per pod through `eci-vmm`.
+    #[serde(rename = "eci-vmm")]
+    EciVmm,
+}
+
+/// Size of a pod's VM when neither annotations nor resource limits say otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodSize {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+impl Default for PodSize {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            memory_mib: 512,
+        }
+    }
+}
+
+/// The shim configuration file (`shim.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShimConfig {
+    pub hypervisor: HypervisorKind,
+    /// Guest kernel (VM mode).
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs (VM mode).
+    pub initrd: Option<PathBuf>,
+    /// `eci-agent` binary; default: next to the shim binary, then on PATH.
+    pub agent_path: Option<PathBuf>,
+    /// `eci-vmm` binary; default: next to the shim binary, then on PATH.
+    pub vmm_path: Option<PathBuf>,
+    pub default_pod_size: PodSize,
+    /// error, warn, info, debug or trace.
+    pub log_level: Option<String>,
+}
+
+impl ShimConfig {
+    /// Parses `text` read from `path` (the path only names the file in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: ShimConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Loads the configuration from `explicit`, else from [`DEFAULT_CONFIG_PATH`] when it exists,
+    /// else the defaults. An explicit path that cannot be read is an error.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match explicit {
+            Some(path) => path.to_owned(),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
+            None => return Ok(Self::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, &path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason: reason.to_owned(),
+        };
+        if self.default_pod_size.vcpus == 0 {
+            return Err(invalid("default_pod_size.vcpus", "must be at least 1"));
+        }
+        if self.default_pod_size.memory_mib < 64 {
+            return Err(invalid(
+                "default_pod_size.memory_mib",
+                "must be at least 64",
+            ));
+        }
+        if let Some(level) = &self.log_level {
+            if level.parse::<log::LevelFilter>().is_err() {
+                return Err(invalid(
+                    "log_level",
+                    "must be one of off, error, warn, info, debug, trace",
+                ));
+            }
+        }
+        for (field, value) in [
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+            ("agent_path", &self.agent_path),
+            ("vmm_path", &self.vmm_path),
+        ] {
+            if let Some(p) = value {
+                if !p.is_absolute() {
+                    return Err(invalid(field, "must be an absolute path"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The config path carried by containerd's runtime options, if any.
+///
+/// `runtimeoptions.v1.Options` is `{ string type_url = 1; string config_path = 2; string
+/// config_body = 3; }`; containerd-shim-protos does not ship it, and three string fields do not
+/// justify generated code.
+pub fn config_path_from_options(options: Option<&Any>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(any) = options else { return Ok(None) };
+    if !any.type_url.ends_with("runtimeoptions.v1.Options") {
+        // Other options (e.g. runc's) carry nothing for us.
+        return Ok(None);
+    }
+    let decode_error = |source| ConfigError::Options {
+        type_url: any.type_url.clone(),
+        source,
+    };
+    let mut input = CodedInputStream::from_bytes(&any.value);
+    let mut config_path = None;
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(decode_error)? {
+        let (field, wire_type) = (tag >> 3, tag & 7);
+        if field == 2 && wire_type == 2 {
+            config_path = Some(input.read_string().map_err(decode_error)?);
+        } else {
+            let wire_type = containerd_shim::protos::protobuf::rt::WireType::new(wire_type)
+                .ok_or_else(|| {
+                    decode_error(containerd_shim::protos::protobuf::Error::from(
+                        std::io::Error::other("bad wire type"),
+                    ))
+                })?;
+            input.skip_field(wire_type).map_err(decode_error)?;
+        }
+    }
+    Ok(config_path.filter(|p| !p.is_empty()).map(PathBuf::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_local_mode() {
+        let config = ShimConfig::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(config.hypervisor, HypervisorKind::None);
+        assert_eq!(
+            config.default_pod_size,
+            PodSize {
+                vcpus: 1,
+                memory_mib: 512
+            }
+        );
+    }
+
+    #[test]
+    fn parses_every_field() {
+        let text = r#"
+            hypervisor = "eci-vmm"
+            kernel = "/opt/eci/vmlinux"
+            initrd = "/opt/eci/initramfs.cpio"
+            log_level = "debug"
+            [default_pod_size]
+            vcpus = 2
+            memory_mib = 1024
+        "#;
+        let config = ShimConfig::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(config.hypervisor, HypervisorKind::EciVmm);
+        assert_eq!(
+            config.kernel.as_deref(),
+            Some(Path::new("/opt/eci/vmlinux"))
+        );
+        assert_eq!(config.default_pod_size.memory_mib, 1024);
+        assert_eq!(config.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn unknown_hypervisor_names_the_field() {
+        let err = ShimConfig::parse("hypervisor = \"kvm\"", Path::new("/etc/eci/shim.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/etc/eci/shim.toml") && err.contains("hypervisor"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let err = ShimConfig::parse("[default_pod_size]\nvcpus = 0", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_pod_size.vcpus"), "{err}");
+        let err = ShimConfig::parse("kernel = \"vmlinux\"", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`kernel`") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = ShimConfig::parse("log_level = \"loud\"", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log_level"), "{err}");
+        let err = ShimConfig::parse("hypervisr = \"none\"", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hypervisr"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = ShimConfig::load(Some(Path::new("/nonexistent/eci.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/eci.toml"), "{err}");
+    }
+
+    #[test]
+    fn reads_config_path_from_runtime_options() {
+        // runtimeoptions.v1.Options { type_url: "x", config_path: "/etc/eci/a.toml" }
+        let mut value = vec![0x0a, 1, b'x', 0x12, 15];
+        value.extend_from_slice(b"/etc/eci/a.toml");
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        };
+        assert_eq!(
+            config_path_from_options(Some(&any)).unwrap(),
+            Some(PathBuf::from("/etc/eci/a.toml"))
+        );
+        let runc = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: vec![1, 2, 3],
+            ..Default::default()
+        };
+        assert_eq!(config_path_from_options(Some(&runc)).unwrap(), None);
+        assert_eq!(config_path_from_options(None).unwrap(), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! The one interface between a pod and whatever runs its agent.
+//!
+//! [`Hypervisor::launch`] starts the sandbox (the agent on the host in local mode, a microVM
+//! through `eci-vmm` later) and says where the agent's API and stream endpoints are and which host
+//! process ends the sandbox when it exits. Everything else (containers, stdio, hooks) is the same
+//! for every hypervisor.
+
+use std::{
+    ffi::CString,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    path::{Path, PathBuf},
+};
+
+use async_trait::async_trait;
+use nix::sched::CloneFlags;
+use tokio::sync::oneshot;
+
+use crate::{
+    config::{HypervisorKind, ShimConfig},
+    paths::PodPaths,
+    reaper::ExitSubscription,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("hypervisor = \"{0}\" is not supported by this shim yet; use hypervisor = \"none\" (local mode)")]
+    NotSupported(&'static str),
+    #[error("cannot find `{name}` next to the shim binary or on PATH (set `{field}` in the shim config)")]
+    BinaryNotFound {
+        name: &'static str,
+        field: &'static str,
+    },
+    #[error("prepare pod directory {}", path.display())]
+    PodDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("start {}", binary.display())]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A running sandbox.
+pub struct Launched {
+    /// Host pid of the process whose exit ends the sandbox.
+    pub pid: i32,
+    /// ttrpc address of the agent API (`unix://...`).
+    pub api_address: String,
+    /// Unix socket of the agent's stdio stream endpoint.
+    pub stream_socket: PathBuf,
+    /// Resolves with the sandbox process's exit status.
+    pub exited: oneshot::Receiver<i32>,
+}
+
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// The config value that selects this hypervisor.
+    fn name(&self) -> &'static str;
+
+    /// Starts the pod's sandbox. The pod directory exists and is prepared.
+    async fn launch(&self, pod: &PodPaths) -> Result<Launched, SandboxError>;
+
+    /// What the shim says in its log when a pod starts.
+    fn isolation_note(&self) -> &'static str;
+}
+
+/// The hypervisor the configuration asks for.
+pub fn from_config(config: &ShimConfig) -> Result<Box<dyn Hypervisor>, SandboxError> {
+    match config.hypervisor {
+        HypervisorKind::None => {
+            let agent = match &config.agent_path {
+                Some(path) => path.clone(),
+                None => find_binary("eci-agent").ok_or(SandboxError::BinaryNotFound {
+                    name: "eci-agent",
+                    field: "agent_path",
+                })?,
+            };
+            Ok(Box::new(LocalAgent { agent }))
+        }
+        HypervisorKind::EciVmm => Err(SandboxError::NotSupported("eci-vmm")),
+    }
+}
+
+/// `name` next to the running binary, else on PATH.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(name)));
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    beside.into_iter().chain(on_path).find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Local mode: `eci-agent --local` on the host, in a new mount and PID namespace. The agent is
+/// PID 1 of its namespace, like in a VM: when it dies, the kernel kills every process of the
+/// pod. This is container isolation only, not a sandbox.
+pub struct LocalAgent {
+    pub agent: PathBuf,
+}
+
+#[async_trait]
+impl Hypervisor for LocalAgent {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn isolation_note(&self) -> &'static str {
+        "local mode (hypervisor = \"none\"): the agent runs on the host; containers get container \
+         isolation only, not a VM sandbox"
+    }
+
+    async fn launch(&self, pod: &PodPaths) -> Result<Launched, SandboxError> {
+        let spawn_error = |source| SandboxError::Spawn {
+            binary: self.agent.clone(),
+            source,
+        };
+        let api_socket = pod.api_socket();
+        let stream_socket = pod.stream_socket();
+        for stale in [&api_socket, &stream_socket] {
+            let _ = std::fs::remove_file(stale);
+        }
+        let args = [
+            self.agent.as_os_str(),
+            "--local".as_ref(),
+            "--listen".as_ref(),
+            api_socket.as_os_str(),
+            "--stream-listen".as_ref(),
+            stream_socket.as_os_str(),
+        ];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(pod.agent_log())
+            .map_err(spawn_error)?;
+        let subscription = ExitSubscription::new().await.map_err(spawn_error)?;
+        let pid = clone_into_namespaces(&args, log.as_raw_fd()).map_err(spawn_error)?;
+        drop(log);
+        std::fs::write(pod.pid_file(), pid.to_string()).map_err(spawn_error)?;
+        Ok(Launched {
+            pid,
+            api_address: format!("unix://{}", api_socket.display()),
+            stream_socket,
+            exited: subscription.watch(pid),
+        })
+    }
+}
+
+/// Starts `args[0]` with `args` as PID 1 of a new PID namespace, in a new mount namespace whose
+/// mounts are slaves of the host's (host mounts reach it, its own stay inside) and with a /proc
+/// of its own PID namespace. stdout and stderr go to `log_fd`.
+fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Result<i32> {
+    let to_c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
+    let argv: Vec<CString> = args
+        .iter()
+        .map(|a| to_c(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let root = to_c(b"/")?;
+    let proc_dir = to_c(b"/proc")?;
+    let proc_type = to_c(b"proc")?;
+    let dev_null = to_c(b"/dev/null")?;
+    // Everything the child touches is prepared above: between clone and exec only system calls
+    // run, because the clone of a multi-threaded process must not allocate.
+    let child = move || -> isize {
+        // SAFETY: plain system calls on pointers to CStrings that outlive the child (it execs or
+        // exits); no allocation, no locks.
+        unsafe {
+            let null = std::ptr::null::<libc::c_char>();
+            if libc::mount(
+                null,
+                root.as_ptr(),
+                null,
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ) != 0
+            {
+                libc::_exit(120);
+            }
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            if libc::mount(
+                proc_type.as_ptr(),
+                proc_dir.as_ptr(),
+                proc_type.as_ptr(),
+                flags,
+                std::ptr::null(),
+            ) != 0
+            {
+                libc::_exit(121);
+            }
+            let stdin = libc::open(dev_null.as_ptr(), libc::O_RDONLY);
+            if stdin < 0
+                || libc::dup2(stdin, 0) < 0
+                || libc::dup2(log_fd, 1) < 0
+                || libc::dup2(log_fd, 2) < 0
+            {
+                libc::_exit(122);
+            }
+            libc::setsid();
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::execv(argv_ptrs[0], argv_ptrs.as_ptr());
+            libc::_exit(127)
+        }
+    };
+    let mut stack = vec![0u8; 256 * 1024];
+    let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+    // SAFETY: the child runs only the async-signal-safe closure above on its own stack and then
+    // execs or exits; the parent's memory is copied (no CLONE_VM), so nothing is shared.
+    let pid =
+        unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }?;
+    Ok(pid.as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eci_vmm_is_not_supported_yet() {
+        let config = ShimConfig {
+            hypervisor: HypervisorKind::EciVmm,
+            ..Default::default()
+        };
+        let err = from_config(&config).err().unwrap().to_string();
+        assert!(
+            err.contains("eci-vmm") && err.contains("not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn configured_agent_path_wins() {
+        let config = ShimConfig {
+            agent_path: Some("/opt/agent".into()),
+            ..Default::default()
+        };
+        assert_eq!(from_config(&config).unwrap().name(), "none");
+    }
+
+    #[test]
+    fn finds_binaries_on_path() {
+        assert!(find_binary("sh").is_some());
+        assert!(find_binary("definitely-not-a-binary-eci").is_none());
+    }
+}

@@ -1,0 +1,22 @@
+//! containerd shim v2 for ECI pods (`io.containerd.eci.v2`).
+//!
+//! Owns: the containerd Task API of one pod, the pod's sandbox (through [`hypervisor`]), host
+//! OCI hooks, stdio plumbing, and every host resource of the pod (sockets, mounts, cgroups,
+//! directories). Must not touch: guest internals, except through the agent API.
+
+pub mod agent;
+pub mod cgroups;
+pub mod config;
+pub mod error;
+pub mod hooks;
+pub mod hypervisor;
+pub mod lifecycle;
+pub mod metrics;
+pub mod paths;
+pub mod pidmap;
+pub mod reaper;
+pub mod sandbox;
+pub mod stdio;
+pub mod task;
+
+pub use lifecycle::RUNTIME_ID;

@@ -1,0 +1,211 @@
+//! Where a pod's host state lives, and how to release all of it.
+//!
+//! `<STATE_ROOT>/<pod key>/` holds the agent's sockets, its log, its pid file and `shared/`: a
+//! bind mount of itself made shared, so that the container root filesystems the shim mounts under
+//! it after the sandbox started still reach the sandbox's own mount namespace (propagation from
+//! host to sandbox only). The pod key is the hash containerd's shim socket name uses, so pods of
+//! different containerd instances or namespaces never collide.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Root of every pod's host state.
+pub const STATE_ROOT: &str = "/run/eci";
+
+/// Host paths of one pod.
+#[derive(Debug, Clone)]
+pub struct PodPaths {
+    pub dir: PathBuf,
+}
+
+impl PodPaths {
+    /// Paths of the pod `pod_id` of the containerd at `containerd_address`, namespace `namespace`.
+    pub fn new(containerd_address: &str, namespace: &str, pod_id: &str) -> Self {
+        let socket = containerd_shim::socket_address(containerd_address, namespace, pod_id);
+        let key = socket.rsplit('/').next().unwrap_or(pod_id).to_owned();
+        Self {
+            dir: Path::new(STATE_ROOT).join(key),
+        }
+    }
+
+    /// Paths under an explicit directory (tests).
+    pub fn at(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    pub fn stream_socket(&self) -> PathBuf {
+        self.dir.join("agent-io.sock")
+    }
+
+    pub fn agent_log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// Host pid of the process whose exit ends the sandbox (agent or VMM).
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("sandbox.pid")
+    }
+
+    pub fn shared_dir(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
+
+    /// Bundle directory the sandbox sees for a container: `shared/<id>`, with `rootfs/` in it.
+    pub fn container_dir(&self, container_id: &str) -> PathBuf {
+        self.shared_dir().join(container_id)
+    }
+
+    /// Creates the pod directory and the shared mount. Idempotent.
+    pub fn prepare(&self) -> io::Result<()> {
+        let shared = self.shared_dir();
+        std::fs::create_dir_all(&shared)?;
+        if !is_mount_point(&shared)? {
+            mount(
+                Some(&shared),
+                &shared,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            mount(
+                None::<&str>,
+                &shared,
+                None::<&str>,
+                MsFlags::MS_SHARED,
+                None::<&str>,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts everything under the pod directory and removes it. Safe to call again, and on a
+    /// pod that never fully started.
+    pub fn remove(&self) -> io::Result<()> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        unmount_under(&self.dir)?;
+        std::fs::remove_dir_all(&self.dir).or_else(not_found_ok)?;
+        // Leave the state root when other pods still use it.
+        let _ = std::fs::remove_dir(STATE_ROOT);
+        Ok(())
+    }
+}
+
+fn not_found_ok(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Mount points at or under `dir`, deepest first, read from /proc/self/mountinfo.
+pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    Ok(found)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out
+}
+
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    Ok(mounts_under(path)?.iter().any(|p| p == path))
+}
+
+/// Unmounts every mount at or under `dir` (each as often as it is stacked).
+pub fn unmount_under(dir: &Path) -> io::Result<()> {
+    for _ in 0..8 {
+        let mounts = mounts_under(dir)?;
+        if mounts.is_empty() {
+            return Ok(());
+        }
+        for m in mounts {
+            match umount2(&m, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(io::Error::other(format!("unmount {}: {e}", m.display()))),
+            }
+        }
+    }
+    Err(io::Error::other(format!(
+        "mounts under {} keep coming back",
+        dir.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_key_depends_on_containerd_namespace_and_pod() {
+        let a = PodPaths::new("/run/containerd/containerd.sock", "default", "pod");
+        let b = PodPaths::new("/tmp/x/containerd.sock", "default", "pod");
+        let c = PodPaths::new("/run/containerd/containerd.sock", "k8s.io", "pod");
+        assert_ne!(a.dir, b.dir);
+        assert_ne!(a.dir, c.dir);
+        assert!(a.dir.starts_with(STATE_ROOT));
+        assert!(
+            a.api_socket().as_os_str().len() < 100,
+            "unix socket path too long"
+        );
+        assert!(
+            a.stream_socket().as_os_str().len() < 100,
+            "unix socket path too long"
+        );
+    }
+
+    #[test]
+    fn unescapes_mountinfo_paths() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn prepare_and_remove_leave_nothing() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root to mount");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let pod = PodPaths::at(tmp.path().join("pod"));
+        pod.prepare().unwrap();
+        pod.prepare().unwrap();
+        assert!(is_mount_point(&pod.shared_dir()).unwrap());
+        pod.remove().unwrap();
+        assert!(!pod.dir.exists());
+        assert!(mounts_under(tmp.path()).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,156 @@
+//! Host pids of processes inside a local-mode sandbox.
+//!
+//! The agent is PID 1 of its own PID namespace and reports pids of that namespace; containerd,
+//! `ctr task ps` and host hooks (e.g. nerdctl's, which open /proc/<pid>/ns/net) need host pids.
+//! A sandbox process is found by the second entry of its `NSpid` line (its pid in the agent's
+//! namespace) and by having the agent among its ancestors.
+
+use std::fs;
+
+/// The host pid of the process with pid `ns_pid` in the namespace of `sandbox_pid`.
+pub fn host_pid(sandbox_pid: i32, ns_pid: u32) -> Option<u32> {
+    if ns_pid == 1 {
+        return u32::try_from(sandbox_pid).ok();
+    }
+    let entries = fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(status) = read_status(pid) else {
+            continue;
+        };
+        if status.ns_pids.get(1) == Some(&ns_pid) && descends_from(pid, sandbox_pid) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Maps every pid in `ns_pids` at once (one scan of /proc).
+pub fn host_pids(sandbox_pid: i32, ns_pids: &[u32]) -> Vec<(u32, Option<u32>)> {
+    let mut found: Vec<(u32, Option<u32>)> = ns_pids.iter().map(|p| (*p, None)).collect();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(status) = read_status(pid) else {
+                continue;
+            };
+            let Some(inner) = status.ns_pids.get(1) else {
+                continue;
+            };
+            if let Some(slot) = found.iter_mut().find(|(n, h)| n == inner && h.is_none()) {
+                if descends_from(pid, sandbox_pid) {
+                    slot.1 = Some(pid);
+                }
+            }
+        }
+    }
+    if let Some(slot) = found.iter_mut().find(|(n, _)| *n == 1) {
+        slot.1 = u32::try_from(sandbox_pid).ok();
+    }
+    found
+}
+
+struct Status {
+    ppid: u32,
+    ns_pids: Vec<u32>,
+}
+
+fn read_status(pid: u32) -> Option<Status> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut ppid = 0;
+    let mut ns_pids = Vec::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("PPid:") {
+            ppid = v.trim().parse().ok()?;
+        } else if let Some(v) = line.strip_prefix("NSpid:") {
+            ns_pids = v
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+        }
+    }
+    Some(Status { ppid, ns_pids })
+}
+
+fn descends_from(mut pid: u32, ancestor: i32) -> bool {
+    for _ in 0..32 {
+        if pid as i32 == ancestor {
+            return true;
+        }
+        match read_status(pid) {
+            Some(s) if s.ppid > 1 => pid = s.ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_maps_to_itself_through_pid_one() {
+        // In the host namespace NSpid has one entry, so nothing maps but PID 1 of the "sandbox".
+        let me = std::process::id() as i32;
+        assert_eq!(host_pid(me, 1), Some(me as u32));
+        assert_eq!(host_pid(me, 999_999), None);
+    }
+
+    #[test]
+    fn finds_a_child_in_a_new_pid_namespace() {
+        if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/unshare").exists() {
+            eprintln!("SKIP: needs root and unshare(1)");
+            return;
+        }
+        // unshare --fork: unshare (host) -> sh (ns pid 1) -> sleep (ns pid 2).
+        let mut child = std::process::Command::new("/usr/bin/unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "sh",
+                "-c",
+                "sleep 30 & wait",
+            ])
+            .spawn()
+            .unwrap();
+        let unshare_pid = child.id();
+        let mut sandbox = None;
+        for _ in 0..200 {
+            let children =
+                fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+                    .unwrap_or_default();
+            sandbox = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<i32>().ok());
+            if sandbox.is_some() && host_pid(sandbox.unwrap(), 2).is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let sandbox = sandbox.expect("sandbox process");
+        let sleep_pid = host_pid(sandbox, 2).expect("sleep found");
+        let comm = fs::read_to_string(format!("/proc/{sleep_pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), "sleep");
+        assert_eq!(
+            host_pids(sandbox, &[1, 2]),
+            vec![(1, Some(sandbox as u32)), (2, Some(sleep_pid))]
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

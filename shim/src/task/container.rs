@@ -1,0 +1,101 @@
+//! A container of the pod: its spec as the host sees it, its processes, its host resources.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use oci_spec::runtime::Spec;
+
+use super::process::Process;
+use crate::{error::ShimError, hooks::HostHooks, sandbox::Sandbox};
+
+/// CRI's annotations that group containers into pods.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The pod a container belongs to: its CRI sandbox, else a pod of its own.
+pub fn pod_id_of(container_id: &str, annotations: Option<&HashMap<String, String>>) -> String {
+    let annotation = |key| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    match (annotation(CONTAINER_TYPE), annotation(SANDBOX_ID)) {
+        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.to_owned(),
+        _ => container_id.to_owned(),
+    }
+}
+
+/// Reads `<bundle>/config.json`, naming the file and the reason when it is bad.
+pub fn load_spec(bundle: &Path) -> Result<Spec, ShimError> {
+    let path = bundle.join("config.json");
+    Spec::load(&path)
+        .map_err(|e| ShimError::InvalidArgument(format!("OCI spec {}: {e}", path.display())))
+}
+
+pub struct Container {
+    pub id: String,
+    pub bundle: String,
+    pub sandbox: Arc<Sandbox>,
+    pub hooks: HostHooks,
+    pub annotations: Option<HashMap<String, String>>,
+    pub oci_version: String,
+    /// `linux.cgroupsPath` as sent to the agent.
+    pub cgroups_path: Option<String>,
+    /// `shared/<id>` when the shim mounted the rootfs there.
+    pub mounted_dir: Option<PathBuf>,
+    pub init: Arc<Process>,
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+impl Container {
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>, ShimError> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .expect("execs lock")
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| {
+                ShimError::NotFound(format!(
+                    "exec {exec_id} of container {}: not found",
+                    self.id
+                ))
+            })
+    }
+
+    pub fn state<'a>(&'a self, status: &'a str, pid: u32) -> crate::hooks::State<'a> {
+        crate::hooks::State {
+            oci_version: &self.oci_version,
+            id: &self.id,
+            status,
+            pid,
+            bundle: &self.bundle,
+            annotations: self.annotations.as_ref(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_containers_join_their_sandbox_and_others_get_their_own_pod() {
+        let mut a = HashMap::new();
+        a.insert(CONTAINER_TYPE.to_owned(), "container".to_owned());
+        a.insert(SANDBOX_ID.to_owned(), "pod1".to_owned());
+        assert_eq!(pod_id_of("c1", Some(&a)), "pod1");
+        a.insert(CONTAINER_TYPE.to_owned(), "sandbox".to_owned());
+        assert_eq!(pod_id_of("pod1", Some(&a)), "pod1");
+        assert_eq!(pod_id_of("demo", None), "demo");
+    }
+
+    #[test]
+    fn bad_spec_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{\"ociVersion\": 5}").unwrap();
+        let err = load_spec(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("config.json"), "{err}");
+    }
+}

@@ -1,0 +1,545 @@
+//! The pod's shared state and the lifecycle steps behind the Task API.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use containerd_shim::{
+    asynchronous::ExitSignal,
+    protos::{
+        events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM},
+        protobuf::MessageDyn,
+        shim::shim::CreateTaskRequest,
+        topics,
+        types::task::Status,
+    },
+    publisher::RemotePublisher,
+    Context,
+};
+use eci_protocol::agent::{
+    CreateContainerRequest, GetEventRequest, ProcessRequest, RemoveContainerRequest,
+};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::{
+    container::{load_spec, pod_id_of, Container},
+    process::{system_time, Exit, Process},
+};
+use crate::{
+    agent::{ctx, no_deadline},
+    cgroups,
+    config::{config_path_from_options, ShimConfig},
+    error::{rpc, ShimError},
+    hooks::{self, HostHooks},
+    paths::{self, PodPaths},
+    pidmap,
+    sandbox::Sandbox,
+    stdio::{ProcessIo, StdioPaths},
+};
+
+/// How long an exited process's output may take to drain into containerd's FIFOs.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+const AGENT_CALL: Duration = Duration::from_secs(30);
+
+pub struct Pod {
+    pub pod_id: String,
+    pub namespace: String,
+    pub containerd_address: String,
+    publisher: RemotePublisher,
+    pub exit: Arc<ExitSignal>,
+    sandbox: AsyncMutex<Option<Arc<Sandbox>>>,
+    pub containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+impl Pod {
+    pub fn new(
+        pod_id: &str,
+        namespace: &str,
+        containerd_address: &str,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
+        Self {
+            pod_id: pod_id.to_owned(),
+            namespace: namespace.to_owned(),
+            containerd_address: containerd_address.to_owned(),
+            publisher,
+            exit,
+            sandbox: AsyncMutex::new(None),
+            containers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn paths(&self) -> PodPaths {
+        PodPaths::new(&self.containerd_address, &self.namespace, &self.pod_id)
+    }
+
+    pub fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("container {id}: not found")))
+    }
+
+    pub async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(e) = self
+            .publisher
+            .publish(Context::default(), topic, &self.namespace, event)
+            .await
+        {
+            log::warn!("publish {topic}: {e}");
+        }
+    }
+
+    /// The running sandbox, started with the options of this create when it is the pod's first.
+    async fn sandbox_for(
+        self: &Arc<Self>,
+        req: &CreateTaskRequest,
+        hostname: &str,
+    ) -> Result<Arc<Sandbox>, ShimError> {
+        let mut slot = self.sandbox.lock().await;
+        if let Some(sandbox) = slot.as_ref() {
+            if sandbox.is_dead() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "sandbox of pod {} is gone",
+                    self.pod_id
+                )));
+            }
+            return Ok(sandbox.clone());
+        }
+        let config_path = config_path_from_options(req.options.as_ref())?;
+        let config = ShimConfig::load(config_path.as_deref())?;
+        if let Some(level) = config.log_level.as_deref().and_then(|l| l.parse().ok()) {
+            log::set_max_level(level);
+        }
+        let sandbox = Sandbox::start(&self.pod_id, self.paths(), &config, hostname).await?;
+        tokio::spawn(forward_agent_events(self.clone(), sandbox.clone()));
+        tokio::spawn(release_after_sandbox_death(self.clone(), sandbox.clone()));
+        *slot = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+
+    pub async fn create(self: &Arc<Self>, req: &CreateTaskRequest) -> Result<u32, ShimError> {
+        if self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .contains_key(&req.id)
+        {
+            return Err(ShimError::AlreadyExists(format!(
+                "container {}: already exists",
+                req.id
+            )));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented(
+                "restore from checkpoint is not supported by io.containerd.eci.v2".into(),
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let mut spec = load_spec(&bundle)?;
+        let annotations = spec.annotations().clone();
+        let pod_id = pod_id_of(&req.id, annotations.as_ref());
+        if pod_id != self.pod_id {
+            return Err(ShimError::InvalidArgument(format!(
+                "container {} belongs to pod {pod_id}, this shim serves pod {}",
+                req.id, self.pod_id
+            )));
+        }
+        if spec.process().is_none() {
+            return Err(ShimError::InvalidArgument(
+                "OCI spec: `process` is missing".into(),
+            ));
+        }
+        let hostname = spec.hostname().clone().unwrap_or_default();
+        let sandbox = self.sandbox_for(req, &hostname).await?;
+        let hooks = HostHooks::take_from(&mut spec);
+
+        // Root filesystem: containerd's mounts go under the pod's shared directory.
+        let mut mounted_dir = None;
+        let agent_bundle = if req.rootfs.is_empty() {
+            bundle.clone()
+        } else {
+            let dir = sandbox.paths.container_dir(&req.id);
+            let rootfs = dir.join("rootfs");
+            std::fs::create_dir_all(&rootfs)
+                .map_err(ShimError::io(format!("create {}", rootfs.display())))?;
+            mounted_dir = Some(dir.clone());
+            for m in &req.rootfs {
+                if let Err(e) = containerd_shim::util::mount_rootfs(m, &rootfs).await {
+                    release_container_dir(&dir);
+                    return Err(ShimError::Internal(format!(
+                        "mount rootfs ({}) at {}: {e}",
+                        m.type_,
+                        rootfs.display()
+                    )));
+                }
+            }
+            dir
+        };
+        let root_path = match spec.root() {
+            Some(root) if !req.rootfs.is_empty() || root.path().is_relative() => {
+                let rel = if req.rootfs.is_empty() {
+                    bundle.join(root.path())
+                } else {
+                    agent_bundle.join("rootfs")
+                };
+                let mut root = root.clone();
+                root.set_path(rel);
+                Some(root)
+            }
+            other => other.clone(),
+        };
+        spec.set_root(root_path);
+        let mut cgroups_path = None;
+        if let Some(linux) = spec.linux_mut() {
+            if linux.cgroups_path().is_none() {
+                linux.set_cgroups_path(Some(PathBuf::from(format!(
+                    "/eci/{}/{}",
+                    self.pod_id, req.id
+                ))));
+            }
+            cgroups_path = linux
+                .cgroups_path()
+                .as_ref()
+                .map(|p| p.display().to_string());
+        }
+        let spec_json = serde_json::to_vec(&spec)
+            .map_err(|e| ShimError::Internal(format!("encode OCI spec: {e}")))?;
+
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let agent_req = CreateContainerRequest {
+            container_id: req.id.clone(),
+            oci_spec_json: spec_json,
+            bundle: agent_bundle.display().to_string(),
+            stdio: Some(stdio.config()).into(),
+            sandbox_id: self.pod_id.clone(),
+            ..Default::default()
+        };
+        let created = sandbox
+            .agent
+            .create_container(ctx(AGENT_CALL), &agent_req)
+            .await;
+        let ns_pid = match created {
+            Ok(resp) => resp.pid,
+            Err(e) => {
+                if let Some(dir) = &mounted_dir {
+                    release_container_dir(dir);
+                }
+                self.stop_sandbox_if_unused().await;
+                return Err(rpc("CreateContainer")(e));
+            }
+        };
+        let init = Arc::new(Process::new(&req.id, "", stdio, Vec::new()));
+        let container = Arc::new(Container {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            sandbox: sandbox.clone(),
+            hooks,
+            annotations,
+            oci_version: spec.version().clone(),
+            cgroups_path,
+            mounted_dir,
+            init: init.clone(),
+            execs: Mutex::new(HashMap::new()),
+        });
+        let pid = host_pid(&sandbox, ns_pid).await;
+        init.set_pid(pid);
+        let prepared = async {
+            let io = ProcessIo::attach(
+                &init.stdio,
+                &sandbox.stream_socket,
+                &req.id,
+                "",
+                &self.namespace,
+            )
+            .await?;
+            *init.io.lock().await = Some(io);
+            let state = container.state("created", pid);
+            hooks::run("prestart", &container.hooks.prestart, &state).await?;
+            hooks::run("createRuntime", &container.hooks.create_runtime, &state).await?;
+            Ok::<_, ShimError>(())
+        }
+        .await;
+        if let Err(e) = prepared {
+            self.discard(&container).await;
+            return Err(e);
+        }
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .insert(req.id.clone(), container.clone());
+        tokio::spawn(watch_exit(self.clone(), container.clone(), init.clone()));
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                checkpoint: req.checkpoint.clone(),
+                pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(pid)
+    }
+
+    /// Undoes a create that failed after the agent created the container.
+    async fn discard(&self, container: &Container) {
+        let req = RemoveContainerRequest {
+            container_id: container.id.clone(),
+            force: true,
+            ..Default::default()
+        };
+        if let Err(e) = container
+            .sandbox
+            .agent
+            .remove_container(ctx(AGENT_CALL), &req)
+            .await
+        {
+            log::warn!("remove failed container {}: {e}", container.id);
+        }
+        container.init.io.lock().await.take();
+        self.release_container(container).await;
+        self.stop_sandbox_if_unused().await;
+    }
+
+    /// Releases the host resources of a removed container.
+    async fn release_container(&self, container: &Container) {
+        if let Some(dir) = &container.mounted_dir {
+            release_container_dir(dir);
+        }
+        if container.sandbox.is_dead() {
+            if let Some(path) = &container.cgroups_path {
+                for left in cgroups::remove(path) {
+                    log::warn!(
+                        "cgroup {} of container {} stays: not empty",
+                        left.display(),
+                        container.id
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops the sandbox when no container is left.
+    pub async fn stop_sandbox_if_unused(&self) {
+        if !self.containers.lock().expect("containers lock").is_empty() {
+            return;
+        }
+        if let Some(sandbox) = self.sandbox.lock().await.take() {
+            sandbox.stop().await;
+        }
+    }
+
+    /// Deletes a stopped (or never started) container and releases its resources.
+    pub async fn delete_container(&self, container: &Arc<Container>) -> Result<Exit, ShimError> {
+        let init = &container.init;
+        match init.status() {
+            Status::RUNNING | Status::PAUSED => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {} is still running: kill it first",
+                    container.id
+                )))
+            }
+            _ => {}
+        }
+        if !container.sandbox.is_dead() {
+            let req = RemoveContainerRequest {
+                container_id: container.id.clone(),
+                force: true,
+                ..Default::default()
+            };
+            if let Err(e) = container
+                .sandbox
+                .agent
+                .remove_container(ctx(AGENT_CALL), &req)
+                .await
+            {
+                log::warn!("RemoveContainer {}: {e}", container.id);
+            }
+        }
+        // A created but never started container has no exit yet; the agent just removed it.
+        let exit = match tokio::time::timeout(Duration::from_secs(5), init.wait()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                let exit = Exit {
+                    status: 137,
+                    at: SystemTime::now(),
+                };
+                init.set_exited(exit);
+                exit
+            }
+        };
+        init.io.lock().await.take();
+        for exec in container.execs.lock().expect("execs lock").drain() {
+            exec.1.set_exited(Exit {
+                status: 137,
+                at: SystemTime::now(),
+            });
+        }
+        self.release_container(container).await;
+        hooks::run_logged(
+            "poststop",
+            &container.hooks.poststop,
+            &container.state("stopped", init.pid()),
+        )
+        .await;
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .remove(&container.id);
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: container.id.clone(),
+                pid: init.pid(),
+                exit_status: exit.status,
+                exited_at: exit.timestamp(),
+                id: container.id.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        self.stop_sandbox_if_unused().await;
+        Ok(exit)
+    }
+}
+
+pub async fn host_pid(sandbox: &Sandbox, ns_pid: u32) -> u32 {
+    let sandbox_pid = sandbox.pid;
+    let found = tokio::task::spawn_blocking(move || pidmap::host_pid(sandbox_pid, ns_pid))
+        .await
+        .ok()
+        .flatten();
+    found.unwrap_or_else(|| {
+        log::warn!("no host pid for pid {ns_pid} of sandbox {sandbox_pid}");
+        ns_pid
+    })
+}
+
+fn release_container_dir(dir: &Path) {
+    if let Err(e) = paths::unmount_under(dir) {
+        log::error!("unmount {}: {e}", dir.display());
+        return;
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::error!("remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Waits for `process` to exit (or its sandbox to die), drains its output, records the exit and
+/// publishes /tasks/exit.
+pub async fn watch_exit(pod: Arc<Pod>, container: Arc<Container>, process: Arc<Process>) {
+    let sandbox = &container.sandbox;
+    let req = ProcessRequest {
+        container_id: container.id.clone(),
+        exec_id: process.exec_id.clone(),
+        ..Default::default()
+    };
+    let exit = tokio::select! {
+        waited = sandbox.agent.wait_process(no_deadline(), &req) => match waited {
+            Ok(resp) => Exit { status: resp.exit_code as u32, at: system_time(resp.exited_at_unix_nanos) },
+            Err(e) => {
+                // The agent is gone (or broken): the kernel killed the pod's processes.
+                let _ = tokio::time::timeout(Duration::from_secs(5), sandbox.wait_dead()).await;
+                log::warn!("wait for {}/{}: {e}", container.id, process.exec_id);
+                Exit { status: 137, at: SystemTime::now() }
+            }
+        },
+        _ = sandbox.wait_dead() => Exit { status: 137, at: SystemTime::now() },
+    };
+    if let Some(io) = process.io.lock().await.as_mut() {
+        io.finish_output(OUTPUT_DRAIN).await;
+    }
+    if !process.set_exited(exit) {
+        return;
+    }
+    pod.publish(
+        topics::TASK_EXIT_EVENT_TOPIC,
+        Box::new(TaskExit {
+            container_id: container.id.clone(),
+            id: process.event_id().to_owned(),
+            pid: process.pid(),
+            exit_status: exit.status,
+            exited_at: exit.timestamp(),
+            ..Default::default()
+        }),
+    )
+    .await;
+}
+
+/// Forwards the agent's events (OOM) until the agent goes away.
+async fn forward_agent_events(pod: Arc<Pod>, sandbox: Arc<Sandbox>) {
+    let request = GetEventRequest::default();
+    loop {
+        let event = tokio::select! {
+            e = sandbox.agent.get_event(no_deadline(), &request) => e,
+            _ = sandbox.wait_dead() => return,
+        };
+        match event {
+            Ok(event) if event.has_oom() => {
+                let container_id = event.oom().container_id.clone();
+                pod.publish(
+                    topics::TASK_OOM_EVENT_TOPIC,
+                    Box::new(TaskOOM {
+                        container_id,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if sandbox.is_dead() {
+                    return;
+                }
+                log::debug!("GetEvent: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// When the sandbox dies under its containers, their processes are gone: release what the agent
+/// can no longer release (cgroups) right away; mounts go with each container's delete.
+async fn release_after_sandbox_death(pod: Arc<Pod>, sandbox: Arc<Sandbox>) {
+    sandbox.wait_dead().await;
+    let containers: Vec<Arc<Container>> = pod
+        .containers
+        .lock()
+        .expect("containers lock")
+        .values()
+        .cloned()
+        .collect();
+    for c in containers
+        .iter()
+        .filter(|c| Arc::ptr_eq(&c.sandbox, &sandbox))
+    {
+        if let Some(path) = &c.cgroups_path {
+            let path = path.clone();
+            let _ = tokio::task::spawn_blocking(move || cgroups::remove(&path)).await;
+        }
+    }
+}
