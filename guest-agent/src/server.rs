@@ -140,9 +140,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .remove_all()
         .await
         .map_err(|e| ServeError::Shutdown(e.chain()));
+    remove_default_cgroup_parents();
     if let Listen::Local { api, streams } = &config.listen {
         let _ = std::fs::remove_file(api);
         let _ = std::fs::remove_file(streams);
     }
     result
+}
+
+/// Removes the agent's default cgroup parent (`/eci`) in every hierarchy once it is empty; a
+/// parent still in use (another agent's containers) is left alone.
+fn remove_default_cgroup_parents() {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let rel = crate::container::DEFAULT_CGROUP_PARENT.trim_start_matches('/');
+    let mut dirs = vec![root.join(rel)];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        dirs.extend(entries.flatten().map(|e| e.path().join(rel)));
+    }
+    for dir in dirs {
+        // rmdir fails on a non-empty cgroup, which is what we want.
+        let _ = std::fs::remove_dir(dir);
+    }
 }

@@ -1,0 +1,759 @@
+//! End-to-end tests of the agent's container core in local mode: each test starts its own
+//! `eci-agent --local`, builds a busybox bundle and drives the agent through the generated
+//! ttrpc client and the stream socket. They need root (namespaces, cgroups, mounts) and
+//! Debian's busybox-static; without them they print SKIP and return.
+
+use eci_protocol::agent::*;
+use eci_protocol::stream::StreamKind;
+use eci_tests::agent::{default_spec, read_all, LocalAgent};
+use eci_tests::rootfs::BusyboxBundle;
+use oci_spec::runtime::Spec;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+}
+
+struct Env {
+    agent: LocalAgent,
+    bundle: BusyboxBundle,
+}
+
+/// The agent and a bundle, or None (after printing why) when the machine cannot run them.
+async fn env(test: &str) -> Option<Env> {
+    if !eci_tests::is_root() {
+        eprintln!("SKIP {test}: needs root (namespaces, cgroups, mounts)");
+        return None;
+    }
+    if eci_tests::rootfs::static_busybox().is_none() {
+        eprintln!("SKIP {test}: static /bin/busybox missing (apt-get install busybox-static)");
+        return None;
+    }
+    let agent = LocalAgent::start().await.expect("start eci-agent");
+    let bundle = BusyboxBundle::new().expect("build the busybox bundle");
+    Some(Env { agent, bundle })
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+fn stdio(stdin: bool, terminal: bool) -> StdioConfig {
+    StdioConfig {
+        stdin,
+        stdout: true,
+        stderr: !terminal,
+        terminal,
+        ..Default::default()
+    }
+}
+
+impl Env {
+    async fn create(
+        &self,
+        id: &str,
+        spec: &Spec,
+        stdio: StdioConfig,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        let req = CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: serde_json::to_vec(spec).unwrap(),
+            bundle: self.bundle.bundle().display().to_string(),
+            stdio: Some(stdio).into(),
+            ..Default::default()
+        };
+        self.agent.client.create_container(ctx(), &req).await
+    }
+
+    async fn start(&self, id: &str) {
+        let req = StartContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.agent
+            .client
+            .start_container(ctx(), &req)
+            .await
+            .expect("start");
+    }
+
+    async fn wait(&self, id: &str, exec_id: &str) -> WaitProcessResponse {
+        let req = ProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        self.agent
+            .client
+            .wait_process(ctx(), &req)
+            .await
+            .expect("wait")
+    }
+
+    async fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) {
+        let req = SignalProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.agent
+            .client
+            .signal_process(ctx(), &req)
+            .await
+            .expect("signal");
+    }
+
+    async fn remove(&self, id: &str) {
+        let req = RemoveContainerRequest {
+            container_id: id.into(),
+            force: true,
+            ..Default::default()
+        };
+        self.agent
+            .client
+            .remove_container(ctx(), &req)
+            .await
+            .expect("remove");
+    }
+
+    /// Creates, attaches stdout and stderr, starts, collects the output and the exit, removes.
+    async fn run(&self, id: &str, spec: &Spec) -> (String, String, WaitProcessResponse) {
+        self.create(id, spec, stdio(false, false))
+            .await
+            .expect("create");
+        let out = self.agent.attach(id, "", StreamKind::STDOUT).unwrap();
+        let err = self.agent.attach(id, "", StreamKind::STDERR).unwrap();
+        self.start(id).await;
+        let (out, err) = (read_all(out).await.unwrap(), read_all(err).await.unwrap());
+        let exit = self.wait(id, "").await;
+        self.remove(id).await;
+        (out, err, exit)
+    }
+}
+
+fn sh(script: &str) -> Spec {
+    default_spec(&["sh", "-c", script])
+}
+
+#[tokio::test]
+async fn echo_output_reaches_the_stdout_stream() {
+    let Some(env) = env("echo_output").await else {
+        return;
+    };
+    let (out, err, exit) = env
+        .run(
+            &unique("echo"),
+            &default_spec(&["echo", "hello from busybox"]),
+        )
+        .await;
+    assert_eq!(out, "hello from busybox\n", "stderr: {err}");
+    assert_eq!(exit.exit_code, 0);
+    assert_eq!(exit.reason.enum_value(), Ok(ExitReason::EXITED));
+    assert!(exit.exited_at_unix_nanos > 0);
+}
+
+#[tokio::test]
+async fn exit_code_7_is_reported() {
+    let Some(env) = env("exit_code").await else {
+        return;
+    };
+    let (_, err, exit) = env
+        .run(&unique("exit7"), &sh("echo oops >&2; exit 7"))
+        .await;
+    assert_eq!(exit.exit_code, 7);
+    assert_eq!(exit.reason.enum_value(), Ok(ExitReason::EXITED));
+    assert_eq!(err, "oops\n");
+}
+
+#[tokio::test]
+async fn sigkill_gives_137() {
+    let Some(env) = env("sigkill").await else {
+        return;
+    };
+    let id = unique("kill");
+    env.create(&id, &default_spec(&["sleep", "1000"]), stdio(false, false))
+        .await
+        .unwrap();
+    env.start(&id).await;
+    env.signal(&id, "", 9, false).await;
+    let exit = env.wait(&id, "").await;
+    assert_eq!(exit.exit_code, 137);
+    assert_eq!(exit.reason.enum_value(), Ok(ExitReason::SIGNALED));
+    assert_eq!(exit.signal, 9);
+    env.remove(&id).await;
+}
+
+#[tokio::test]
+async fn env_cwd_and_user_are_honoured() {
+    let Some(env) = env("env_cwd_user").await else {
+        return;
+    };
+    let mut spec = sh("echo \"$GREETING\"; pwd; id -u; id -g; id -G");
+    let process = spec.process_mut().as_mut().unwrap();
+    process.set_env(Some(vec![
+        "PATH=/bin:/usr/bin".into(),
+        "GREETING=hi there".into(),
+    ]));
+    process.set_cwd("/home/user".into());
+    let mut user = oci_spec::runtime::User::default();
+    user.set_uid(1000);
+    user.set_gid(1000);
+    user.set_additional_gids(Some(vec![1000, 4242]));
+    process.set_user(user);
+    let (out, err, exit) = env.run(&unique("envuser"), &spec).await;
+    assert_eq!(exit.exit_code, 0, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["hi there", "/home/user", "1000", "1000"],
+        "{out}"
+    );
+    assert!(
+        lines[4].split(' ').any(|g| g == "4242"),
+        "additional gid missing: {out}"
+    );
+}
+
+#[tokio::test]
+async fn stdin_is_piped_to_cat() {
+    let Some(env) = env("stdin_cat").await else {
+        return;
+    };
+    let id = unique("cat");
+    env.create(&id, &default_spec(&["cat"]), stdio(true, false))
+        .await
+        .unwrap();
+    let mut input = env.agent.attach(&id, "", StreamKind::STDIN).unwrap();
+    let out = env.agent.attach(&id, "", StreamKind::STDOUT).unwrap();
+    env.start(&id).await;
+    input.write_all(b"line one\nline two\n").unwrap();
+    input.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_all(out).await.unwrap(), "line one\nline two\n");
+    assert_eq!(env.wait(&id, "").await.exit_code, 0);
+    env.remove(&id).await;
+}
+
+#[tokio::test]
+async fn tty_process_sees_a_tty_and_gets_resized() {
+    let Some(env) = env("tty").await else { return };
+    let id = unique("tty");
+    let script = "tty >/dev/null && echo is-a-tty; stty size; \
+                  trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 1; done";
+    env.create(&id, &sh(script), stdio(false, true))
+        .await
+        .unwrap();
+    let resize = |rows, cols| ResizeTtyRequest {
+        container_id: id.clone(),
+        rows,
+        cols,
+        ..Default::default()
+    };
+    env.agent
+        .client
+        .resize_tty(ctx(), &resize(30, 100))
+        .await
+        .unwrap();
+    let mut out = env.agent.attach(&id, "", StreamKind::STDOUT).unwrap();
+    env.start(&id).await;
+    // Read until "ready", then resize and expect the new size from the WINCH trap.
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("ready") {
+            let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+            assert!(
+                n > 0,
+                "tty closed early: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+        (out, String::from_utf8_lossy(&seen).into_owned())
+    });
+    let (out, first) = reader.await.unwrap();
+    assert!(first.contains("is-a-tty"), "{first:?}");
+    assert!(
+        first.contains("30 100"),
+        "initial size not applied: {first:?}"
+    );
+    env.agent
+        .client
+        .resize_tty(ctx(), &resize(50, 132))
+        .await
+        .unwrap();
+    let rest = read_all(out).await.unwrap();
+    assert!(rest.contains("50 132"), "resize not seen: {rest:?}");
+    assert_eq!(env.wait(&id, "").await.exit_code, 0);
+    env.remove(&id).await;
+}
+
+#[tokio::test]
+async fn exec_runs_in_a_running_container() {
+    let Some(env) = env("exec").await else { return };
+    let id = unique("exec");
+    env.create(
+        &id,
+        &sh("echo hostname=$(hostname) > /dev/null; sleep 1000"),
+        stdio(false, false),
+    )
+    .await
+    .unwrap();
+    env.start(&id).await;
+    let mut process = default_spec(&[]).process().clone().unwrap();
+    process.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "echo from-exec; ls /proc | grep -c '^[0-9]' >&2; exit 3".into(),
+    ]));
+    let req = ExecProcessRequest {
+        container_id: id.clone(),
+        exec_id: "e1".into(),
+        process_json: serde_json::to_vec(&process).unwrap(),
+        stdio: Some(stdio(false, false)).into(),
+        ..Default::default()
+    };
+    let resp = env.agent.client.exec_process(ctx(), &req).await.unwrap();
+    assert!(resp.pid > 0);
+    let out = env.agent.attach(&id, "e1", StreamKind::STDOUT).unwrap();
+    let err = env.agent.attach(&id, "e1", StreamKind::STDERR).unwrap();
+    assert_eq!(read_all(out).await.unwrap(), "from-exec\n");
+    // The exec sees the container's PID namespace: sleep, sh, ls and grep at most.
+    let count: u32 = read_all(err).await.unwrap().trim().parse().unwrap();
+    assert!(
+        (2..=5).contains(&count),
+        "{count} pids visible: not the container's PID namespace"
+    );
+    let exit = env.wait(&id, "e1").await;
+    assert_eq!(exit.exit_code, 3);
+    // A second exec with the same id is refused; the container still runs.
+    let dup = env
+        .agent
+        .client
+        .exec_process(ctx(), &req)
+        .await
+        .unwrap_err();
+    assert_code(&dup, ttrpc::Code::ALREADY_EXISTS);
+    let list = env
+        .agent
+        .client
+        .list_processes(
+            ctx(),
+            &ContainerRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        list.processes.iter().any(|p| p.command == "sleep"),
+        "{:?}",
+        list.processes
+    );
+    env.remove(&id).await;
+}
+
+#[tokio::test]
+async fn rlimit_is_applied() {
+    let Some(env) = env("rlimit").await else {
+        return;
+    };
+    let mut spec = sh("ulimit -n; ulimit -Hn");
+    let rlimit = oci_spec::runtime::PosixRlimitBuilder::default()
+        .typ(oci_spec::runtime::PosixRlimitType::RlimitNofile)
+        .soft(123u64)
+        .hard(456u64)
+        .build()
+        .unwrap();
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .set_rlimits(Some(vec![rlimit]));
+    let (out, err, exit) = env.run(&unique("rlimit"), &spec).await;
+    assert_eq!(exit.exit_code, 0, "{err}");
+    assert_eq!(out, "123\n456\n");
+}
+
+#[tokio::test]
+async fn read_only_rootfs_refuses_a_write() {
+    let Some(env) = env("readonly").await else {
+        return;
+    };
+    let spec = sh("echo data > /written && echo wrote");
+    assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+    let (out, err, exit) = env.run(&unique("ro"), &spec).await;
+    assert_ne!(exit.exit_code, 0);
+    assert_eq!(out, "");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!env.bundle.rootfs().join("written").exists());
+}
+
+#[tokio::test]
+async fn masked_path_is_unreadable() {
+    let Some(env) = env("masked").await else {
+        return;
+    };
+    std::fs::write(env.bundle.rootfs().join("etc/secret"), "top-secret\n").unwrap();
+    let mut spec = sh("cat /etc/secret; echo end; head -c 16 /proc/kcore | wc -c");
+    let linux = spec.linux_mut().as_mut().unwrap();
+    let mut masked = linux.masked_paths().clone().unwrap_or_default();
+    assert!(masked.iter().any(|p| p == "/proc/kcore"));
+    masked.push("/etc/secret".into());
+    linux.set_masked_paths(Some(masked));
+    let (out, err, exit) = env.run(&unique("masked"), &spec).await;
+    assert_eq!(exit.exit_code, 0, "{err}");
+    assert!(!out.contains("top-secret"), "masked file readable: {out}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["end", "0"], "{out}");
+}
+
+#[tokio::test]
+async fn dropped_capability_is_really_missing() {
+    let Some(env) = env("caps").await else { return };
+    let caps = |with_chown: bool| {
+        let mut set: oci_spec::runtime::Capabilities =
+            [oci_spec::runtime::Capability::Kill].into_iter().collect();
+        if with_chown {
+            set.insert(oci_spec::runtime::Capability::Chown);
+        }
+        let mut spec = sh("grep CapEff /proc/self/status; chown 1234 /etc/passwd && echo chowned");
+        spec.root_mut().as_mut().unwrap().set_readonly(Some(false));
+        let c = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+            .bounding(set.clone())
+            .effective(set.clone())
+            .permitted(set)
+            .inheritable(oci_spec::runtime::Capabilities::new())
+            .ambient(oci_spec::runtime::Capabilities::new())
+            .build()
+            .unwrap();
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_capabilities(Some(c));
+        spec
+    };
+    let (out, err, exit) = env.run(&unique("nochown"), &caps(false)).await;
+    assert_ne!(exit.exit_code, 0, "chown worked without CAP_CHOWN: {out}");
+    assert!(
+        out.contains("CapEff:\t0000000000000020"),
+        "only CAP_KILL expected: {out}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+    // Control: the same program with CAP_CHOWN succeeds.
+    let (out, err, exit) = env.run(&unique("chown"), &caps(true)).await;
+    assert_eq!(exit.exit_code, 0, "{err}");
+    assert!(out.contains("chowned"), "{out}");
+}
+
+#[tokio::test]
+async fn memory_limit_oom_kills_and_wait_reports_it() {
+    let Some(env) = env("oom").await else { return };
+    let id = unique("oom");
+    // tail keeps all of /dev/zero (no newline) in memory: it is the allocator and the init.
+    let mut spec = default_spec(&["tail", "/dev/zero"]);
+    let memory = oci_spec::runtime::LinuxMemoryBuilder::default()
+        .limit(32 * 1024 * 1024i64)
+        .swap(32 * 1024 * 1024i64)
+        .build()
+        .unwrap();
+    let resources = oci_spec::runtime::LinuxResourcesBuilder::default()
+        .memory(memory)
+        .build()
+        .unwrap();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_resources(Some(resources));
+    env.create(&id, &spec, stdio(false, false)).await.unwrap();
+    env.start(&id).await;
+    let exit = tokio::time::timeout(Duration::from_secs(60), env.wait(&id, ""))
+        .await
+        .expect("OOM kill within 60 s");
+    assert_eq!(
+        exit.reason.enum_value(),
+        Ok(ExitReason::OOM_KILLED),
+        "{exit:?}"
+    );
+    assert_eq!(exit.exit_code, 137);
+    let event = tokio::time::timeout(
+        Duration::from_secs(10),
+        env.agent
+            .client
+            .get_event(ctx(), &GetEventRequest::default()),
+    )
+    .await
+    .expect("OOM event within 10 s")
+    .unwrap();
+    assert_eq!(event.oom().container_id, id);
+    let stats = env
+        .agent
+        .client
+        .stats_container(
+            ctx(),
+            &ContainerRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(stats.memory.oom_kill_count >= 1, "{stats:?}");
+    assert_eq!(stats.memory.limit_bytes, 32 * 1024 * 1024);
+    env.remove(&id).await;
+}
+
+fn cgroup_dirs_of(id: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let root = Path::new("/sys/fs/cgroup");
+    let mut candidates = vec![root.join("eci").join(id)];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            candidates.push(e.path().join("eci").join(id));
+        }
+    }
+    for c in candidates {
+        if c.exists() {
+            found.push(c);
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie counts: it still holds a pid.
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test]
+async fn remove_leaves_no_process_mount_or_cgroup() {
+    let Some(env) = env("remove").await else {
+        return;
+    };
+    let id = unique("rm");
+    let created = env
+        .create(&id, &sh("sleep 1000 & sleep 1000"), stdio(false, false))
+        .await
+        .unwrap();
+    env.start(&id).await;
+    let mut process = default_spec(&[]).process().clone().unwrap();
+    process.set_args(Some(vec!["sleep".into(), "1000".into()]));
+    let exec = env
+        .agent
+        .client
+        .exec_process(
+            ctx(),
+            &ExecProcessRequest {
+                container_id: id.clone(),
+                exec_id: "sleeper".into(),
+                process_json: serde_json::to_vec(&process).unwrap(),
+                stdio: Some(stdio(false, false)).into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let list = env
+        .agent
+        .client
+        .list_processes(
+            ctx(),
+            &ContainerRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let pids: Vec<u32> = list.processes.iter().map(|p| p.pid).collect();
+    // sh execs its last command: init is a sleep, plus the background sleep and the exec.
+    assert!(
+        pids.len() >= 3,
+        "init, background sleep and exec expected: {:?}",
+        list.processes
+    );
+    assert!(pids.contains(&created.pid) && pids.contains(&exec.pid));
+    assert!(
+        !cgroup_dirs_of(&id).is_empty(),
+        "the container's cgroup should exist while it runs"
+    );
+    let rootfs = env.bundle.rootfs().display().to_string();
+
+    // Not forced: a running container is refused.
+    let refused = env
+        .agent
+        .client
+        .remove_container(
+            ctx(),
+            &RemoveContainerRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_code(&refused, ttrpc::Code::FAILED_PRECONDITION);
+
+    env.remove(&id).await;
+    for pid in &pids {
+        assert!(!alive(*pid), "pid {pid} survived remove");
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&rootfs),
+        "a mount of the rootfs is left"
+    );
+    assert_eq!(
+        cgroup_dirs_of(&id),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroup left"
+    );
+    let state = env.agent.state_dir();
+    assert!(!state.join("runtime").join(&id).exists() && !state.join("bundles").join(&id).exists());
+    let gone = env
+        .agent
+        .client
+        .wait_process(
+            ctx(),
+            &ProcessRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_code(&gone, ttrpc::Code::NOT_FOUND);
+}
+
+fn assert_code(err: &ttrpc::Error, code: ttrpc::Code) {
+    match err {
+        ttrpc::Error::RpcStatus(s) => assert_eq!(s.code(), code, "{}", s.message()),
+        other => panic!("expected status {code:?}, got {other:?}"),
+    }
+}
+
+fn message(err: &ttrpc::Error) -> String {
+    match err {
+        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
+    let Some(mut env) = env("bad_input").await else {
+        return;
+    };
+    let id = unique("bad");
+    let bundle = env.bundle.bundle().display().to_string();
+
+    let malformed = CreateContainerRequest {
+        container_id: id.clone(),
+        oci_spec_json: b"{\"ociVersion\": \"1.0.2\", \"process\": ".to_vec(),
+        bundle: bundle.clone(),
+        ..Default::default()
+    };
+    let e = env
+        .agent
+        .client
+        .create_container(ctx(), &malformed)
+        .await
+        .unwrap_err();
+    assert_code(&e, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(message(&e).contains("oci_spec_json"), "{}", message(&e));
+
+    let bad_id = CreateContainerRequest {
+        container_id: "../escape".into(),
+        ..malformed.clone()
+    };
+    let e = env
+        .agent
+        .client
+        .create_container(ctx(), &bad_id)
+        .await
+        .unwrap_err();
+    assert_code(&e, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(message(&e).contains("container_id"), "{}", message(&e));
+
+    let mut no_rootfs = default_spec(&["true"]);
+    no_rootfs
+        .root_mut()
+        .as_mut()
+        .unwrap()
+        .set_path("/nonexistent/rootfs".into());
+    let e = env
+        .create(&id, &no_rootfs, stdio(false, false))
+        .await
+        .unwrap_err();
+    assert_code(&e, ttrpc::Code::NOT_FOUND);
+    assert!(
+        message(&e).contains("/nonexistent/rootfs"),
+        "{}",
+        message(&e)
+    );
+
+    env.create(&id, &default_spec(&["sleep", "1000"]), stdio(false, false))
+        .await
+        .unwrap();
+    let e = env
+        .create(&id, &default_spec(&["true"]), stdio(false, false))
+        .await
+        .unwrap_err();
+    assert_code(&e, ttrpc::Code::ALREADY_EXISTS);
+
+    let unknown_exec = ProcessRequest {
+        container_id: id.clone(),
+        exec_id: "no-such-exec".into(),
+        ..Default::default()
+    };
+    let e = env
+        .agent
+        .client
+        .wait_process(ctx(), &unknown_exec)
+        .await
+        .unwrap_err();
+    assert_code(&e, ttrpc::Code::NOT_FOUND);
+    assert!(message(&e).contains("no-such-exec"), "{}", message(&e));
+    let e = env
+        .agent
+        .client
+        .start_container(
+            ctx(),
+            &StartContainerRequest {
+                container_id: "nobody".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_code(&e, ttrpc::Code::NOT_FOUND);
+    assert!(env
+        .agent
+        .attach(&id, "no-such-exec", StreamKind::STDOUT)
+        .is_err());
+
+    // Still serving: Ping, and the container created above runs and is removed normally.
+    assert!(env.agent.is_running());
+    let pong = env
+        .agent
+        .client
+        .ping(
+            ctx(),
+            &PingRequest {
+                protocol_version: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(pong.mode, "local");
+    env.start(&id).await;
+    env.remove(&id).await;
+    let (out, _, exit) = env
+        .run(&unique("after-bad"), &default_spec(&["echo", "still fine"]))
+        .await;
+    assert_eq!((out.as_str(), exit.exit_code), ("still fine\n", 0));
+}
