@@ -23,6 +23,18 @@ struct Args {
     state_dir: PathBuf,
 }
 
+/// The log goes to a private duplicate of stderr (close-on-exec): libcontainer logs from the
+/// container's init process after it has put the container's stdio on fds 0-2, and those lines
+/// belong in the agent's log, not in the container's stderr.
+fn log_writer() -> anyhow::Result<std::sync::Mutex<std::fs::File>> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicate stderr for the log")?;
+    Ok(std::sync::Mutex::new(std::fs::File::from(fd)))
+}
+
 fn main() -> anyhow::Result<()> {
     if std::process::id() == 1 {
         // return eci_agent::pid1::run(); // pid1: added by the kernel/initramfs work
@@ -30,9 +42,12 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ECI_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
+                    // libcontainer warns that it has no seccomp: the agent installs the profile itself.
+                    "info,libcgroups=error,libcontainer=warn,libcontainer::process::init::process=error",
+                )),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer()?)
         .init();
     let args = Args::parse();
     let listen = if args.local {
