@@ -7,6 +7,7 @@
 //! there thanks to IOPL 3 and MMIO through the user mappings. No interrupts are ever used.
 #![no_std]
 
+pub mod blk;
 pub mod serial;
 pub mod smp;
 pub mod virtio;

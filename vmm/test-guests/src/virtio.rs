@@ -61,9 +61,8 @@ pub fn devices_from_cmdline(zp: &ZeroPage) -> impl Iterator<Item = u64> {
 
 /// Finds the first announced device of `device_type`.
 pub fn find_device(zp: &ZeroPage, device_type: u32) -> Option<u64> {
-    devices_from_cmdline(zp).find(|&base| {
-        mmio_read32(base) == 0x7472_6976 && mmio_read32(base + 8) == device_type
-    })
+    devices_from_cmdline(zp)
+        .find(|&base| mmio_read32(base) == 0x7472_6976 && mmio_read32(base + 8) == device_type)
 }
 
 pub struct Virtq {
@@ -228,7 +227,10 @@ impl Device {
         mmio_write32(base + 0x24, 1);
         mmio_write32(base + 0x20, 1);
         mmio_write32(base + 0x70, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK);
-        assert!(mmio_read32(base + 0x70) & STATUS_FEATURES_OK != 0, "features refused");
+        assert!(
+            mmio_read32(base + 0x70) & STATUS_FEATURES_OK != 0,
+            "features refused"
+        );
         let mut queues = [None, None, None];
         for (i, q) in queues.iter_mut().enumerate().take(nqueues) {
             *q = Some(Virtq::new(arena, base, i as u32, qsize));
