@@ -26,6 +26,7 @@ use crate::devices::bus::{lock, Bus};
 use crate::devices::legacy::*;
 use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{open_tap, Net};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::subscriber::VirtioSubscriber;
 use crate::devices::virtio::vsock::Vsock;
@@ -391,6 +392,15 @@ impl Vm {
             let dev = Block::open(&b.path, b.read_only)
                 .map_err(dev_err(format!("block device {}", b.path.display())))?;
             self.attach_virtio(Box::new(dev))?;
+        }
+        for (i, n) in self.config.net.clone().into_iter().enumerate() {
+            let mac = n
+                .mac
+                .as_deref()
+                .and_then(crate::config::parse_mac)
+                .unwrap_or([0x06, 0xec, 0x10, 0, 0, i as u8]);
+            let tap = open_tap(&n.tap).map_err(dev_err(format!("tap {}", n.tap)))?;
+            self.attach_virtio(Box::new(Net::new(tap, mac)))?;
         }
         if self.config.rng {
             self.attach_virtio(Box::new(Rng::default()))?;

@@ -94,8 +94,13 @@ pub struct RunningVmm {
 
 impl RunningVmm {
     pub fn spawn(args: &[&str]) -> RunningVmm {
+        Self::spawn_program(VMM, args)
+    }
+
+    /// Runs `program args` (e.g. `ip netns exec NS eci-vmm ...`).
+    pub fn spawn_program(program: &str, args: &[&str]) -> RunningVmm {
         use std::io::BufRead;
-        let mut child = Command::new(VMM)
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
