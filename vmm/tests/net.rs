@@ -47,10 +47,8 @@ impl NetNs {
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).unwrap();
             // SAFETY: setns on a valid namespace fd affects only this short-lived thread.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             // SAFETY: plain socket(2) call; the fd is owned right below.
             let fd =
                 unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, ETH_P_ALL.to_be() as i32) };
