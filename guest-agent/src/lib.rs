@@ -12,7 +12,7 @@ pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod fuzz;
-// pub mod pid1; // pid1: added by the kernel/initramfs work
+pub mod pid1;
 pub mod process;
 pub mod reaper;
 pub mod seccomp;

@@ -37,7 +37,7 @@ fn log_writer() -> anyhow::Result<std::sync::Mutex<std::fs::File>> {
 
 fn main() -> anyhow::Result<()> {
     if std::process::id() == 1 {
-        // return eci_agent::pid1::run(); // pid1: added by the kernel/initramfs work
+        eci_agent::pid1::run();
     }
     tracing_subscriber::fmt()
         .with_env_filter(
