@@ -4,6 +4,7 @@
 //! threads and the event loop, the control socket and the process's seccomp filters.
 //! Must not know about containers or the agent API.
 
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod config;

@@ -3,6 +3,7 @@
 //! `immediate_exit`, so a message is never missed even when it races with entry into the guest.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
@@ -76,6 +77,10 @@ pub struct Vcpu {
     events: Sender<VcpuEvent>,
     /// Tells the VMM's event loop that `events` has something.
     notify: vmm_sys_util::eventfd::EventFd,
+    /// How many vCPUs are paused on request; the control socket waits on it.
+    paused_count: Arc<AtomicUsize>,
+    /// Seccomp filter this thread installs on itself before running the guest.
+    filter: Option<seccompiler::BpfProgram>,
 }
 
 impl Vcpu {
@@ -87,6 +92,7 @@ impl Vcpu {
         messages: Receiver<VcpuMessage>,
         events: Sender<VcpuEvent>,
         notify: vmm_sys_util::eventfd::EventFd,
+        paused_count: Arc<AtomicUsize>,
     ) -> Self {
         Vcpu {
             id,
@@ -96,7 +102,14 @@ impl Vcpu {
             messages,
             events,
             notify,
+            paused_count,
+            filter: None,
         }
+    }
+
+    /// Installs `filter` on the vCPU thread when it starts.
+    pub fn set_seccomp_filter(&mut self, filter: seccompiler::BpfProgram) {
+        self.filter = Some(filter);
     }
 
     fn report(&self, e: VcpuEvent) {
@@ -106,6 +119,15 @@ impl Vcpu {
 
     /// Runs until told to exit or the guest stops. Starts paused or running per `start`.
     pub fn run(mut self, start_running: bool) {
+        if let Some(f) = self.filter.take() {
+            if let Err(e) = seccompiler::apply_filter(&f) {
+                self.report(VcpuEvent::Failed {
+                    id: self.id,
+                    reason: format!("installing the seccomp filter failed: {e}"),
+                });
+                return;
+            }
+        }
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|c| c.set(run_ptr));
         let mut state = if start_running {
@@ -133,14 +155,17 @@ impl Vcpu {
     fn apply(&mut self, m: VcpuMessage, state: State) -> State {
         match (m, state) {
             (VcpuMessage::Exit, _) => State::Exited,
-            (VcpuMessage::Pause, _) => {
+            (VcpuMessage::Pause, State::Running) => {
+                self.paused_count.fetch_add(1, Ordering::SeqCst);
                 self.report(VcpuEvent::Paused(self.id));
                 State::Paused
             }
-            (VcpuMessage::Resume, _) => {
+            (VcpuMessage::Resume, State::Paused) => {
+                self.paused_count.fetch_sub(1, Ordering::SeqCst);
                 self.report(VcpuEvent::Resumed(self.id));
                 State::Running
             }
+            (_, s) => s,
         }
     }
 

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,6 +20,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Gues
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::api::{device_kind_name, ApiServer, DeviceInfo, VmInfo};
 use crate::arch;
 use crate::boot;
 use crate::config::{SerialOutput, VmConfig};
@@ -93,6 +95,7 @@ pub struct VcpuHandles {
     senders: Vec<Sender<VcpuMessage>>,
     threads: Vec<JoinHandle<()>>,
     paused: bool,
+    paused_count: Arc<AtomicUsize>,
 }
 
 impl VcpuHandles {
@@ -111,13 +114,23 @@ impl VcpuHandles {
         self.paused
     }
 
-    pub fn set_paused(&mut self, paused: bool) {
+    /// Pauses or resumes every vCPU and waits (up to `timeout`) until all have done so.
+    pub fn set_paused(&mut self, paused: bool, timeout: std::time::Duration) -> bool {
         self.paused = paused;
         self.send_all(if paused {
             VcpuMessage::Pause
         } else {
             VcpuMessage::Resume
         });
+        let want = if paused { self.count() } else { 0 };
+        let end = std::time::Instant::now() + timeout;
+        while self.paused_count.load(Ordering::SeqCst) != want {
+            if std::time::Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        true
     }
 
     fn join(&mut self) {
@@ -200,6 +213,8 @@ pub struct Vm {
     subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     /// (base, irq) of each virtio-mmio device, for the command line.
     virtio_slots: Vec<(u64, u32)>,
+    /// Devices for the control socket's `info`.
+    devices: Vec<DeviceInfo>,
 }
 
 fn serial_output(cfg: &SerialOutput) -> Result<Box<dyn Write + Send>> {
@@ -304,6 +319,7 @@ impl Vm {
             reset_evt,
             subscribers: Vec::new(),
             virtio_slots: Vec::new(),
+            devices: Vec::new(),
         })
     }
 
@@ -338,7 +354,8 @@ impl Vm {
         &mut self,
         device: Box<dyn VirtioDevice>,
     ) -> Result<Arc<Mutex<MmioTransport>>> {
-        let name = format!("virtio device type {}", device.device_type());
+        let type_id = device.device_type();
+        let name = format!("virtio device type {type_id}");
         let (base, irq) = self.next_virtio_slot().ok_or_else(|| {
             dev_err(name.clone())(std::io::Error::other("too many virtio devices"))
         })?;
@@ -369,6 +386,11 @@ impl Vm {
             activate.try_clone().map_err(dev_err(name.clone()))?,
             clone_all(&queue_evts).map_err(dev_err(name.clone()))?,
         )));
+        self.devices.push(DeviceInfo {
+            kind: device_kind_name(type_id).into(),
+            mmio_base: base,
+            irq,
+        });
         self.mmio
             .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)
             .map_err(|e| dev_err(name.clone())(std::io::Error::other(e)))?;
@@ -430,6 +452,7 @@ impl Vm {
             .get_msr_index_list()
             .map_err(kvm_step("KVM_GET_MSR_INDEX_LIST"))?;
         let (ev_tx, ev_rx) = channel();
+        let paused_count = Arc::new(AtomicUsize::new(0));
         let vcpu_notify = EventFd::new(EFD_NONBLOCK).map_err(dev_err("vcpu eventfd"))?;
         let pio = Arc::new(std::mem::take(&mut self.pio));
         let mmio = Arc::new(std::mem::take(&mut self.mmio));
@@ -451,7 +474,16 @@ impl Vm {
             let notify = vcpu_notify.try_clone().map_err(dev_err("vcpu eventfd"))?;
             vcpus.push((
                 tx,
-                Vcpu::new(id, fd, pio.clone(), mmio.clone(), rx, ev_tx.clone(), notify),
+                Vcpu::new(
+                    id,
+                    fd,
+                    pio.clone(),
+                    mmio.clone(),
+                    rx,
+                    ev_tx.clone(),
+                    notify,
+                    paused_count.clone(),
+                ),
             ));
         }
 
@@ -475,6 +507,7 @@ impl Vm {
             senders: Vec::new(),
             threads: Vec::new(),
             paused: false,
+            paused_count,
         };
         for (tx, v) in vcpus {
             let t = std::thread::Builder::new()
@@ -485,6 +518,17 @@ impl Vm {
             handles.threads.push(t);
         }
         let handles = Arc::new(Mutex::new(handles));
+        if let Some(path) = self.config.api_sock.clone() {
+            let info = VmInfo {
+                vcpus: self.config.vcpus,
+                memory_mib: self.config.memory_mib,
+                kvm: crate::kvm_kind::KvmKind::detect().to_string(),
+                devices: self.devices.clone(),
+            };
+            let api = ApiServer::new(&path, info, handles.clone(), state.clone())
+                .map_err(dev_err(format!("control socket {}", path.display())))?;
+            manager.add_subscriber(Arc::new(Mutex::new(api)));
+        }
         let mut ctx = RunContext {
             manager: &mut manager,
             vcpus: handles.clone(),

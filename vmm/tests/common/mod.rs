@@ -148,6 +148,16 @@ impl RunningVmm {
         }
     }
 
+    /// Lines that arrived so far and were not consumed.
+    pub fn drain_lines(&mut self) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l.clone());
+            v.push(l);
+        }
+        v
+    }
+
     /// Waits for exit and returns (status, stderr).
     pub fn wait(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
         use std::io::Read;

@@ -1,0 +1,83 @@
+//! Control socket: info, pause (the guest stops making progress), resume, shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::*;
+
+fn call(s: &mut UnixStream, r: &mut BufReader<UnixStream>, req: &str) -> serde_json::Value {
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+fn wait_for_socket(path: &std::path::Path) -> UnixStream {
+    for _ in 0..2000 {
+        if let Ok(s) = UnixStream::connect(path) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("control socket {} never appeared", path.display());
+}
+
+#[test]
+fn pause_resume_info_and_shutdown() {
+    let Some(_kind) = kvm_or_skip("api") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let api = dir.path().join("api.sock");
+    let kernel = guest("ticker");
+    let mut vmm = RunningVmm::spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory-mib",
+        "32",
+        "--api-sock",
+        api.to_str().unwrap(),
+    ]);
+    vmm.wait_line("tick 2", DEADLINE);
+    let mut s = wait_for_socket(&api);
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+
+    let info = call(&mut s, &mut r, r#"{"op":"info"}"#);
+    assert_eq!(info["ok"], true, "{info}");
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["vcpus"], 1);
+    assert_eq!(info["memory_mib"], 32);
+    assert_eq!(info["pid"], vmm.pid());
+
+    let v = call(&mut s, &mut r, r#"{"op":"pause"}"#);
+    assert_eq!(v, serde_json::json!({"ok": true, "state": "paused"}));
+    // Lines already in the pipe may still arrive; after that, nothing new.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = vmm.drain_lines();
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = vmm.drain_lines();
+    assert!(
+        during.is_empty(),
+        "guest ran while paused: {during:?} (before: {before:?})"
+    );
+    assert_eq!(call(&mut s, &mut r, r#"{"op":"info"}"#)["state"], "paused");
+
+    let v = call(&mut s, &mut r, r#"{"op":"resume"}"#);
+    assert_eq!(v, serde_json::json!({"ok": true, "state": "running"}));
+    vmm.wait_line("tick", DEADLINE);
+
+    let v = call(&mut s, &mut r, r#"{"op":"reboot"}"#);
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("reboot"), "{v}");
+
+    let v = call(&mut s, &mut r, r#"{"op":"shutdown"}"#);
+    assert_eq!(v["ok"], true);
+    let (status, err) = vmm.wait(DEADLINE);
+    assert!(status.success(), "{err}");
+    assert!(!api.exists(), "control socket removed on exit");
+}
