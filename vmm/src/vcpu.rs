@@ -68,6 +68,14 @@ pub fn register_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+/// The channels between a vCPU thread and the VMM.
+pub struct VcpuLinks {
+    pub messages: Receiver<VcpuMessage>,
+    pub events: Sender<VcpuEvent>,
+    pub notify: vmm_sys_util::eventfd::EventFd,
+    pub paused_count: Arc<AtomicUsize>,
+}
+
 pub struct Vcpu {
     pub id: u8,
     fd: VcpuFd,
@@ -84,25 +92,16 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    pub fn new(
-        id: u8,
-        fd: VcpuFd,
-        pio: Arc<Bus>,
-        mmio: Arc<Bus>,
-        messages: Receiver<VcpuMessage>,
-        events: Sender<VcpuEvent>,
-        notify: vmm_sys_util::eventfd::EventFd,
-        paused_count: Arc<AtomicUsize>,
-    ) -> Self {
+    pub fn new(id: u8, fd: VcpuFd, pio: Arc<Bus>, mmio: Arc<Bus>, links: VcpuLinks) -> Self {
         Vcpu {
             id,
             fd,
             pio,
             mmio,
-            messages,
-            events,
-            notify,
-            paused_count,
+            messages: links.messages,
+            events: links.events,
+            notify: links.notify,
+            paused_count: links.paused_count,
             filter: None,
         }
     }

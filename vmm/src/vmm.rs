@@ -35,7 +35,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::EventFdTrigger;
 use crate::layout::*;
-use crate::vcpu::{self, Vcpu, VcpuEvent, VcpuMessage};
+use crate::vcpu::{self, Vcpu, VcpuEvent, VcpuLinks, VcpuMessage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -479,10 +479,12 @@ impl Vm {
                     fd,
                     pio.clone(),
                     mmio.clone(),
-                    rx,
-                    ev_tx.clone(),
-                    notify,
-                    paused_count.clone(),
+                    VcpuLinks {
+                        messages: rx,
+                        events: ev_tx.clone(),
+                        notify,
+                        paused_count: paused_count.clone(),
+                    },
                 ),
             ));
         }
