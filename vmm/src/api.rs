@@ -49,8 +49,8 @@ pub struct VmInfo {
     pub devices: Vec<DeviceInfo>,
 }
 
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub enum Request {
     Pause,
     Resume,
@@ -58,11 +58,19 @@ pub enum Request {
     Info,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    op: Request,
+}
+
 /// Parses one request line; the error text names what is wrong.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    serde_json::from_slice(line).map_err(|e| {
-        format!("invalid request ({e}); expected {{\"op\": \"pause|resume|shutdown|info\"}}")
-    })
+    serde_json::from_slice::<RawRequest>(line)
+        .map(|r| r.op)
+        .map_err(|e| {
+            format!("invalid request ({e}); expected {{\"op\": \"pause|resume|shutdown|info\"}}")
+        })
 }
 
 pub struct ApiServer {

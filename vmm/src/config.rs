@@ -184,6 +184,13 @@ pub struct VmConfig {
     pub rng: bool,
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
+    /// Seccomp filters per thread and dropped capabilities after setup (default on).
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Command-line flags; every field of [`VmConfig`] has one.
@@ -228,6 +235,9 @@ pub struct Cli {
     /// Control socket (JSON lines: pause, resume, shutdown, info).
     #[arg(long)]
     pub api_sock: Option<PathBuf>,
+    /// Do not install seccomp filters or drop capabilities (debugging only).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 impl Cli {
@@ -264,6 +274,7 @@ impl Cli {
             net: vec![],
             rng: false,
             api_sock: None,
+            seccomp: true,
         });
         cfg.kernel = kernel;
         if let Some(v) = self.initrd {
@@ -298,6 +309,9 @@ impl Cli {
         cfg.rng |= self.rng;
         if let Some(v) = self.api_sock {
             cfg.api_sock = Some(v);
+        }
+        if self.no_seccomp {
+            cfg.seccomp = false;
         }
         cfg.validate()?;
         Ok(cfg)

@@ -13,5 +13,6 @@ pub mod fuzzing;
 pub mod kvm_kind;
 pub mod layout;
 pub mod mptable;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vmm;

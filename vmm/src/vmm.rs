@@ -35,6 +35,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::EventFdTrigger;
 use crate::layout::*;
+use crate::seccomp;
 use crate::vcpu::{self, Vcpu, VcpuEvent, VcpuLinks, VcpuMessage};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,8 @@ pub enum VmmError {
     },
     #[error("event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    #[error("sandboxing the VMM failed")]
+    Seccomp(#[source] seccomp::SeccompError),
     #[error("spawning a thread failed")]
     Thread(#[source] std::io::Error),
 }
@@ -505,21 +508,12 @@ impl Vm {
             manager.add_subscriber(s);
         }
 
-        let mut handles = VcpuHandles {
+        let handles = Arc::new(Mutex::new(VcpuHandles {
             senders: Vec::new(),
             threads: Vec::new(),
             paused: false,
             paused_count,
-        };
-        for (tx, v) in vcpus {
-            let t = std::thread::Builder::new()
-                .name(format!("vcpu{}", v.id))
-                .spawn(move || v.run(true))
-                .map_err(VmmError::Thread)?;
-            handles.senders.push(tx);
-            handles.threads.push(t);
-        }
-        let handles = Arc::new(Mutex::new(handles));
+        }));
         if let Some(path) = self.config.api_sock.clone() {
             let info = VmInfo {
                 vcpus: self.config.vcpus,
@@ -530,6 +524,37 @@ impl Vm {
             let api = ApiServer::new(&path, info, handles.clone(), state.clone())
                 .map_err(dev_err(format!("control socket {}", path.display())))?;
             manager.add_subscriber(Arc::new(Mutex::new(api)));
+        }
+
+        // Setup is over: nothing below needs privileges. vCPU threads inherit the empty
+        // capability sets and install their own filter; this thread installs the event-loop
+        // filter once they run.
+        let filters = if self.config.seccomp {
+            seccomp::drop_capabilities().map_err(VmmError::Seccomp)?;
+            Some((
+                seccomp::vcpu_filter().map_err(VmmError::Seccomp)?,
+                seccomp::event_loop_filter().map_err(VmmError::Seccomp)?,
+            ))
+        } else {
+            None
+        };
+        for (tx, mut v) in vcpus {
+            if let Some((vf, _)) = &filters {
+                v.set_seccomp_filter(vf.clone());
+            }
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{}", v.id))
+                .spawn(move || v.run(true))
+                .map_err(VmmError::Thread)?;
+            let mut h = lock(&handles);
+            h.senders.push(tx);
+            h.threads.push(t);
+        }
+        if let Some((_, ef)) = &filters {
+            if let Err(e) = seccomp::apply(ef) {
+                lock(&handles).join();
+                return Err(VmmError::Seccomp(e));
+            }
         }
         let mut ctx = RunContext {
             manager: &mut manager,

@@ -81,3 +81,42 @@ fn pause_resume_info_and_shutdown() {
     assert!(status.success(), "{err}");
     assert!(!api.exists(), "control socket removed on exit");
 }
+
+#[test]
+fn running_vmm_has_no_capabilities_and_a_seccomp_filter_on_every_thread() {
+    let Some(_kind) = kvm_or_skip("sandbox") else {
+        return;
+    };
+    let kernel = guest("ticker");
+    let mut vmm = RunningVmm::spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory-mib",
+        "32",
+        "--vcpus",
+        "2",
+    ]);
+    vmm.wait_line("tick 1", DEADLINE);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", vmm.pid())).unwrap();
+    let mut threads = 0;
+    for t in tasks {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+        assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
+        assert_eq!(field("CapBnd:"), "0000000000000000", "{status}");
+        assert_eq!(field("Seccomp:"), "2", "{status}");
+        threads += 1;
+    }
+    assert!(
+        threads >= 3,
+        "main thread plus two vCPU threads, got {threads}"
+    );
+}
