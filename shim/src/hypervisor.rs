@@ -105,9 +105,9 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Local mode: `eci-agent --local` on the host, in a new mount and PID namespace. The agent is
-/// PID 1 of its namespace, like in a VM: when it dies, the kernel kills every process of the
-/// pod. This is container isolation only, not a sandbox.
+/// Local mode: `eci-agent --local` on the host, in a new mount and PID namespace. Like in a VM,
+/// the pod ends with the agent: the namespace's init exits with it and the kernel kills every
+/// process of the pod. This is container isolation only, not a sandbox.
 pub struct LocalAgent {
     pub agent: PathBuf,
 }
@@ -130,6 +130,7 @@ impl Hypervisor for LocalAgent {
         };
         let api_socket = pod.api_socket();
         let stream_socket = pod.stream_socket();
+        let state_dir = pod.dir.join("agent-state");
         for stale in [&api_socket, &stream_socket] {
             let _ = std::fs::remove_file(stale);
         }
@@ -140,6 +141,8 @@ impl Hypervisor for LocalAgent {
             api_socket.as_os_str(),
             "--stream-listen".as_ref(),
             stream_socket.as_os_str(),
+            "--state-dir".as_ref(),
+            state_dir.as_os_str(),
         ];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -159,9 +162,12 @@ impl Hypervisor for LocalAgent {
     }
 }
 
-/// Starts `args[0]` with `args` as PID 1 of a new PID namespace, in a new mount namespace whose
-/// mounts are slaves of the host's (host mounts reach it, its own stay inside) and with a /proc
-/// of its own PID namespace. stdout and stderr go to `log_fd`.
+/// Starts `args[0]` with `args` in a new PID namespace, in a new mount namespace whose mounts
+/// are slaves of the host's (host mounts reach it, its own stay inside) and with a /proc of its
+/// own PID namespace. PID 1 of the namespace is a minimal init forked from the shim: it reaps
+/// orphans and exits with the agent's status when the agent exits, which makes the kernel kill
+/// whatever is left of the pod. Returns the host pid of that init. stdout and stderr go to
+/// `log_fd`.
 fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Result<i32> {
     let to_c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
     let argv: Vec<CString> = args
@@ -175,11 +181,22 @@ fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Res
     let proc_type = to_c(b"proc")?;
     let dev_null = to_c(b"/dev/null")?;
     // Everything the child touches is prepared above: between clone and exec only system calls
-    // run, because the clone of a multi-threaded process must not allocate.
+    // run, because the clone of a multi-threaded process must not allocate or take locks.
     let child = move || -> isize {
-        // SAFETY: plain system calls on pointers to CStrings that outlive the child (it execs or
-        // exits); no allocation, no locks.
+        // SAFETY: async-signal-safe system calls only, on pointers to CStrings that live in this
+        // process's copy of the parent's memory until it execs or exits.
         unsafe {
+            let stdin = libc::open(dev_null.as_ptr(), libc::O_RDONLY);
+            if stdin < 0
+                || libc::dup2(stdin, 0) < 0
+                || libc::dup2(log_fd, 1) < 0
+                || libc::dup2(log_fd, 2) < 0
+            {
+                libc::_exit(122);
+            }
+            // The shim's sockets and FIFOs must not live on in the pod: containerd notices a
+            // dead shim by its connections closing.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             let null = std::ptr::null::<libc::c_char>();
             if libc::mount(
                 null,
@@ -202,21 +219,42 @@ fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Res
             {
                 libc::_exit(121);
             }
-            let stdin = libc::open(dev_null.as_ptr(), libc::O_RDONLY);
-            if stdin < 0
-                || libc::dup2(stdin, 0) < 0
-                || libc::dup2(log_fd, 1) < 0
-                || libc::dup2(log_fd, 2) < 0
-            {
-                libc::_exit(122);
-            }
             libc::setsid();
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut all);
-            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::execv(argv_ptrs[0], argv_ptrs.as_ptr());
-            libc::_exit(127)
+            for sig in [
+                libc::SIGCHLD,
+                libc::SIGPIPE,
+                libc::SIGTERM,
+                libc::SIGINT,
+                libc::SIGHUP,
+            ] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            let agent = libc::fork();
+            if agent == 0 {
+                libc::execv(argv_ptrs[0], argv_ptrs.as_ptr());
+                libc::_exit(127);
+            }
+            if agent < 0 {
+                libc::_exit(123);
+            }
+            loop {
+                let mut status = 0;
+                let reaped = libc::waitpid(-1, &mut status, 0);
+                if reaped == agent {
+                    let code = if libc::WIFEXITED(status) {
+                        libc::WEXITSTATUS(status)
+                    } else {
+                        128 + libc::WTERMSIG(status)
+                    };
+                    libc::_exit(code);
+                }
+                if reaped < 0 && *libc::__errno_location() != libc::EINTR {
+                    libc::_exit(124);
+                }
+            }
         }
     };
     let mut stack = vec![0u8; 256 * 1024];

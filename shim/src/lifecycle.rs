@@ -1,5 +1,5 @@
 //! The shim binary's actions: `start` (find or spawn the pod's shim server), `delete` (clean up
-//! after a shim that is gone), and the server itself ([`EciShim`]).
+//! after a shim that is gone), and the server itself ([`serve`]).
 //!
 //! `start` is answered here rather than by the shim library because containerd 1.6 reads the
 //! plain address from stdout (and stderr: it uses the combined output), while the library answers
@@ -15,11 +15,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use async_trait::async_trait;
 use containerd_shim::{
-    asynchronous::{publisher::RemotePublisher, ExitSignal, Shim},
-    protos::shim::shim::DeleteResponse,
-    Config, Flags, StartOpts,
+    asynchronous::{monitor::monitor_notify_by_pid, publisher::RemotePublisher, ExitSignal},
+    protos::{shim::shim::DeleteResponse, shim_async::create_task},
+    Flags, Task,
 };
 
 use crate::{
@@ -179,9 +178,14 @@ async fn kill_sandbox(pod: &PodPaths) {
     else {
         return;
     };
-    // The pid may have been reused: only kill a process started for this pod's socket.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let ours = String::from_utf8_lossy(&cmdline).contains(&pod.api_socket().display().to_string());
+    // The pid may have been reused: only kill the namespace init whose child is this pod's agent.
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let socket = pod.api_socket().display().to_string();
+    let ours = children.split_whitespace().any(|child| {
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline).contains(&socket)
+    });
     if !ours {
         return;
     }
@@ -210,69 +214,127 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// The shim server of one pod.
-pub struct EciShim {
-    flags: Flags,
-    exit: Arc<ExitSignal>,
+/// Task service names: containerd 1.x calls the Task API `containerd.task.v2.Task`, 2.x
+/// `containerd.task.v3.Task` (same messages); the shim answers under both.
+const TASK_SERVICE_V3: &str = "containerd.task.v3.Task";
+const TASK_SERVICE_V2: &str = "containerd.task.v2.Task";
+
+/// The shim server of one pod: serves the Task API on `flags.socket` until the pod's last
+/// container is deleted and containerd asks it to shut down.
+///
+/// This is the server half of `containerd_shim::asynchronous::run`, done here because the
+/// library registers the Task service only under its v3 name, which containerd 1.6 does not
+/// call. Logging, event publishing and the exit monitor are the library's.
+pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
+    // SAFETY: prctl with an integer argument has no memory effects.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("become a subreaper");
+    }
+    tokio::spawn(reap_children());
+    tokio::spawn(ignore_termination_signals());
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("open the shim log")?;
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
+    let publisher = RemotePublisher::new(&ttrpc_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("connect to containerd's event service")?;
+    let exit = Arc::new(ExitSignal::default());
+    let pod = Pod::new(
+        &flags.id,
+        &flags.namespace,
+        &flags.address,
+        publisher,
+        exit.clone(),
+    );
+    let service: Arc<dyn Task + Send + Sync> = Arc::new(TaskService { pod: Arc::new(pod) });
+    let mut services = create_task(service.clone());
+    if let Some(v3) = create_task(service).remove(TASK_SERVICE_V3) {
+        services.insert(TASK_SERVICE_V2.to_owned(), v3);
+    }
+    let path = socket_path(&flags.socket).to_owned();
+    if let Some(dir) = Path::new(&path).parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let listener = match std::os::unix::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if is_serving(&path) {
+                // Another server of this pod is up: containerd will use it.
+                signal_started();
+                return Ok(());
+            }
+            std::fs::remove_file(&path).with_context(|| format!("remove stale socket {path}"))?;
+            std::os::unix::net::UnixListener::bind(&path)
+                .with_context(|| format!("listen on {path}"))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("listen on {path}")),
+    };
+    let listener =
+        ttrpc::asynchronous::transport::Listener::try_from(listener).context("ttrpc listener")?;
+    let mut server = ttrpc::asynchronous::Server::new()
+        .add_listener(listener)
+        .register_service(services);
+    server.start().await.context("start the ttrpc server")?;
+    signal_started();
+    log::info!("shim serving pod {} on {path}", flags.id);
+    exit.wait().await;
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+    Ok(())
 }
 
-#[async_trait]
-impl Shim for EciShim {
-    type T = TaskService;
+/// Tells `start` that the server serves: stdout (its pipe) becomes stderr.
+fn signal_started() {
+    // SAFETY: dup2 on the standard descriptors.
+    unsafe {
+        libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
+    }
+}
 
-    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        let flags = Flags {
-            debug: args.debug,
-            namespace: args.namespace.clone(),
-            id: args.id.clone(),
-            socket: args.socket.clone(),
-            bundle: args.bundle.clone(),
-            address: args.address.clone(),
-            publish_binary: args.publish_binary.clone(),
-            action: args.action.clone(),
-            version: args.version,
-            info: args.info,
-        };
-        Self {
-            flags,
-            exit: Arc::new(ExitSignal::default()),
+/// Reaps every child (the shim is a subreaper) and reports exits through the library's monitor.
+async fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+    else {
+        log::error!("cannot watch SIGCHLD");
+        return;
+    };
+    loop {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    let _ = monitor_notify_by_pid(pid.as_raw(), code).await;
+                }
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    let _ = monitor_notify_by_pid(pid.as_raw(), 128 + signal as i32).await;
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        if sigchld.recv().await.is_none() {
+            return;
         }
     }
-
-    async fn start_shim(&mut self, _opts: StartOpts) -> containerd_shim::Result<String> {
-        // main() answers `start` itself; this path only runs under containerd 2.3's bootstrap.
-        start(&self.flags).map_err(|e| containerd_shim::Error::Other(format!("{e:#}")))
-    }
-
-    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        cleanup(&self.flags)
-            .await
-            .map_err(|e| containerd_shim::Error::Other(format!("{e:#}")))
-    }
-
-    async fn wait(&mut self) {
-        self.exit.wait().await;
-    }
-
-    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        let pod = Pod::new(
-            &self.flags.id,
-            &self.flags.namespace,
-            &self.flags.address,
-            publisher,
-            self.exit.clone(),
-        );
-        TaskService { pod: Arc::new(pod) }
-    }
 }
 
-/// Library defaults: the library reaps every child (the shim is a subreaper) and reports exits
-/// through its monitor, which is how the shim waits for its own children.
-pub fn library_config() -> Config {
-    Config {
-        no_setup_logger: false,
-        default_log_level: "info".into(),
-        no_reaper: false,
-        no_sub_reaper: false,
+/// containerd stops shims through the Task API; a stray SIGTERM/SIGINT must not kill a pod.
+async fn ignore_termination_signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut pipe)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::pipe()),
+    ) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM ignored: containerd shuts the shim down"),
+            _ = int.recv() => log::info!("SIGINT ignored"),
+            _ = pipe.recv() => {}
+        }
     }
 }

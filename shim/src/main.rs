@@ -1,38 +1,56 @@
 //! `containerd-shim-eci-v2`: thin entry point; everything lives in the `eci_shim` library.
 
+use std::io::Write;
+
+use containerd_shim::protos::protobuf::Message;
+use eci_shim::{lifecycle, RUNTIME_ID};
+
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Ok(flags) = containerd_shim::parse(&args[1..]) {
-        if flags.version {
-            println!(
-                "{} {} ({})",
-                env!("CARGO_PKG_NAME"),
-                env!("CARGO_PKG_VERSION"),
-                eci_shim::RUNTIME_ID
-            );
-            return;
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(flags) => flags,
+        Err(e) => fail("arguments", e),
+    };
+    if flags.version {
+        println!(
+            "{} {} ({RUNTIME_ID})",
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
+    if flags.action == "start" {
+        match lifecycle::start(&flags) {
+            Ok(address) => print!("{address}"),
+            Err(e) => fail("start", format!("{e:#}")),
         }
-        if flags.action == "start" {
-            match eci_shim::lifecycle::start(&flags) {
-                Ok(address) => {
-                    print!("{address}");
-                    return;
-                }
-                Err(e) => {
-                    eprintln!("{}: start: {e:#}", eci_shim::RUNTIME_ID);
-                    std::process::exit(1);
-                }
-            }
-        }
+        return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
-    runtime.block_on(containerd_shim::asynchronous::run::<
-        eci_shim::lifecycle::EciShim,
-    >(
-        eci_shim::RUNTIME_ID,
-        Some(eci_shim::lifecycle::library_config()),
-    ));
+        .unwrap_or_else(|e| fail("tokio runtime", e));
+    match flags.action.as_str() {
+        "delete" => match runtime.block_on(lifecycle::cleanup(&flags)) {
+            Ok(response) => {
+                let bytes = response.write_to_bytes().unwrap_or_default();
+                let _ = std::io::stdout().write_all(&bytes);
+            }
+            Err(e) => fail("delete", format!("{e:#}")),
+        },
+        "" => {
+            if flags.socket.is_empty() {
+                fail("serve", "-socket is required");
+            }
+            if let Err(e) = runtime.block_on(lifecycle::serve(&flags)) {
+                fail("serve", format!("{e:#}"));
+            }
+        }
+        other => fail("arguments", format!("unknown action {other:?}")),
+    }
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("{RUNTIME_ID}: {what}: {e}");
+    std::process::exit(1);
 }

@@ -1,0 +1,104 @@
+//! Shared set-up of the shim end-to-end tests (included with `mod shim_common;`).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use eci_tests::{bins, containerd, images};
+
+pub const ECI: &str = "io.containerd.eci.v2";
+pub const RUNC: &str = "io.containerd.runc.v2";
+
+/// A private containerd with the shim on its PATH and busybox imported, or None (SKIP printed)
+/// when this machine cannot run one.
+pub fn containerd_with_busybox() -> Option<containerd::Containerd> {
+    containerd_with(containerd::ContainerdOptions::default())
+}
+
+pub fn containerd_with(
+    mut options: containerd::ContainerdOptions,
+) -> Option<containerd::Containerd> {
+    if let Some(reason) = containerd::missing().or_else(images::missing_tools) {
+        eprintln!("SKIP: {reason}");
+        return None;
+    }
+    let shim = bins::require_workspace_binary("containerd-shim-eci-v2");
+    bins::require_workspace_binary("eci-agent");
+    options.path_dirs.push(shim.parent().unwrap().to_path_buf());
+    let ctd = containerd::Containerd::start(options).expect("start containerd");
+    ctd.import_busybox().expect("import busybox");
+    Some(ctd)
+}
+
+pub fn shim_binary() -> PathBuf {
+    bins::require_workspace_binary("containerd-shim-eci-v2")
+}
+
+/// A container id unique in this test process.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Processes whose command line contains `needle` (excluding this test process).
+pub fn processes_with(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(needle)
+        })
+        .collect()
+}
+
+/// The host directory of pod `pod_id` of `ctd`.
+pub fn pod_dir(ctd: &containerd::Containerd, pod_id: &str) -> PathBuf {
+    eci_shim::paths::PodPaths::new(ctd.socket.to_str().unwrap(), &ctd.namespace, pod_id).dir
+}
+
+/// Everything of ours the pods `pod_ids` of `ctd` may leave on the host: shim processes of this
+/// containerd, their agents, pod directories, mounts under containerd's directory or the pod
+/// directories, cgroups named after the pods' containers (`/<namespace>/<id>`).
+pub fn leftovers(ctd: &containerd::Containerd, pod_ids: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    let socket = ctd.socket.display().to_string();
+    for pid in processes_with(&socket) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("containerd-shim-eci-v2") {
+            left.push(format!("shim process {pid}"));
+        }
+    }
+    for id in pod_ids {
+        let dir = pod_dir(ctd, id);
+        for pid in processes_with(dir.to_str().unwrap()) {
+            left.push(format!("agent process {pid} of pod {id}"));
+        }
+        if dir.exists() {
+            left.push(format!("pod directory {}", dir.display()));
+        }
+        for m in containerd::mounts_under(&dir) {
+            left.push(format!("mount {}", m.display()));
+        }
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let cgroup = hierarchy.path().join(&ctd.namespace).join(id);
+            if cgroup.exists() {
+                left.push(format!("cgroup {}", cgroup.display()));
+            }
+        }
+    }
+    for m in containerd::mounts_under(ctd.dir()) {
+        left.push(format!("mount {}", m.display()));
+    }
+    left
+}

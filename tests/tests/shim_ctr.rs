@@ -1,0 +1,300 @@
+//! containerd-shim-eci-v2 end to end with `ctr` and a private containerd (local mode).
+
+mod shim_common;
+
+use shim_common::*;
+
+#[test]
+fn ctr_run_echo_prints_and_leaves_nothing() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("echo");
+    let out = ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &id,
+        "echo",
+        "hello",
+    ]);
+    assert_eq!(out, "hello\n");
+    let left = leftovers(&ctd, &[id]);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn ctr_run_exit_code_is_the_programs() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    for runtime in [ECI, RUNC] {
+        let id = unique("exit");
+        let out = ctd.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            eci_tests::images::BUSYBOX_IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{runtime}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n", "{runtime}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("err"),
+            "{runtime}"
+        );
+    }
+}
+
+#[test]
+fn ctr_run_with_tty() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("tty");
+    // ctr -t needs a terminal on its own stdin: run it under script(1)'s pty when available,
+    // else give it a pty ourselves.
+    let out = ctd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            ECI,
+            eci_tests::images::BUSYBOX_IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "tty; stty size; echo done",
+        ])
+        .stdin(pty_follower())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {text}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("/dev/pts/") || text.contains("/dev/console"),
+        "not a tty: {text}"
+    );
+    assert!(text.contains("done"), "{text}");
+    assert!(leftovers(&ctd, &[id]).is_empty());
+}
+
+/// A pty follower for ctr's stdin (ctr -t puts its own stdin in raw mode).
+fn pty_follower() -> std::process::Stdio {
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    // Keep the leader open for the test's lifetime so the follower stays usable.
+    std::mem::forget(pty.master);
+    std::process::Stdio::from(pty.slave)
+}
+
+#[test]
+fn ctr_task_exec_runs_in_the_container() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("exec");
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "echo marker > /tmp/m; sleep 300",
+    ]);
+    let mut out = String::new();
+    for _ in 0..50 {
+        out = ctd.ctr_ok(&["task", "exec", "--exec-id", "e1", &id, "cat", "/tmp/m"]);
+        if out == "marker\n" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(out, "marker\n");
+    let failing = ctd.ctr(&["task", "exec", "--exec-id", "e2", &id, "sh", "-c", "exit 3"]);
+    assert_eq!(failing.status.code(), Some(3));
+    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_stopped(&ctd, &id);
+    ctd.ctr_ok(&["task", "delete", &id]);
+    ctd.ctr_ok(&["container", "delete", &id]);
+    let left = leftovers(&ctd, &[id]);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn task_status(ctd: &eci_tests::containerd::Containerd, id: &str) -> String {
+    let list = ctd.ctr_ok(&["task", "ls"]);
+    list.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn wait_stopped(ctd: &eci_tests::containerd::Containerd, id: &str) {
+    for _ in 0..100 {
+        if task_status(ctd, id) == "STOPPED" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("task {id} did not stop: {}", ctd.ctr_ok(&["task", "ls"]));
+}
+
+#[test]
+fn kill_gives_137_like_runc() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    for runtime in [ECI, RUNC] {
+        let id = unique("kill");
+        let mut run = ctd
+            .ctr_command(&[
+                "run",
+                "--rm",
+                "--runtime",
+                runtime,
+                eci_tests::images::BUSYBOX_IMAGE,
+                &id,
+                "sleep",
+                "300",
+            ])
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if task_status(&ctd, &id) == "RUNNING" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+        let status = run.wait().unwrap();
+        assert_eq!(status.code(), Some(137), "{runtime}");
+    }
+}
+
+#[test]
+fn metrics_ps_pause_resume() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("ops");
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "sleep 300 & wait",
+    ]);
+    let metrics = ctd.ctr_ok(&["task", "metrics", &id]);
+    assert!(
+        metrics.contains("memory.usage_in_bytes") || metrics.contains("memory.usage"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pids.current"), "{metrics}");
+
+    let ps = ctd.ctr_ok(&["task", "ps", &id]);
+    let pids: Vec<u32> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(pids.len() >= 2, "sh and sleep expected: {ps}");
+    let comms: Vec<String> = pids
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        comms.contains(&"sleep".to_owned()),
+        "host pids expected, got {pids:?} = {comms:?}"
+    );
+
+    ctd.ctr_ok(&["task", "pause", &id]);
+    assert_eq!(task_status(&ctd, &id), "PAUSED");
+    ctd.ctr_ok(&["task", "resume", &id]);
+    assert_eq!(task_status(&ctd, &id), "RUNNING");
+
+    ctd.ctr_ok(&["task", "kill", "-a", "-s", "SIGKILL", &id]);
+    wait_stopped(&ctd, &id);
+    ctd.ctr_ok(&["task", "delete", &id]);
+    ctd.ctr_ok(&["container", "delete", &id]);
+    let left = leftovers(&ctd, &[id]);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn events_show_exit_status() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("events");
+    let mut events = ctd
+        .ctr_command(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = events.kill();
+    let output = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let topics: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&id))
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(topics.contains(&topic), "{topic} missing in {text}");
+    }
+    let exit = text
+        .lines()
+        .find(|l| l.contains("/tasks/exit") && l.contains(&id))
+        .unwrap();
+    assert!(
+        exit.contains("\"exit_status\":5") && exit.contains("exited_at"),
+        "{exit}"
+    );
+}
