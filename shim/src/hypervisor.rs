@@ -130,7 +130,7 @@ impl Hypervisor for LocalAgent {
         };
         let api_socket = pod.api_socket();
         let stream_socket = pod.stream_socket();
-        let state_dir = pod.dir.join("agent-state");
+        let state_dir = pod.dir.join("agent");
         for stale in [&api_socket, &stream_socket] {
             let _ = std::fs::remove_file(stale);
         }

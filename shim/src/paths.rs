@@ -26,7 +26,10 @@ impl PodPaths {
     /// Paths of the pod `pod_id` of the containerd at `containerd_address`, namespace `namespace`.
     pub fn new(containerd_address: &str, namespace: &str, pod_id: &str) -> Self {
         let socket = containerd_shim::socket_address(containerd_address, namespace, pod_id);
-        let key = socket.rsplit('/').next().unwrap_or(pod_id).to_owned();
+        // 80 bits of the hash keep paths under the pod directory short (unix socket paths
+        // there must fit in 108 bytes).
+        let hash = socket.rsplit('/').next().unwrap_or(pod_id);
+        let key = hash.chars().take(20).collect::<String>();
         Self {
             dir: Path::new(STATE_ROOT).join(key),
         }

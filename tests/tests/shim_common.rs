@@ -102,3 +102,17 @@ pub fn leftovers(ctd: &containerd::Containerd, pod_ids: &[String]) -> Vec<String
     }
     left
 }
+
+/// Asserts that nothing of the pods `pod_ids` is left, giving exiting shims a moment: containerd
+/// returns from the last delete before the shim process has exited.
+pub fn assert_nothing_left(ctd: &containerd::Containerd, pod_ids: &[String]) {
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = leftovers(ctd, pod_ids);
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("left behind: {left:?}");
+}

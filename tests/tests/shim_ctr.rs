@@ -21,8 +21,7 @@ fn ctr_run_echo_prints_and_leaves_nothing() {
         "hello",
     ]);
     assert_eq!(out, "hello\n");
-    let left = leftovers(&ctd, &[id]);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_nothing_left(&ctd, &[id]);
 }
 
 #[test]
@@ -63,44 +62,50 @@ fn ctr_run_with_tty() {
         return;
     };
     let id = unique("tty");
-    // ctr -t needs a terminal on its own stdin: run it under script(1)'s pty when available,
-    // else give it a pty ourselves.
-    let out = ctd
-        .ctr_command(&[
-            "run",
-            "--rm",
-            "-t",
-            "--runtime",
-            ECI,
-            eci_tests::images::BUSYBOX_IMAGE,
-            &id,
-            "sh",
-            "-c",
-            "tty; stty size; echo done",
-        ])
-        .stdin(pty_follower())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {text}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `ctr run -t` uses the terminal on its stdin for both directions: give it a pty and read
+    // the container's output from the pty's leader.
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut cmd = ctd.ctr_command(&[
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "tty; echo done",
+    ]);
+    cmd.stdin(std::process::Stdio::from(pty.slave));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut leader = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once ctr, the last holder of the follower, exits.
+        while let Ok(n) = leader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let status = child.wait().unwrap();
+    let text = reader.join().unwrap();
+    assert!(status.success(), "ctr -t failed: {text}");
     assert!(
         text.contains("/dev/pts/") || text.contains("/dev/console"),
         "not a tty: {text}"
     );
-    assert!(text.contains("done"), "{text}");
-    assert!(leftovers(&ctd, &[id]).is_empty());
-}
-
-/// A pty follower for ctr's stdin (ctr -t puts its own stdin in raw mode).
-fn pty_follower() -> std::process::Stdio {
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    // Keep the leader open for the test's lifetime so the follower stays usable.
-    std::mem::forget(pty.master);
-    std::process::Stdio::from(pty.slave)
+    assert!(
+        text.contains("done\r"),
+        "a tty turns \\n into \\r\\n: {text:?}"
+    );
+    assert_nothing_left(&ctd, &[id]);
 }
 
 #[test]
@@ -135,8 +140,7 @@ fn ctr_task_exec_runs_in_the_container() {
     wait_stopped(&ctd, &id);
     ctd.ctr_ok(&["task", "delete", &id]);
     ctd.ctr_ok(&["container", "delete", &id]);
-    let left = leftovers(&ctd, &[id]);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_nothing_left(&ctd, &[id]);
 }
 
 fn task_status(ctd: &eci_tests::containerd::Containerd, id: &str) -> String {
@@ -244,8 +248,7 @@ fn metrics_ps_pause_resume() {
     wait_stopped(&ctd, &id);
     ctd.ctr_ok(&["task", "delete", &id]);
     ctd.ctr_ok(&["container", "delete", &id]);
-    let left = leftovers(&ctd, &[id]);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_nothing_left(&ctd, &[id]);
 }
 
 #[test]
@@ -279,7 +282,7 @@ fn events_show_exit_status() {
     let topics: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(&id))
-        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter_map(|l| l.split_whitespace().nth(5))
         .collect();
     for topic in [
         "/tasks/create",

@@ -421,6 +421,10 @@ impl Task for TaskService {
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
         let container = self.pod.container(&req.id)?;
         container.process(&req.exec_id)?;
+        if req.width == 0 || req.height == 0 {
+            // ctr sends 0x0 when its own terminal has no size yet; nothing to apply.
+            return Ok(Empty::new());
+        }
         let resize = ResizeTtyRequest {
             container_id: req.id.clone(),
             exec_id: req.exec_id.clone(),
