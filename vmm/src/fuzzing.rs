@@ -81,22 +81,21 @@ pub fn fuzz_descriptor_chains(data: &[u8]) {
 pub fn fuzz_vsock_packets(data: &[u8]) {
     use crate::devices::virtio::vsock::Vsock;
     use crate::devices::virtio::VirtioDevice;
-    thread_local! {
-        static DIR: std::path::PathBuf = {
-            let d = std::env::temp_dir().join(format!("eci-vmm-fuzz-{}", std::process::id()));
-            let _ = std::fs::create_dir_all(&d);
-            d
-        };
+    let dir = std::env::temp_dir().join(format!(
+        "eci-vmm-fuzz-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
     }
-    let uds = DIR.with(|d| d.join(format!("v{:?}.sock", std::thread::current().id())));
     let mem = memory_from(data);
-    let Ok(mut dev) = Vsock::new(3, &uds) else {
-        return;
-    };
-    if dev.activate(active_state(&mem, 3)).is_err() {
-        return;
-    }
-    dev.process_queues_for_test();
+    if let Ok(mut dev) = Vsock::new(3, &dir.join("v.sock")) {
+        if dev.activate(active_state(&mem, 3)).is_ok() {
+            dev.process_queues_for_test();
+        }
+    } // the device removes its socket on drop
+    let _ = std::fs::remove_dir(&dir);
 }
 
 /// Runs the block device over a guest-built request queue against a small scratch disk.
