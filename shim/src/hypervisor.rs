@@ -232,7 +232,9 @@ fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Res
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            let agent = libc::fork();
+            // The raw system call, not glibc's fork(): that one runs atfork handlers and takes
+            // locks another thread of the shim may have held at clone time.
+            let agent = libc::syscall(libc::SYS_fork) as libc::pid_t;
             if agent == 0 {
                 libc::execv(argv_ptrs[0], argv_ptrs.as_ptr());
                 libc::_exit(127);

@@ -1,0 +1,317 @@
+//! containerd-shim-eci-v2: resource release after many cycles and after crashes, hooks, and
+//! clear errors for bad runtime options and specs.
+
+mod shim_common;
+
+use std::time::Duration;
+
+use eci_tests::images::BUSYBOX_IMAGE;
+use shim_common::*;
+
+#[test]
+fn fifty_create_delete_cycles_leave_nothing() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let id = unique("cycle");
+        let out = ctd.ctr_ok(&[
+            "run",
+            "--rm",
+            "--runtime",
+            ECI,
+            BUSYBOX_IMAGE,
+            &id,
+            "echo",
+            &i.to_string(),
+        ]);
+        assert_eq!(out, format!("{i}\n"));
+        ids.push(id);
+    }
+    assert_nothing_left(&ctd, &ids);
+    assert!(
+        ctd.ctr_ok(&["task", "ls"]).lines().count() <= 1,
+        "tasks left"
+    );
+}
+
+/// Host pid of the agent of pod `pod_id`.
+fn agent_pid(ctd: &eci_tests::containerd::Containerd, pod_id: &str) -> Option<u32> {
+    let dir = pod_dir(ctd, pod_id);
+    processes_with(dir.to_str().unwrap())
+        .into_iter()
+        .find(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            exe.file_name().is_some_and(|n| n == "eci-agent")
+        })
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn is_running(ctd: &eci_tests::containerd::Containerd, id: &str) -> bool {
+    ctd.ctr_ok(&["task", "ls"])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
+}
+
+#[test]
+fn killing_the_agent_ends_the_task_non_zero_and_releases_everything() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("agentkill");
+    let run = ctd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            ECI,
+            BUSYBOX_IMAGE,
+            &id,
+            "sleep",
+            "300",
+        ])
+        .spawn()
+        .unwrap();
+    wait_for("the task to run", || is_running(&ctd, &id).then_some(()));
+    let agent = wait_for("the agent", || agent_pid(&ctd, &id));
+    let workload: Vec<u32> = processes_with("sleep 300");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = run.wait_with_output().unwrap().status;
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "task must exit non-zero when its agent dies"
+    );
+    for pid in workload {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !(alive && String::from_utf8_lossy(&cmdline).contains("sleep")),
+            "workload {pid} survived its agent"
+        );
+    }
+    assert_nothing_left(&ctd, &[id]);
+}
+
+#[test]
+fn killed_shim_is_cleaned_up_by_the_delete_action() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("shimkill");
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        ECI,
+        BUSYBOX_IMAGE,
+        &id,
+        "sleep",
+        "300",
+    ]);
+    let agent = wait_for("the agent", || agent_pid(&ctd, &id));
+    let socket = ctd.socket.display().to_string();
+    let shim = processes_with(&socket)
+        .into_iter()
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("containerd-shim-eci-v2")
+        })
+        .expect("shim process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd notices the dead shim and runs `containerd-shim-eci-v2 delete`.
+    wait_for("the agent to be killed", || {
+        let stat = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap_or_default();
+        (stat.is_empty()
+            || stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'))
+        .then_some(())
+    });
+    wait_for("the task to go", || {
+        (!ctd.ctr_ok(&["task", "ls"]).contains(&id)).then_some(())
+    });
+    ctd.ctr_ok(&["container", "delete", &id]);
+    assert_nothing_left(&ctd, &[id]);
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("shim.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn bad_runtime_options_give_clear_errors() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "/nonexistent/eci/shim.toml".to_owned(),
+            "/nonexistent/eci/shim.toml",
+        ),
+        (
+            write_config(tmp.path(), "hypervisor = \"kvm\"\n"),
+            "hypervisor",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (config, expected) in cases {
+        let id = unique("badopt");
+        let out = ctd.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            ECI,
+            "--runtime-config-path",
+            &config,
+            BUSYBOX_IMAGE,
+            &id,
+            "true",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(expected),
+            "error must name {expected:?}: {stderr}"
+        );
+        ctd.ctr(&["container", "delete", &id]);
+        ids.push(id);
+    }
+    let id = unique("vmm");
+    let config = write_config(tmp.path(), "hypervisor = \"eci-vmm\"\n");
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        ECI,
+        "--runtime-config-path",
+        &config,
+        BUSYBOX_IMAGE,
+        &id,
+        "true",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("eci-vmm") && stderr.contains("not supported"),
+        "{stderr}"
+    );
+    ctd.ctr(&["container", "delete", &id]);
+    ids.push(id);
+    assert_nothing_left(&ctd, &ids);
+}
+
+/// `ctr oci spec` with `edit` applied, written to `dir/config.json`, rooted at a busybox rootfs.
+fn spec_file(
+    ctd: &eci_tests::containerd::Containerd,
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    let rootfs = dir.join("rootfs");
+    eci_tests::rootfs::build_busybox_rootfs(&rootfs).unwrap();
+    let mut spec: serde_json::Value = serde_json::from_str(&ctd.ctr_ok(&["oci", "spec"])).unwrap();
+    spec["root"]["path"] = rootfs.display().to_string().into();
+    spec["root"]["readonly"] = false.into();
+    spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
+    edit(&mut spec);
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn bad_spec_gives_a_clear_error() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec_file(&ctd, tmp.path(), |s| {
+        s["process"]["args"] = serde_json::json!(["true"]);
+        s["process"]["cwd"] = "relative/dir".into();
+    });
+    let id = unique("badspec");
+    let out = ctd.ctr(&["run", "--rm", "--runtime", ECI, "--config", &spec, &id]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cwd"),
+        "error must name the field: {stderr}"
+    );
+    ctd.ctr(&["container", "delete", &id]);
+    assert_nothing_left(&ctd, &[id]);
+}
+
+#[test]
+fn create_runtime_hook_runs_on_the_host_with_state() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state.json");
+    let hook = serde_json::json!([{ "path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", state.display())], "timeout": 10 }]);
+    let failing = serde_json::json!([{ "path": "/bin/sh", "args": ["sh", "-c", "echo hook says no >&2; exit 3"] }]);
+    let good = spec_file(&ctd, tmp.path(), |s| {
+        s["process"]["args"] = serde_json::json!(["echo", "ran"]);
+        s["hooks"] = serde_json::json!({ "createRuntime": hook });
+    });
+    let id = unique("hook");
+    let out = ctd.ctr_ok(&["run", "--rm", "--runtime", ECI, "--config", &good, &id]);
+    assert_eq!(out, "ran\n");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("hook wrote its file")).unwrap();
+    assert_eq!(written["id"], id.as_str());
+    assert_eq!(written["status"], "created");
+    assert!(written["pid"].as_u64().unwrap_or(0) > 1, "{written}");
+
+    let bad_dir = tmp.path().join("bad");
+    std::fs::create_dir(&bad_dir).unwrap();
+    let bad = spec_file(&ctd, &bad_dir, |s| {
+        s["process"]["args"] = serde_json::json!(["echo", "must not run"]);
+        s["hooks"] = serde_json::json!({ "createRuntime": failing });
+    });
+    let bad_id = unique("badhook");
+    let out = ctd.ctr(&["run", "--rm", "--runtime", ECI, "--config", &bad, &bad_id]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a failing createRuntime hook must fail the create"
+    );
+    assert!(
+        stderr.contains("createRuntime") && stderr.contains("hook says no"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("must not run"));
+    ctd.ctr(&["container", "delete", &bad_id]);
+    assert_nothing_left(&ctd, &[id, bad_id]);
+}
