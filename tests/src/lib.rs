@@ -6,6 +6,8 @@
 
 pub mod agent;
 pub mod bins;
+pub mod containerd;
+pub mod images;
 pub mod rootfs;
 
 /// Whether the test runs as root; tests that need root print a SKIP line otherwise.
