@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Build output of the non-cargo artefacts (kernel, initramfs).
 BUILD_DIR ?= $(CURDIR)/build
 
-.PHONY: all deps build test demo install clean fmt lint kernel rootfs
+.PHONY: all deps build test demo install clean fmt lint bench-vmm kernel rootfs
 
 all: build
 
@@ -38,3 +38,30 @@ lint:
 clean:
 	$(CARGO) clean
 	rm -rf $(BUILD_DIR)
+
+# eci-vmm figures (first byte, vsock MB/s, blk IOPS, idle RSS); BENCH_RUNS=N to change runs.
+bench-vmm:
+	$(CARGO) bench -p eci-vmm --bench vmm
+
+# --- containerd shim (io.containerd.eci.v2) ---
+.PHONY: bench-ctr
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+
+# The README's first command: deps, build, then a private containerd runs
+# `ctr run --rm --runtime io.containerd.eci.v2 busybox demo echo hello` (local mode).
+demo: build
+	BIN_DIR=$(TARGET_DIR)/debug scripts/demo.sh demo
+
+# `ctr run --rm ... true` latency, eci (local mode) vs runc, release binaries, median of 30 each.
+bench-ctr: deps
+	$(CARGO) build --release --locked -p containerd-shim-eci-v2 -p eci-agent
+	BIN_DIR=$(TARGET_DIR)/release RUNS=$${RUNS:-30} scripts/demo.sh bench
+
+# Installs the runtime's binaries into $(DESTDIR)$(PREFIX)/bin (containerd finds the shim on PATH).
+install: deps
+	$(CARGO) build --release --locked --bins
+	@for b in containerd-shim-eci-v2 eci-agent eci-vmm eci; do \
+	  if [ -x $(TARGET_DIR)/release/$$b ]; then \
+	    install -D -m 0755 $(TARGET_DIR)/release/$$b $(DESTDIR)$(PREFIX)/bin/$$b && echo "installed $(DESTDIR)$(PREFIX)/bin/$$b"; \
+	  fi; \
+	done

@@ -281,6 +281,24 @@ impl Vsock {
         }
     }
 
+    /// Waits until the host has forwarded everything sent on `c` (asks with CREDIT_REQUEST).
+    pub fn wait_drained(&mut self, c: &mut Conn) {
+        let mut scratch = [0u8; 0];
+        while c.peer_fwd_cnt != c.tx_cnt {
+            self.send(c, OP_CREDIT_REQUEST, 0, &[]);
+            loop {
+                let (h, _) = self.recv(&mut scratch);
+                if h.src_port == c.peer_port {
+                    c.peer_buf_alloc = h.buf_alloc;
+                    c.peer_fwd_cnt = h.fwd_cnt;
+                    if h.op == OP_CREDIT_UPDATE {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends `total` bytes on `c` as fast as credit allows (bench).
     pub fn stream_out(&mut self, c: &mut Conn, total: u64, chunk: &[u8]) {
         let mut sent = 0u64;
