@@ -135,14 +135,19 @@ impl MmioTransport {
                 return;
             }
         }
+        let queues: Result<Vec<Queue>, _> = self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect();
+        let Ok(queues) = queues else {
+            self.status |= STATUS_NEEDS_RESET;
+            return;
+        };
         self.device.ack_features(self.driver_features);
         let state = ActiveState {
             mem: self.mem.clone(),
-            queues: self
-                .queues
-                .iter()
-                .map(|q| Queue::try_from(q.state()).expect("queue validated above"))
-                .collect(),
+            queues,
             interrupt: self.interrupt.clone(),
         };
         match self.device.activate(state) {

@@ -386,9 +386,9 @@ impl Muxer {
             return self.reset_conn(key);
         }
         let path = format!("{}_{}", self.uds_path.display(), key.0);
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            _ => return self.queue_orphan_rst(key.0, key.1),
+        let stream = match connect_nonblocking(Path::new(&path)) {
+            Ok(s) => s,
+            Err(_) => return self.queue_orphan_rst(key.0, key.1),
         };
         let fd = stream.as_raw_fd();
         let mut conn = Conn::new(stream, ConnState::Established);
@@ -485,6 +485,48 @@ impl Muxer {
     }
 }
 
+/// Connects without blocking: a host listener with a full backlog refuses (EAGAIN) instead
+/// of stalling the event loop, so a guest cannot hang the VMM by connecting in a loop.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: zeroed sockaddr_un is valid; we fill family and path below.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(ErrorKind::InvalidInput.into());
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the fd is owned immediately below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: addr is a valid sockaddr_un and the length covers it.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
+}
+
 impl Drop for Muxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
@@ -573,6 +615,7 @@ mod tests {
         m.send(pkt(5000, 52, OP_REQUEST, b""));
         let (h, _) = m.recv(100).unwrap();
         assert_eq!((h.op, h.src_port, h.dst_port), (OP_RESPONSE, 52, 5000));
+        assert!(connect_nonblocking(Path::new("/nonexistent/x")).is_err());
         let (mut s, _) = l.accept().unwrap();
         m.send(pkt(5000, 52, OP_RW, b"hello"));
         let mut buf = [0u8; 5];
