@@ -236,7 +236,9 @@ pub fn set_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, mode: EntryMode) -> Resul
             gdt_entry(0, 0, 0),
             gdt_entry(0xc09b, 0, 0xffff_ffff), // 32-bit code
             gdt_entry(0xc093, 0, 0xffff_ffff), // data
-            gdt_entry(0x008b, 0, 0x67),        // TSS
+            // A TSS spanning 4 GiB as in the 64-bit case: PVM reads the boot TSS past the
+            // classic 0x67 limit when the guest first drops to CPL3. Linux loads its own.
+            gdt_entry(0x808b, 0, 0xfffff), // TSS
         ],
     };
     for (i, e) in gdt.iter().enumerate() {

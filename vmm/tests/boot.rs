@@ -120,3 +120,31 @@ fn unloadable_kernel_is_a_clear_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn pvh_note_guest_enters_through_pvh_with_start_info() {
+    let Some(_kind) = kvm_or_skip("pvh") else {
+        return;
+    };
+    let kernel = guest("pvh");
+    let out = run_vmm(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory-mib",
+            "64",
+            "--cmdline",
+            "via=pvh",
+        ],
+        DEADLINE,
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    // EBX pointed at hvm_start_info (magic XEN_HVM_START_MAGIC_VALUE) with the e820 map.
+    assert!(
+        text.contains("pvh: start_info=0x6000 magic=0x336ec578 entries=3"),
+        "{text}"
+    );
+    assert!(text.contains("pvh: memmap 0x100000 0x3f00000 1"), "{text}");
+    assert!(text.contains("pvh: cmdline=via=pvh\n"), "{text}");
+}

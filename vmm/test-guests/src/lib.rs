@@ -54,6 +54,7 @@ guest_user_entry:
 
     .section .data.guest_tables, "aw"
     .balign 4096
+    .global guest_pml4
 guest_pml4:
     .quad guest_pdpt + 0x7
     .fill 511, 8, 0

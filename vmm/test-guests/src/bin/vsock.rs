@@ -43,7 +43,10 @@ fn guest_main(zero_page: u64, _cpu: u32) -> ! {
     };
     println!("vsock: cid={}", vs.cid);
     let port = arg(&zp, "vsock_port");
-    if let Some(total) = zp.cmdline_value("vsock_bench").and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(total) = zp
+        .cmdline_value("vsock_bench")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         bench(&mut vs, &mut arena, port, total)
     }
     match vs.connect(5000, port) {

@@ -90,6 +90,26 @@ impl Conn {
         (!set.is_empty()).then_some(set)
     }
 
+    /// Writes guest data straight to the stream when nothing is queued before it; buffers
+    /// what the stream does not take. Err means the stream is dead.
+    fn write_or_buffer(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let mut done = 0;
+        if self.tx_buf.is_empty() {
+            while done < data.len() {
+                match self.stream.write(&data[done..]) {
+                    Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.fwd_cnt += Wrapping(done as u32);
+        }
+        self.tx_buf.extend(&data[done..]);
+        self.flush()
+    }
+
     /// Writes as much of tx_buf as the stream takes. Err means the stream is dead.
     fn flush(&mut self) -> std::io::Result<()> {
         while !self.tx_buf.is_empty() {
@@ -351,8 +371,7 @@ impl Muxer {
                     self.stats.bad_packets += 1;
                     return self.reset_conn(key);
                 }
-                conn.tx_buf.extend(&pkt.data);
-                if conn.flush().is_err() {
+                if conn.write_or_buffer(&pkt.data).is_err() {
                     return self.reset_conn(key);
                 }
                 self.update_interest(key);

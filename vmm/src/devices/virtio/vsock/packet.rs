@@ -72,10 +72,15 @@ where
     if len as usize > MAX_PKT_DATA || len as usize > reader.available_bytes() {
         return Err(PacketError::BadLength(len));
     }
-    let mut data = vec![0u8; len as usize];
-    reader
-        .read_exact(&mut data)
+    // Bounded above, and read without zero-filling first.
+    let mut data = Vec::with_capacity(len as usize);
+    let n = (&mut reader)
+        .take(len as u64)
+        .read_to_end(&mut data)
         .map_err(|_| PacketError::BadLength(len))?;
+    if n != len as usize {
+        return Err(PacketError::BadLength(len));
+    }
     Ok(TxPacket { hdr, data })
 }
 
