@@ -148,3 +148,65 @@ fn pvh_note_guest_enters_through_pvh_with_start_info() {
     assert!(text.contains("pvh: memmap 0x100000 0x3f00000 1"), "{text}");
     assert!(text.contains("pvh: cmdline=via=pvh\n"), "{text}");
 }
+
+/// Wraps the `boot` guest into a bzImage: a one-sector setup with the Linux boot header, then
+/// a protected-mode part loaded at 1 MiB whose 64-bit entry (+0x200) jumps to the guest.
+fn make_bzimage(elf: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    let mut payload = vec![0u8; 0x200];
+    // mov rax, 0x200000 ; jmp rax  (RSI still points at the zero page)
+    payload.extend_from_slice(&[0x48, 0xb8]);
+    payload.extend_from_slice(&0x20_0000u64.to_le_bytes());
+    payload.extend_from_slice(&[0xff, 0xe0]);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) != 1 {
+            continue; // not PT_LOAD
+        }
+        let (off, paddr, filesz) = (u64_at(ph + 8), u64_at(ph + 24), u64_at(ph + 32));
+        let at = (paddr - LOAD) as usize;
+        if payload.len() < at + filesz as usize {
+            payload.resize(at + filesz as usize, 0);
+        }
+        payload[at..at + filesz as usize]
+            .copy_from_slice(&elf[off as usize..(off + filesz) as usize]);
+    }
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1; // setup_sects
+    image[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 1; // LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&(LOAD as u32).to_le_bytes());
+    image.extend_from_slice(&payload);
+    image
+}
+
+#[test]
+fn bzimage_boots_through_the_64bit_entry() {
+    let Some(_kind) = kvm_or_skip("bzimage") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bz = dir.path().join("bzImage");
+    std::fs::write(&bz, make_bzimage(&std::fs::read(guest("boot")).unwrap())).unwrap();
+    let out = run_vmm(
+        &[
+            "--kernel",
+            bz.to_str().unwrap(),
+            "--memory-mib",
+            "64",
+            "--cmdline",
+            "via=bzimage",
+        ],
+        DEADLINE,
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("boot: cpu=0 cpl=3"), "{text}");
+    assert!(text.contains("boot: e820 0x100000 0x3f00000 1"), "{text}");
+    assert!(text.contains("boot: cmdline=via=bzimage\n"), "{text}");
+}
