@@ -210,3 +210,36 @@ fn bzimage_boots_through_the_64bit_entry() {
     assert!(text.contains("boot: e820 0x100000 0x3f00000 1"), "{text}");
     assert!(text.contains("boot: cmdline=via=bzimage\n"), "{text}");
 }
+
+#[test]
+fn initrd_is_loaded_and_announced_in_the_zero_page() {
+    let Some(_kind) = kvm_or_skip("initrd") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.cpio");
+    let mut data = b"070701INITRD-HEAD".to_vec();
+    data.extend((0..100_000u32).map(|i| (i * 7 % 256) as u8));
+    std::fs::write(&initrd, &data).unwrap();
+    let hash = data
+        .iter()
+        .fold(0u32, |a, &b| a.wrapping_mul(31).wrapping_add(b as u32));
+    let out = run_vmm(
+        &[
+            "--kernel",
+            guest("boot").to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--memory-mib",
+            "64",
+        ],
+        DEADLINE,
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let want = format!(
+        "boot: initrd size={} aligned=true head=070701INITRD-HEA hash={hash:#x}",
+        data.len()
+    );
+    assert!(text.contains(&want), "want {want:?} in:\n{text}");
+}

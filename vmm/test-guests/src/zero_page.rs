@@ -36,6 +36,13 @@ impl ZeroPage {
         unsafe { core::slice::from_raw_parts(ptr as u64 as *const u8, len as usize) }
     }
 
+    /// (address, size) of the initrd, if the VMM loaded one.
+    pub fn initrd(&self) -> Option<(u64, u32)> {
+        let addr: u32 = self.read(0x218);
+        let size: u32 = self.read(0x21c);
+        (size > 0).then_some((addr as u64, size))
+    }
+
     /// Value of `key=` on the command line.
     pub fn cmdline_value(&self, key: &str) -> Option<&'static str> {
         let line = core::str::from_utf8(self.cmdline()).ok()?;

@@ -29,6 +29,19 @@ fn guest_main(zero_page: u64, cpu: u32) -> ! {
     println!("boot: ram-bytes={ram}");
     let cmdline = core::str::from_utf8(zp.cmdline()).unwrap_or("<not utf-8>");
     println!("boot: cmdline={cmdline}");
+    if let Some((addr, size)) = zp.initrd() {
+        // SAFETY: the VMM loaded `size` bytes of initrd at `addr` in identity-mapped RAM.
+        let data = unsafe { core::slice::from_raw_parts(addr as *const u8, size as usize) };
+        let head = &data[..data.len().min(16)];
+        let sum = data
+            .iter()
+            .fold(0u32, |a, &b| a.wrapping_mul(31).wrapping_add(b as u32));
+        println!(
+            "boot: initrd size={size} aligned={} head={} hash={sum:#x}",
+            addr % 4096 == 0,
+            core::str::from_utf8(head).unwrap_or("?")
+        );
+    }
     println!("boot: done");
     reset()
 }
