@@ -180,6 +180,7 @@ fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Res
     let proc_dir = to_c(b"/proc")?;
     let proc_type = to_c(b"proc")?;
     let dev_null = to_c(b"/dev/null")?;
+    let init_name = to_c(b"eci-pod-init")?;
     // Everything the child touches is prepared above: between clone and exec only system calls
     // run, because the clone of a multi-threaded process must not allocate or take locks.
     let child = move || -> isize {
@@ -220,6 +221,14 @@ fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Res
                 libc::_exit(121);
             }
             libc::setsid();
+            // Tells it apart from the shim it was cloned from in ps and /proc/<pid>/comm.
+            libc::prctl(
+                libc::PR_SET_NAME,
+                init_name.as_ptr() as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             for sig in [
                 libc::SIGCHLD,
                 libc::SIGPIPE,

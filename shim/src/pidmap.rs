@@ -62,6 +62,26 @@ pub fn host_pids(sandbox_pid: i32, ns_pids: &[u32]) -> Vec<(u32, Option<u32>)> {
     found
 }
 
+/// The pid in the sandbox's namespace of host process `host_pid`, if it belongs to the sandbox.
+pub fn sandbox_pid_of(sandbox_pid: i32, host_pid: u32) -> Option<u32> {
+    if host_pid as i32 == sandbox_pid {
+        return Some(1);
+    }
+    let status = read_status(host_pid)?;
+    let inner = *status.ns_pids.get(1)?;
+    descends_from(host_pid, sandbox_pid).then_some(inner)
+}
+
+/// Rewrites `/proc/<host pid>/ns/<kind>` to the same process's pid in the sandbox, whose own
+/// /proc is the only one the agent sees. Other paths stay as they are.
+pub fn translate_ns_path(sandbox_pid: i32, path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/proc/")?;
+    let (pid, tail) = rest.split_once('/')?;
+    let host_pid: u32 = pid.parse().ok()?;
+    let inner = sandbox_pid_of(sandbox_pid, host_pid)?;
+    Some(format!("/proc/{inner}/{tail}"))
+}
+
 struct Status {
     ppid: u32,
     ns_pids: Vec<u32>,
@@ -107,6 +127,18 @@ mod tests {
         let me = std::process::id() as i32;
         assert_eq!(host_pid(me, 1), Some(me as u32));
         assert_eq!(host_pid(me, 999_999), None);
+    }
+
+    #[test]
+    fn leaves_foreign_paths_alone() {
+        let me = std::process::id() as i32;
+        assert_eq!(translate_ns_path(me, "/var/run/netns/cni-1"), None);
+        assert_eq!(
+            translate_ns_path(me, &format!("/proc/{me}/ns/ipc")),
+            Some("/proc/1/ns/ipc".into())
+        );
+        // PID 1 of the host is not in the "sandbox" of this test process.
+        assert_eq!(translate_ns_path(me, "/proc/1/ns/net"), None);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct ContainerdOptions {
     pub path_dirs: Vec<PathBuf>,
     /// Extra TOML appended to the config (e.g. CRI runtimes).
     pub extra_config: String,
+    /// containerd namespace of `ctr` commands (default `eci-test`; CRI uses `k8s.io`).
+    pub namespace: Option<String>,
 }
 
 pub struct Containerd {
@@ -97,7 +99,10 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
             dir,
             child: Some(child),
             socket,
-            namespace: "eci-test".into(),
+            namespace: options
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "eci-test".into()),
             path_env,
         };
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -198,6 +198,19 @@ impl Pod {
         spec.set_root(root_path);
         let mut cgroups_path = None;
         if let Some(linux) = spec.linux_mut() {
+            // CRI joins containers to the sandbox's namespaces by host /proc paths.
+            if let Some(namespaces) = linux.namespaces_mut() {
+                for ns in namespaces.iter_mut() {
+                    let translated = ns
+                        .path()
+                        .as_ref()
+                        .and_then(|p| p.to_str())
+                        .and_then(|p| pidmap::translate_ns_path(sandbox.pid, p));
+                    if let Some(path) = translated {
+                        ns.set_path(Some(PathBuf::from(path)));
+                    }
+                }
+            }
             if linux.cgroups_path().is_none() {
                 linux.set_cgroups_path(Some(PathBuf::from(format!(
                     "/eci/{}/{}",
