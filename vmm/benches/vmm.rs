@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 
 use eci_vmm::kvm_kind::KvmKind;
 
-const VMM: &str = env!("CARGO_BIN_EXE_eci-vmm");
+/// The VMM under test: `ECI_VMM_BIN` (make bench-vmm passes the static musl build, which is
+/// what ships) or this build's binary.
+fn vmm() -> String {
+    std::env::var("ECI_VMM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_eci-vmm").to_string())
+}
 const VSOCK_BYTES: u64 = 256 << 20;
 const BLK_READS: u64 = 20_000;
 
@@ -45,7 +49,7 @@ fn p50(mut v: Vec<f64>) -> f64 {
 
 fn first_byte_ms(guests: &Path) -> f64 {
     let start = Instant::now();
-    let mut child = Command::new(VMM)
+    let mut child = Command::new(vmm())
         .args([
             "--kernel",
             guests.join("boot").to_str().unwrap(),
@@ -70,7 +74,7 @@ fn vsock_mbps(guests: &Path, dir: &Path) -> f64 {
     let port_path = dir.join("v.sock_5301");
     let _ = std::fs::remove_file(&port_path);
     let l = UnixListener::bind(&port_path).unwrap();
-    let mut child = Command::new(VMM)
+    let mut child = Command::new(vmm())
         .args([
             "--kernel",
             guests.join("vsock").to_str().unwrap(),
@@ -104,7 +108,7 @@ fn vsock_mbps(guests: &Path, dir: &Path) -> f64 {
 }
 
 fn blk_iops(guests: &Path, disk: &Path) -> f64 {
-    let mut child = Command::new(VMM)
+    let mut child = Command::new(vmm())
         .args([
             "--kernel",
             guests.join("blk").to_str().unwrap(),
@@ -138,7 +142,7 @@ fn blk_iops(guests: &Path, disk: &Path) -> f64 {
 
 /// (RSS, PSS) in MiB; PSS splits shared libc pages with other processes.
 fn rss_mib(guests: &Path) -> (f64, f64) {
-    let mut child = Command::new(VMM)
+    let mut child = Command::new(vmm())
         .args([
             "--kernel",
             guests.join("ticker").to_str().unwrap(),
@@ -186,6 +190,15 @@ fn main() {
     std::fs::write(&disk, data).unwrap();
 
     println!("kvm: {kind}");
+    println!("binary: {}", vmm());
+    let spawn = p50((0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            Command::new("/bin/true").status().unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect());
+    println!("(for scale: spawning /bin/true takes {spawn:.2} ms here)");
     println!("runs per figure: {runs} (p50)");
     let fb = p50((0..runs).map(|_| first_byte_ms(&guests)).collect());
     println!("first-byte-ms: {fb:.2}");

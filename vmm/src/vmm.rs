@@ -147,7 +147,7 @@ impl VcpuHandles {
 fn kick(t: &JoinHandle<()>) {
     use std::os::unix::thread::JoinHandleExt;
     // SAFETY: the thread is joinable (not yet joined), so its pthread_t is valid.
-    unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
+    unsafe { libc::pthread_kill(t.as_pthread_t() as _, vcpu::kick_signal()) };
 }
 
 /// Outcome shared between event handlers and the loop driver.

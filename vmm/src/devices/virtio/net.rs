@@ -51,7 +51,7 @@ pub fn open_tap(name: &str) -> std::io::Result<File> {
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is, for the call's duration.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
