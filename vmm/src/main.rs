@@ -7,7 +7,7 @@ fn run() -> anyhow::Result<i32> {
     let cfg = Cli::parse().into_config().context("configuration")?;
     let mut vm = Vm::new(cfg).context("creating the VM")?;
     vm.attach_configured_devices().context("creating devices")?;
-    let exit = vm.run(|_| Ok(())).context("running the VM")?;
+    let exit = vm.run().context("running the VM")?;
     Ok(match exit {
         VmExit::GuestStopped(reason) => {
             eprintln!("eci-vmm: guest stopped: {reason}");

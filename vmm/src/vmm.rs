@@ -445,18 +445,17 @@ impl Vm {
         Ok(kernel.entry)
     }
 
-    /// Boots the guest and runs the event loop until the VM ends.
-    pub fn run(mut self, extra: impl FnOnce(&mut RunContext) -> Result<()>) -> Result<VmExit> {
-        let entry = self.load_kernel()?;
-        vcpu::register_kick_handler().map_err(VmmError::Thread)?;
+    /// Creates and configures every vCPU (CPUID, MSRs, registers, FPU, LAPIC).
+    fn create_vcpus(
+        &mut self,
+        entry: arch::EntryMode,
+        links: impl Fn() -> Result<VcpuLinks>,
+    ) -> Result<Vec<Vcpu>> {
         let cpuid_base = arch::supported_cpuid(&self.kvm)?;
         let msr_list = self
             .kvm
             .get_msr_index_list()
             .map_err(kvm_step("KVM_GET_MSR_INDEX_LIST"))?;
-        let (ev_tx, ev_rx) = channel();
-        let paused_count = Arc::new(AtomicUsize::new(0));
-        let vcpu_notify = EventFd::new(EFD_NONBLOCK).map_err(dev_err("vcpu eventfd"))?;
         let pio = Arc::new(std::mem::take(&mut self.pio));
         let mmio = Arc::new(std::mem::take(&mut self.mmio));
         let mut vcpus = Vec::new();
@@ -473,24 +472,29 @@ impl Vm {
             arch::set_sregs(&self.mem, &fd, entry)?;
             arch::set_fpu(&fd)?;
             arch::set_lint(&fd)?;
-            let (tx, rx) = channel();
-            let notify = vcpu_notify.try_clone().map_err(dev_err("vcpu eventfd"))?;
-            vcpus.push((
-                tx,
-                Vcpu::new(
-                    id,
-                    fd,
-                    pio.clone(),
-                    mmio.clone(),
-                    VcpuLinks {
-                        messages: rx,
-                        events: ev_tx.clone(),
-                        notify,
-                        paused_count: paused_count.clone(),
-                    },
-                ),
-            ));
+            vcpus.push(Vcpu::new(id, fd, pio.clone(), mmio.clone(), links()?));
         }
+        Ok(vcpus)
+    }
+
+    /// Boots the guest and runs the event loop until the VM ends.
+    pub fn run(mut self) -> Result<VmExit> {
+        let entry = self.load_kernel()?;
+        vcpu::register_kick_handler().map_err(VmmError::Thread)?;
+        let (ev_tx, ev_rx) = channel();
+        let paused_count = Arc::new(AtomicUsize::new(0));
+        let vcpu_notify = EventFd::new(EFD_NONBLOCK).map_err(dev_err("vcpu eventfd"))?;
+        let senders = std::cell::RefCell::new(Vec::new());
+        let vcpus = self.create_vcpus(entry, || {
+            let (tx, rx) = channel();
+            senders.borrow_mut().push(tx);
+            Ok(VcpuLinks {
+                messages: rx,
+                events: ev_tx.clone(),
+                notify: vcpu_notify.try_clone().map_err(dev_err("vcpu eventfd"))?,
+                paused_count: paused_count.clone(),
+            })
+        })?;
 
         let state = Arc::new(Mutex::new(ExitState::default()));
         let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
@@ -509,7 +513,7 @@ impl Vm {
         }
 
         let handles = Arc::new(Mutex::new(VcpuHandles {
-            senders: Vec::new(),
+            senders: senders.into_inner(),
             threads: Vec::new(),
             paused: false,
             paused_count,
@@ -538,17 +542,20 @@ impl Vm {
         } else {
             None
         };
-        for (tx, mut v) in vcpus {
+        for mut v in vcpus {
             if let Some((vf, _)) = &filters {
                 v.set_seccomp_filter(vf.clone());
             }
-            let t = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{}", v.id))
-                .spawn(move || v.run(true))
-                .map_err(VmmError::Thread)?;
-            let mut h = lock(&handles);
-            h.senders.push(tx);
-            h.threads.push(t);
+                .spawn(move || v.run(true));
+            match spawned {
+                Ok(t) => lock(&handles).threads.push(t),
+                Err(e) => {
+                    lock(&handles).join();
+                    return Err(VmmError::Thread(e));
+                }
+            }
         }
         if let Some((_, ef)) = &filters {
             if let Err(e) = seccomp::apply(ef) {
@@ -556,29 +563,15 @@ impl Vm {
                 return Err(VmmError::Seccomp(e));
             }
         }
-        let mut ctx = RunContext {
-            manager: &mut manager,
-            vcpus: handles.clone(),
-            exit: state.clone(),
-            mem_bytes: self.config.memory_mib << 20,
-            vcpu_count: self.config.vcpus,
-        };
-        let res = extra(&mut ctx).and_then(|_| loop {
+        let res = loop {
             if let Some(e) = lock(&state).exit.clone() {
                 break Ok(e);
             }
-            manager.run().map_err(VmmError::EventLoop)?;
-        });
+            if let Err(e) = manager.run() {
+                break Err(VmmError::EventLoop(e));
+            }
+        };
         lock(&handles).join();
         res
     }
-}
-
-/// What code that runs next to the event loop (the control socket) may touch.
-pub struct RunContext<'a> {
-    pub manager: &'a mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    pub vcpus: Arc<Mutex<VcpuHandles>>,
-    pub exit: Arc<Mutex<ExitState>>,
-    pub mem_bytes: u64,
-    pub vcpu_count: u8,
 }
