@@ -19,8 +19,9 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::packet::*;
 
-/// Bytes of guest-to-host data we buffer per connection (our advertised `buf_alloc`).
-pub const CONN_BUF_SIZE: u32 = 256 * 1024;
+/// Bytes of guest-to-host data we buffer per connection (our advertised `buf_alloc`). 1 MiB
+/// measured ~1.5x the throughput of 256 KiB here; it is only used when the host reads slowly.
+pub const CONN_BUF_SIZE: u32 = 1024 * 1024;
 /// Send a credit update once this much buffer has been freed since the last one.
 const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
 /// First host-side port handed to host-initiated connections.
