@@ -1,0 +1,9 @@
+//! Guest register traffic on a virtio-mmio window into `eci_vmm::fuzzing::fuzz_mmio_registers`
+//! (the same body the unit tests drive with random bytes on stable).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = eci_vmm::fuzzing::fuzz_mmio_registers(data);
+});
