@@ -106,6 +106,16 @@ impl Vcpu {
         }
     }
 
+    /// Something that reports a failure of this vCPU after `run` has consumed it (used when a
+    /// device model panics on the vCPU thread: the VM then ends with an error, never hangs).
+    pub fn failure_reporter(&self) -> std::io::Result<impl FnOnce(String) + Send + 'static> {
+        let (id, events, notify) = (self.id, self.events.clone(), self.notify.try_clone()?);
+        Ok(move |reason: String| {
+            let _ = events.send(VcpuEvent::Failed { id, reason });
+            let _ = notify.write(1);
+        })
+    }
+
     /// Installs `filter` on the vCPU thread when it starts.
     pub fn set_seccomp_filter(&mut self, filter: seccompiler::BpfProgram) {
         self.filter = Some(filter);

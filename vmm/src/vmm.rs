@@ -546,9 +546,21 @@ impl Vm {
             if let Some((vf, _)) = &filters {
                 v.set_seccomp_filter(vf.clone());
             }
+            let report = match v.failure_reporter() {
+                Ok(r) => r,
+                Err(e) => {
+                    lock(&handles).join();
+                    return Err(VmmError::Thread(e));
+                }
+            };
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{}", v.id))
-                .spawn(move || v.run(true));
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(move || v.run(true));
+                    if std::panic::catch_unwind(run).is_err() {
+                        report("panicked handling a guest exit".into());
+                    }
+                });
             match spawned {
                 Ok(t) => lock(&handles).threads.push(t),
                 Err(e) => {
