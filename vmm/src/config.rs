@@ -104,16 +104,20 @@ impl std::str::FromStr for BlockConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// Name of an existing tap device.
+    /// Name of the tap device (opened by name unless `fd` is given).
     pub tap: String,
     /// Guest MAC, `aa:bb:cc:dd:ee:ff`; a locally administered one is derived when absent.
     #[serde(default)]
     pub mac: Option<String>,
+    /// An already opened tap (IFF_TAP | IFF_NO_PI) inherited from the caller, e.g. the shim
+    /// that created it inside the pod's network namespace. The VMM takes ownership.
+    #[serde(default)]
+    pub fd: Option<i32>,
 }
 
 impl std::str::FromStr for NetConfig {
     type Err = String;
-    /// `TAP[,mac=MAC]`
+    /// `TAP[,mac=MAC][,fd=N]`
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(',');
         let tap = parts.next().unwrap_or_default();
@@ -121,15 +125,20 @@ impl std::str::FromStr for NetConfig {
             return Err("empty tap name".into());
         }
         let mut mac = None;
+        let mut fd = None;
         for opt in parts {
             match opt.split_once('=') {
                 Some(("mac", v)) => mac = Some(v.to_string()),
-                _ => return Err(format!("unknown option `{opt}` (expected mac=MAC)")),
+                Some(("fd", v)) => {
+                    fd = Some(v.parse().map_err(|_| format!("fd `{v}` is not a number"))?)
+                }
+                _ => return Err(format!("unknown option `{opt}` (expected mac=MAC or fd=N)")),
             }
         }
         Ok(NetConfig {
             tap: tap.into(),
             mac,
+            fd,
         })
     }
 }
@@ -366,6 +375,12 @@ impl VmConfig {
             if n.tap.is_empty() || n.tap.len() >= libc::IFNAMSIZ {
                 return Err(invalid("net.tap", "must be 1..16 bytes"));
             }
+            if let Some(fd) = n.fd {
+                // SAFETY: F_GETFD only queries the descriptor table.
+                if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                    return Err(invalid("net.fd", format!("{fd} is not an open descriptor")));
+                }
+            }
             if let Some(mac) = &n.mac {
                 if parse_mac(mac).is_none() {
                     return Err(invalid(
@@ -439,6 +454,7 @@ mod tests {
             (&["--vsock-cid", "5"], "`vsock_uds`"),
             (&["--block", "/nonexistent/disk"], "`block.path`"),
             (&["--net", "tap0,mac=zz"], "`net.mac`"),
+            (&["--net", "tap0,fd=999"], "`net.fd`"),
         ];
         for (args, field) in cases {
             let mut argv = vec!["eci-vmm", "--kernel", k];
@@ -469,7 +485,10 @@ mod tests {
         assert!("/d.img,rx".parse::<BlockConfig>().is_err());
         assert!(",ro".parse::<BlockConfig>().is_err());
         let n: NetConfig = "tap1".parse().unwrap();
-        assert_eq!(n.mac, None);
+        assert_eq!((n.mac, n.fd), (None, None));
+        let n: NetConfig = "tap1,fd=7,mac=02:00:00:00:00:01".parse().unwrap();
+        assert_eq!(n.fd, Some(7));
+        assert!("tap1,fd=x".parse::<NetConfig>().is_err());
         assert!("tap1,foo=1".parse::<NetConfig>().is_err());
         assert_eq!(
             parse_mac("02:aa:bb:cc:dd:0f"),

@@ -28,7 +28,7 @@ use crate::devices::bus::{lock, Bus};
 use crate::devices::legacy::*;
 use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
-use crate::devices::virtio::net::{open_tap, Net};
+use crate::devices::virtio::net::{open_tap, tap_from_fd, Net};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::subscriber::VirtioSubscriber;
 use crate::devices::virtio::vsock::Vsock;
@@ -424,7 +424,15 @@ impl Vm {
                 .as_deref()
                 .and_then(crate::config::parse_mac)
                 .unwrap_or([0x06, 0xec, 0x10, 0, 0, i as u8]);
-            let tap = open_tap(&n.tap).map_err(dev_err(format!("tap {}", n.tap)))?;
+            let tap = match n.fd {
+                Some(fd) => {
+                    // SAFETY: validated as open by the config; the caller handed it to us and
+                    // nothing else in this process uses it.
+                    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                    tap_from_fd(owned).map_err(dev_err(format!("tap fd {fd} ({})", n.tap)))?
+                }
+                None => open_tap(&n.tap).map_err(dev_err(format!("tap {}", n.tap)))?,
+            };
             self.attach_virtio(Box::new(Net::new(tap, mac)))?;
         }
         if self.config.rng {

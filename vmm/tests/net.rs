@@ -80,6 +80,42 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Opens tap0 of the namespace (IFF_TAP | IFF_NO_PI) from a thread inside it.
+    fn open_tap(&self) -> OwnedFd {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid namespace fd affects only this short-lived thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
+            let tun = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .unwrap();
+            #[repr(C)]
+            struct IfReq {
+                name: [u8; 16],
+                flags: i16,
+                pad: [u8; 22],
+            }
+            let mut req = IfReq {
+                name: [0; 16],
+                flags: 0x0002 | 0x1000, // IFF_TAP | IFF_NO_PI
+                pad: [0; 22],
+            };
+            req.name[..4].copy_from_slice(b"tap0");
+            // SAFETY: TUNSETIFF reads and writes the ifreq for the call's duration.
+            let rc = unsafe { libc::ioctl(tun.as_raw_fd(), 0x4004_54ca, &mut req) };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            OwnedFd::from(tun)
+        })
+        .join()
+        .unwrap()
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -151,12 +187,23 @@ fn guest_frame_reaches_the_tap_and_a_reply_reaches_the_guest() {
         "--net",
         &format!("tap0,mac={mac}"),
     ];
-    let mut vmm = RunningVmm::spawn_program("ip", &vmm_args);
+    let vmm = RunningVmm::spawn_program("ip", &vmm_args);
+    exchange_frames(vmm, &sock, &mac);
+    drop(sock);
+    drop(ns);
+    assert!(
+        !std::path::Path::new(&format!("/run/netns/{ns_name}")).exists(),
+        "namespace removed"
+    );
+}
+
+/// The guest sends a frame, the test sees it on the tap and answers; the guest must get it.
+fn exchange_frames(mut vmm: RunningVmm, sock: &OwnedFd, mac: &str) {
     vmm.wait_line(&format!("net: mac={mac}"), DEADLINE);
 
     let deadline = Instant::now() + DEADLINE;
     let guest_frame = loop {
-        let f = recv_frame(&sock, deadline).expect("guest frame on the tap");
+        let f = recv_frame(sock, deadline).expect("guest frame on the tap");
         if f.len() >= 14 && f[12..14] == [0x88, 0xb5] && f[6..12] == GUEST_MAC {
             break f;
         }
@@ -180,10 +227,54 @@ fn guest_frame_reaches_the_tap_and_a_reply_reaches_the_guest() {
     vmm.wait_line("net: got host frame (62 bytes)", DEADLINE);
     let (status, err) = vmm.wait(Duration::from_secs(60));
     assert!(status.success(), "{err}");
+}
+
+#[test]
+fn tap_fd_handed_over_by_the_caller() {
+    let Some(_kind) = kvm_or_skip("net-fd") else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP net-fd: needs root for a network namespace and a tap");
+        return;
+    }
+    let ns_name = format!("eci-vmm-netfd-{}", std::process::id());
+    let ns = match NetNs::create(&ns_name) {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("SKIP net-fd: cannot create a namespace with a tap: {e}");
+            return;
+        }
+    };
+    let sock = ns.packet_socket();
+    let tap = ns.open_tap();
+    // The VMM runs outside the namespace and only gets the descriptor, as from the shim.
+    const CHILD_FD: i32 = 100;
+    let mut cmd = Command::new(VMM);
+    let mac = "02:ec:10:aa:bb:01";
+    cmd.args([
+        "--kernel",
+        guest("net").to_str().unwrap(),
+        "--memory-mib",
+        "64",
+        "--net",
+        &format!("tap0,mac={mac},fd={CHILD_FD}"),
+    ]);
+    let raw = tap.as_raw_fd();
+    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, CHILD_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let vmm = RunningVmm::spawn_command(cmd);
+    drop(tap);
+    exchange_frames(vmm, &sock, mac);
     drop(sock);
     drop(ns);
-    assert!(
-        !std::path::Path::new(&format!("/run/netns/{ns_name}")).exists(),
-        "namespace removed"
-    );
 }

@@ -99,9 +99,15 @@ impl RunningVmm {
 
     /// Runs `program args` (e.g. `ip netns exec NS eci-vmm ...`).
     pub fn spawn_program(program: &str, args: &[&str]) -> RunningVmm {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Self::spawn_command(cmd)
+    }
+
+    /// Runs a prepared command (e.g. one that passes file descriptors).
+    pub fn spawn_command(mut cmd: Command) -> RunningVmm {
         use std::io::BufRead;
-        let mut child = Command::new(program)
-            .args(args)
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -60,6 +60,37 @@ pub fn open_tap(name: &str) -> std::io::Result<File> {
 
 use std::os::unix::fs::OpenOptionsExt;
 
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+/// Takes an inherited tap fd: checks it is a tap without packet info or vnet headers (the
+/// framing this device speaks) and makes it non-blocking.
+pub fn tap_from_fd(fd: OwnedFd) -> std::io::Result<File> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF fills an ifreq, which `req` is, for the call's duration.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF as _, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if req.flags & (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) != IFF_TAP | IFF_NO_PI {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "tap must be IFF_TAP | IFF_NO_PI without IFF_VNET_HDR",
+        ));
+    }
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(File::from(fd))
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NetStats {
     pub tx_frames: u64,
