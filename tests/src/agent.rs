@@ -21,9 +21,13 @@ pub struct LocalAgent {
 }
 
 impl LocalAgent {
-    /// Starts the `eci-agent` binary of this workspace and connects to it.
+    /// Starts the `eci-agent` binary of this workspace (or the one `ECI_AGENT_BIN` names, e.g.
+    /// the static musl build) and connects to it.
     pub async fn start() -> io::Result<Self> {
-        let binary = crate::bins::require_workspace_binary("eci-agent");
+        let binary = match std::env::var_os("ECI_AGENT_BIN") {
+            Some(path) => PathBuf::from(path),
+            None => crate::bins::require_workspace_binary("eci-agent"),
+        };
         let dir = tempfile::Builder::new().prefix("eci-agent-").tempdir()?;
         let api = dir.path().join("agent.sock");
         let child = Command::new(binary)

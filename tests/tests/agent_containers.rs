@@ -757,3 +757,113 @@ async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
         .await;
     assert_eq!((out.as_str(), exit.exit_code), ("still fine\n", 0));
 }
+
+#[tokio::test]
+async fn seccomp_profile_from_the_spec_is_enforced() {
+    let Some(env) = env("seccomp").await else {
+        return;
+    };
+    let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    }))
+    .unwrap();
+    let spec_with = |seccomp: Option<oci_spec::runtime::LinuxSeccomp>| {
+        let mut spec = sh("grep Seccomp: /proc/self/status; mkdir /tmp/made && echo made");
+        spec.root_mut().as_mut().unwrap().set_readonly(Some(false));
+        spec.linux_mut().as_mut().unwrap().set_seccomp(seccomp);
+        spec
+    };
+    let (out, err, exit) = env.run(&unique("seccomp"), &spec_with(Some(profile))).await;
+    assert_ne!(exit.exit_code, 0, "mkdir passed the filter: {out}");
+    assert!(out.contains("Seccomp:\t2"), "no filter installed: {out}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    // Control: without the profile the same program works.
+    let (out, err, exit) = env.run(&unique("noseccomp"), &spec_with(None)).await;
+    assert_eq!(exit.exit_code, 0, "{err}");
+    assert!(out.contains("made"), "{out}");
+}
+
+/// A cgroup file of the container, v1 (`/sys/fs/cgroup/<controller>/eci/<id>`) or v2.
+fn cgroup_file(controller: &str, id: &str, v1_name: &str, v2_name: &str) -> std::path::PathBuf {
+    let v1 = Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join("eci")
+        .join(id)
+        .join(v1_name);
+    if v1.exists() {
+        return v1;
+    }
+    Path::new("/sys/fs/cgroup/eci").join(id).join(v2_name)
+}
+
+#[tokio::test]
+async fn pause_resume_update_and_stats() {
+    let Some(env) = env("pause_update_stats").await else {
+        return;
+    };
+    let id = unique("pause");
+    env.create(
+        &id,
+        &sh("while :; do i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; sleep 0.1; done"),
+        stdio(false, false),
+    )
+    .await
+    .unwrap();
+    env.start(&id).await;
+    let req = ContainerRequest {
+        container_id: id.clone(),
+        ..Default::default()
+    };
+    let freezer = cgroup_file("freezer", &id, "freezer.state", "cgroup.freeze");
+    env.agent.client.pause_container(ctx(), &req).await.unwrap();
+    let frozen = std::fs::read_to_string(&freezer).unwrap();
+    assert!(
+        frozen.trim() == "FROZEN" || frozen.trim() == "1",
+        "{frozen}"
+    );
+    env.agent
+        .client
+        .resume_container(ctx(), &req)
+        .await
+        .unwrap();
+    let thawed = std::fs::read_to_string(&freezer).unwrap();
+    assert!(
+        thawed.trim() == "THAWED" || thawed.trim() == "0",
+        "{thawed}"
+    );
+
+    let update = UpdateContainerRequest {
+        container_id: id.clone(),
+        resources_json: br#"{"pids":{"limit":57}}"#.to_vec(),
+        ..Default::default()
+    };
+    env.agent
+        .client
+        .update_container(ctx(), &update)
+        .await
+        .unwrap();
+    let pids_max =
+        std::fs::read_to_string(cgroup_file("pids", &id, "pids.max", "pids.max")).unwrap();
+    assert_eq!(pids_max.trim(), "57");
+    let bad = UpdateContainerRequest {
+        resources_json: b"{\"pids\": 5}".to_vec(),
+        ..update.clone()
+    };
+    let e = env
+        .agent
+        .client
+        .update_container(ctx(), &bad)
+        .await
+        .unwrap_err();
+    assert_code(&e, ttrpc::Code::INVALID_ARGUMENT);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = env.agent.client.stats_container(ctx(), &req).await.unwrap();
+    assert!(stats.cgroup_version == 1 || stats.cgroup_version == 2);
+    assert!(stats.cpu.usage_ns > 0, "{stats:?}");
+    assert!(stats.memory.usage_bytes > 0, "{stats:?}");
+    assert_eq!(stats.pids.limit, 57);
+    assert!(stats.pids.current >= 1);
+    env.remove(&id).await;
+}
