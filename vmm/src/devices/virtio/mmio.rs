@@ -34,7 +34,8 @@ pub struct MmioTransport {
     driver_features: u64,
     status: u32,
     config_generation: u32,
-    /// Written when the device becomes active, so the event loop registers its backends.
+    /// Written when the device is activated or reset, so the event loop (un)registers its
+    /// backends.
     activate_evt: EventFd,
     /// One per queue; also registered as ioeventfds at QueueNotify.
     queue_evts: Vec<EventFd>,
@@ -93,7 +94,11 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
+        let was_active = self.device.is_active();
         self.device.reset();
+        if was_active {
+            let _ = self.activate_evt.write(1);
+        }
         for q in &mut self.queues {
             q.reset();
         }
@@ -356,6 +361,11 @@ mod tests {
         w(&mut t, 0x70, 0);
         assert!(!t.device().is_active());
         assert_eq!(r(&mut t, 0x70), 0);
+        assert_eq!(
+            act.read().unwrap(),
+            1,
+            "reset wakes the event loop to drop backends"
+        );
     }
 
     #[test]

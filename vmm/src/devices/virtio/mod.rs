@@ -99,6 +99,8 @@ pub trait VirtioDevice: Send {
     fn register_backend(&mut self, _ops: &mut EventOps) {}
     /// A backend fd is ready (event loop thread).
     fn process_backend(&mut self, _events: Events, _ops: &mut EventOps) {}
+    /// Applies backend registration changes left by a reset (event loop thread).
+    fn settle_backend(&mut self, _ops: &mut EventOps) {}
 }
 
 /// Copies the little-endian bytes of a config space into `data` at `offset`, leaving bytes

@@ -53,6 +53,8 @@ impl MutEventSubscriber for VirtioSubscriber {
                 let _ = self.activate_evt.read();
                 if dev.is_active() {
                     dev.register_backend(ops);
+                } else {
+                    dev.settle_backend(ops);
                 }
             }
             d if d < BACKEND_EVENT_BASE => {

@@ -167,6 +167,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.muxer.reset_all();
     }
 
     fn is_active(&self) -> bool {
@@ -189,6 +190,10 @@ impl VirtioDevice for Vsock {
                 .is_ok();
         }
         self.process_rx();
+        self.apply_interest(ops);
+    }
+
+    fn settle_backend(&mut self, ops: &mut EventOps) {
         self.apply_interest(ops);
     }
 

@@ -197,6 +197,20 @@ impl Muxer {
         self.conns.len()
     }
 
+    /// Drops every connection and pending accept (the guest driver reset the device: its
+    /// side of every stream is gone). The listener stays.
+    pub fn reset_all(&mut self) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.remove_conn(k);
+        }
+        let fds: Vec<RawFd> = self.accepting.keys().copied().collect();
+        for fd in fds {
+            self.drop_accepting(fd);
+        }
+        self.orphan_rst.clear();
+    }
+
     /// Accepts pending host connections; each must send `CONNECT <port>\n` first.
     pub fn accept_ready(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
@@ -641,6 +655,11 @@ mod tests {
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hello");
+        // A driver reset closes the host side of every stream.
+        m.reset_all();
+        drain_interest(&mut m);
+        assert_eq!(m.connection_count(), 0);
+        assert_eq!(s.read(&mut buf).unwrap(), 0, "host sees EOF");
     }
 
     #[test]
