@@ -78,6 +78,7 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_fdatasync,
     libc::SYS_getrandom,
     libc::SYS_tgkill,
+    libc::SYS_tkill, // musl's pthread_kill
     libc::SYS_unlink,
     libc::SYS_unlinkat,
     libc::SYS_poll,
