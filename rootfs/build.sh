@@ -18,7 +18,12 @@ script_dir=$(cd "$(dirname "$0")" && pwd)
 repo_dir=$(dirname "$script_dir")
 out_dir=${1:-$repo_dir/build}
 cargo=${CARGO:-cargo}
-target_dir=${CARGO_TARGET_DIR:-$repo_dir/target}
+# The static release build has its own target dir outside the clone, like the kernel cache: CI
+# runs from fresh clones and would otherwise rebuild every dependency in release mode each time.
+target_dir=${ECI_ROOTFS_TARGET_DIR:-/var/cache/eci/rootfs-target}
+if ! mkdir -p "$target_dir" 2>/dev/null || [ ! -w "$target_dir" ]; then
+	target_dir=${CARGO_TARGET_DIR:-$repo_dir/target}
+fi
 
 log() { echo "rootfs: $*" >&2; }
 die() {
@@ -34,7 +39,7 @@ for tool in cpio zstd readelf strip; do
 done
 
 log "building eci-agent for $TARGET (release, static)"
-(cd "$repo_dir" && "$cargo" build --locked --release -p eci-agent --target "$TARGET")
+(cd "$repo_dir" && CARGO_TARGET_DIR=$target_dir "$cargo" build --locked --release -p eci-agent --target "$TARGET")
 agent=$target_dir/$TARGET/release/eci-agent
 [ -x "$agent" ] || die "$agent not built"
 is_static "$agent" || die "$agent is not statically linked"
