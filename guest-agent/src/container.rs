@@ -6,12 +6,13 @@
 //! shim's bundle may be read-only or absent in a VM) with `root.path` made absolute.
 
 use crate::cgroup::ContainerCgroup;
-use crate::error::{AgentError, Result};
+use crate::error::{error_chain, AgentError, Result};
 use crate::process::{Process, StdioEnds};
 use crate::reaper::Reaper;
 use crate::seccomp;
 use crate::stdio::{self, ChildStdio, ConsoleSocket};
 use eci_protocol::agent::StdioConfig;
+use eci_protocol::validate::ValidationError;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as LcContainer;
 use libcontainer::syscall::syscall::SyscallType;
@@ -112,6 +113,14 @@ pub struct CreateParams<'a> {
     pub stdio: &'a StdioConfig,
 }
 
+/// The agent's bundle of a container being created.
+struct Prepared {
+    spec: Spec,
+    bundle_dir: PathBuf,
+    cgroup_path: PathBuf,
+    filters: Arc<Vec<BpfProgram>>,
+}
+
 /// Prepares the stdio of a new process: pipes, or a console socket for a tty.
 fn prepare_stdio(
     cfg: &StdioConfig,
@@ -183,13 +192,7 @@ impl Container {
         }
         let filters = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             Some(profile) => seccomp::compile(profile).map_err(|e| {
-                eci_protocol::validate::ValidationError::new(
-                    "oci_spec_json.linux.seccomp",
-                    AgentError::runtime("", e)
-                        .chain()
-                        .trim_start_matches(": ")
-                        .to_string(),
-                )
+                ValidationError::new("oci_spec_json.linux.seccomp", error_chain(&e))
             })?,
             None => Vec::new(),
         };
@@ -214,16 +217,13 @@ impl Container {
         let bundle_dir = dirs.bundles.join(id);
         std::fs::create_dir_all(&bundle_dir)
             .map_err(|e| AgentError::io("create the bundle directory", e))?;
-        let result = Self::create_in(
-            dirs,
-            reaper,
-            id,
-            &spec,
-            &bundle_dir,
-            stdio_cfg,
-            &cgroup_path,
+        let prepared = Prepared {
+            spec,
+            bundle_dir: bundle_dir.clone(),
+            cgroup_path,
             filters,
-        );
+        };
+        let result = Self::create_in(dirs, reaper, id, stdio_cfg, prepared);
         if result.is_err() {
             cleanup_failed(dirs, id, &bundle_dir);
         }
@@ -234,12 +234,16 @@ impl Container {
         dirs: &StateDirs,
         reaper: &Reaper,
         id: &str,
-        spec: &Spec,
-        bundle_dir: &Path,
         stdio_cfg: &StdioConfig,
-        cgroup_path: &Path,
-        filters: Arc<Vec<BpfProgram>>,
+        prepared: Prepared,
     ) -> Result<Self> {
+        let Prepared {
+            spec,
+            bundle_dir,
+            cgroup_path,
+            filters,
+        } = prepared;
+        let (bundle_dir, cgroup_path) = (bundle_dir.as_path(), cgroup_path.as_path());
         spec.save(bundle_dir.join("config.json"))
             .map_err(|e| AgentError::runtime("write the bundle's config.json", e))?;
         let console_path = bundle_dir.join("console.sock");

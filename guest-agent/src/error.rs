@@ -93,15 +93,20 @@ impl AgentError {
 
     /// The message with its whole source chain, for the wire and the log.
     pub fn chain(&self) -> String {
-        let mut msg = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        msg
+        error_chain(self)
     }
+}
+
+/// `error: source: source's source ...`, the whole chain on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }
 
 impl From<AgentError> for ttrpc::Error {
