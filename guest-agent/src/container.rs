@@ -207,13 +207,17 @@ impl Container {
         }
         let cgroup_path = {
             let linux = spec.linux_mut().get_or_insert_with(Default::default);
-            let path = linux
-                .cgroups_path()
-                .clone()
-                .unwrap_or_else(|| Path::new(DEFAULT_CGROUP_PARENT).join(id));
+            let path = cgroupfs_path(linux.cgroups_path().as_deref(), id);
             linux.set_cgroups_path(Some(path.clone()));
             path
         };
+        // Hooks other than startContainer run on the host, by the shim; only startContainer
+        // hooks run in the container's namespaces, hence here.
+        if let Some(hooks) = spec.hooks().as_ref() {
+            let mut kept = oci_spec::runtime::Hooks::default();
+            kept.set_start_container(hooks.start_container().clone());
+            spec.set_hooks(Some(kept));
+        }
         let bundle_dir = dirs.bundles.join(id);
         std::fs::create_dir_all(&bundle_dir)
             .map_err(|e| AgentError::io("create the bundle directory", e))?;
@@ -415,6 +419,49 @@ impl Container {
     }
 }
 
+/// The cgroupfs path for the spec's `linux.cgroupsPath`: absolute paths stay; a systemd-style
+/// `slice:prefix:name` (the agent drives cgroupfs, never systemd) becomes the path systemd would
+/// use, `/a.slice/a-b.slice/prefix-name.scope`; other relative paths are taken from the root;
+/// none gives [`DEFAULT_CGROUP_PARENT`]`/<id>`.
+pub fn cgroupfs_path(spec_path: Option<&Path>, id: &str) -> PathBuf {
+    let Some(path) = spec_path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Path::new(DEFAULT_CGROUP_PARENT).join(id);
+    };
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let text = path.to_string_lossy();
+    let parts: Vec<&str> = text.split(':').collect();
+    if let [slice, prefix, name] = parts[..] {
+        let mut out = PathBuf::from("/");
+        if let Some(stem) = slice
+            .strip_suffix(".slice")
+            .filter(|s| !s.is_empty() && *s != "-")
+        {
+            let mut acc = String::new();
+            for component in stem.split('-') {
+                if !acc.is_empty() {
+                    acc.push('-');
+                }
+                acc.push_str(component);
+                out.push(format!("{acc}.slice"));
+            }
+        }
+        let unit = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}-{name}")
+        };
+        out.push(if unit.ends_with(".slice") {
+            unit
+        } else {
+            format!("{unit}.scope")
+        });
+        return out;
+    }
+    Path::new("/").join(path)
+}
+
 /// Removes what a failed create may have left.
 fn cleanup_failed(dirs: &StateDirs, id: &str, bundle_dir: &Path) {
     let runtime_dir = dirs.runtime_root.join(id);
@@ -432,4 +479,30 @@ fn cleanup_failed(dirs: &StateDirs, id: &str, bundle_dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir_all(bundle_dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_for_cgroupfs() {
+        assert_eq!(cgroupfs_path(None, "c1"), Path::new("/eci/c1"));
+        assert_eq!(
+            cgroupfs_path(Some(Path::new("/default/c1")), "c1"),
+            Path::new("/default/c1")
+        );
+        assert_eq!(
+            cgroupfs_path(Some(Path::new("k8s/c1")), "c1"),
+            Path::new("/k8s/c1")
+        );
+        assert_eq!(
+            cgroupfs_path(Some(Path::new("kubepods-besteffort-pod12.slice:cri-containerd:abc")), "abc"),
+            Path::new("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/cri-containerd-abc.scope")
+        );
+        assert_eq!(
+            cgroupfs_path(Some(Path::new("system.slice:docker:abc")), "abc"),
+            Path::new("/system.slice/docker-abc.scope")
+        );
+    }
 }
