@@ -46,6 +46,14 @@ bench-vmm: deps
 	ECI_VMM_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-vmm \
 		$(CARGO) bench --locked -p eci-vmm --bench vmm
 
+# Agent create+start+exit(+remove) latency vs `runc run` of the same bundle, p50/p99 over
+# BENCH_RUNS (100) runs, with the static musl agent that ships; ends with `ratio: X.XX`.
+.PHONY: bench-agent
+bench-agent: deps
+	$(CARGO) build --release --locked -p eci-agent --target x86_64-unknown-linux-musl
+	ECI_AGENT_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-agent ECI_AGENT_LOG=error \
+		$(CARGO) test --locked -p eci-tests --test agent_bench -- --ignored --nocapture
+
 # --- containerd shim (io.containerd.eci.v2) ---
 .PHONY: bench-ctr
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
