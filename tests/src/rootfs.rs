@@ -13,7 +13,10 @@ pub fn static_busybox() -> Option<PathBuf> {
     let path = Path::new(BUSYBOX);
     let out = Command::new("file").arg("-L").arg(path).output().ok();
     let is_static = match out {
-        Some(o) => String::from_utf8_lossy(&o.stdout).contains("statically linked"),
+        Some(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            text.contains("statically linked") || text.contains("static-pie linked")
+        }
         // Without file(1) trust the package layout.
         None => path.is_file(),
     };
