@@ -48,6 +48,9 @@ fn main() {
         }
         other => fail("arguments", format!("unknown action {other:?}")),
     }
+    // Threads still blocked in system calls (e.g. opening a FIFO nobody opened) must not keep
+    // the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {

@@ -1,12 +1,16 @@
 //! Host side of a process's stdio: containerd's FIFOs, `file://` and `binary://` log URIs, joined
 //! to the agent's stream connections.
 //!
-//! FIFOs are opened read-write so that opening never blocks and never fails for want of a peer;
-//! the price is that stdin never sees EOF from the FIFO, so the end of stdin comes from
-//! containerd's CloseIO, exactly as with runc's shim.
+//! Output FIFOs are opened read-write so that opening never blocks and never fails for want of a
+//! reader. The stdin FIFO is opened read-only (off the runtime, waiting for its writer) so that
+//! the writer closing it is EOF for the process, as with runc's shim; containerd's CloseIO ends
+//! stdin as well.
 
 use std::{
-    os::fd::{AsRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -134,19 +138,11 @@ impl ProcessIo {
         }
         let mut stdin_close = None;
         if config.stdin {
-            let fifo = pipe::OpenOptions::new()
-                .read_write(true)
-                .open_receiver(&paths.stdin)
-                .map_err(|source| StdioError::Open {
-                    what: "stdin",
-                    uri: paths.stdin.clone(),
-                    source,
-                })?;
             let stream =
                 agent::open_stream(stream_socket, container_id, exec_id, StreamKind::STDIN).await?;
             let (tx, rx) = oneshot::channel();
             stdin_close = Some(tx);
-            tokio::spawn(copy_stdin(fifo, stream, rx));
+            tokio::spawn(copy_stdin(PathBuf::from(&paths.stdin), stream, rx));
         }
         Ok(Self {
             stdin_close,
@@ -188,26 +184,50 @@ async fn futures_join(handles: Vec<JoinHandle<()>>) {
     }
 }
 
+/// Copies containerd's stdin FIFO into the agent's stdin stream until the FIFO's writer closes
+/// it (EOF) or containerd's CloseIO, then ends the process's stdin.
 async fn copy_stdin(
-    mut fifo: pipe::Receiver,
+    path: PathBuf,
     mut stream: tokio::net::UnixStream,
     mut close: oneshot::Receiver<()>,
 ) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        tokio::select! {
-            read = fifo.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => if stream.write_all(&buf[..n]).await.is_err() { return },
-            },
-            _ = &mut close => {
-                // Deliver what is already in the FIFO, then end stdin.
-                while let Ok(n) = fifo.try_read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                        break;
+    // A read-only open waits for the writer (containerd's client), so that its close is EOF.
+    // A detached thread, not the blocking pool: an open that never returns (the FIFO vanished
+    // unopened) must not hold up the shim's exit.
+    let open_path = path.clone();
+    let (opened_tx, mut opening) = oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = opened_tx.send(std::fs::File::open(open_path));
+    });
+    let fifo = tokio::select! {
+        opened = &mut opening => opened.ok().and_then(|f| f.ok()),
+        _ = &mut close => {
+            // Nobody ever wrote: release the blocked open by opening the writer side once.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path);
+            let _ = tokio::time::timeout(Duration::from_secs(1), opening).await;
+            None
+        }
+    };
+    if let Some(Ok(mut fifo)) = fifo.map(pipe::Receiver::from_file) {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                read = fifo.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => if stream.write_all(&buf[..n]).await.is_err() { return },
+                },
+                _ = &mut close => {
+                    // Deliver what is already in the FIFO, then end stdin.
+                    while let Ok(n) = fifo.try_read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
                     }
+                    break;
                 }
-                break;
             }
         }
     }

@@ -301,3 +301,84 @@ fn events_show_exit_status() {
         "{exit}"
     );
 }
+
+#[test]
+fn stdin_reaches_the_container_and_closes() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("stdin");
+    let mut child = ctd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            ECI,
+            eci_tests::images::BUSYBOX_IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "wc -l; cat",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"one\ntwo\nthree\n").unwrap();
+        // Dropping stdin closes it: ctr calls CloseIO and `wc` sees EOF.
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", ctd.log_tail());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+    assert_nothing_left(&ctd, &[id]);
+}
+
+#[test]
+fn exec_events() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("execev");
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &id,
+        "sleep",
+        "300",
+    ]);
+    let mut events = ctd
+        .ctr_command(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        ctd.ctr_ok(&["task", "exec", "--exec-id", "ev1", &id, "echo", "x"]),
+        "x\n"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = events.kill();
+    let text = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    for topic in ["/tasks/exec-added", "/tasks/exec-started"] {
+        assert!(
+            text.lines().any(|l| l.contains(topic) && l.contains("ev1")),
+            "{topic} missing: {text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains("\"id\":\"ev1\"")),
+        "exec exit missing: {text}"
+    );
+    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_stopped(&ctd, &id);
+    ctd.ctr_ok(&["task", "delete", &id]);
+    ctd.ctr_ok(&["container", "delete", &id]);
+    assert_nothing_left(&ctd, &[id]);
+}

@@ -78,13 +78,13 @@ fn killing_the_agent_ends_the_task_non_zero_and_releases_everything() {
             BUSYBOX_IMAGE,
             &id,
             "sleep",
-            "300",
+            "3117",
         ])
         .spawn()
         .unwrap();
     wait_for("the task to run", || is_running(&ctd, &id).then_some(()));
     let agent = wait_for("the agent", || agent_pid(&ctd, &id));
-    let workload: Vec<u32> = processes_with("sleep 300");
+    let workload: Vec<u32> = processes_with("sleep 3117");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -108,7 +108,7 @@ fn killing_the_agent_ends_the_task_non_zero_and_releases_everything() {
             .unwrap_or(false);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert!(
-            !(alive && String::from_utf8_lossy(&cmdline).contains("sleep")),
+            !(alive && String::from_utf8_lossy(&cmdline).contains("3117")),
             "workload {pid} survived its agent"
         );
     }
@@ -244,6 +244,9 @@ fn spec_file(
     spec["root"]["path"] = rootfs.display().to_string().into();
     spec["root"]["readonly"] = false.into();
     spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
+    // ctr's default is the namespace's cgroup, shared by every container: let the shim give
+    // each container its own (/<namespace>/<id>).
+    spec["linux"].as_object_mut().unwrap().remove("cgroupsPath");
     edit(&mut spec);
     let path = dir.join("config.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();

@@ -445,6 +445,7 @@ impl Task for TaskService {
         let container = self.pod.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         if req.stdin {
+            log::debug!("close stdin of {}/{}", req.id, req.exec_id);
             if let Some(io) = process.io.lock().await.as_mut() {
                 io.close_stdin();
             } else if !container.sandbox.is_dead() {

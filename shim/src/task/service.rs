@@ -212,9 +212,10 @@ impl Pod {
                 }
             }
             if linux.cgroups_path().is_none() {
+                // As ctr and runc do: /<namespace>/<id>, so every container has its own.
                 linux.set_cgroups_path(Some(PathBuf::from(format!(
-                    "/eci/{}/{}",
-                    self.pod_id, req.id
+                    "/{}/{}",
+                    self.namespace, req.id
                 ))));
             }
             cgroups_path = linux
