@@ -70,17 +70,19 @@ fn start_registry() -> Registry {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Owned by the guard from here on: killed and reaped on every path, panics included.
+    let registry = Registry {
+        child,
+        addr,
+        _dir: dir,
+    };
     for _ in 0..200 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            return Registry {
-                child,
-                addr,
-                _dir: dir,
-            };
+        if std::net::TcpStream::connect(&registry.addr).is_ok() {
+            return registry;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    panic!("docker-registry did not listen on {addr}");
+    panic!("docker-registry did not listen on {}", registry.addr);
 }
 
 #[test]
