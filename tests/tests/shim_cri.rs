@@ -230,6 +230,24 @@ async fn cri_pod_with_two_containers() {
         );
     }
 
+    // UpdateContainerResources reaches the container's cgroup (through the Task API's Update).
+    let update = k8s_cri::v1::UpdateContainerResourcesRequest {
+        container_id: ids[1].clone(),
+        linux: Some(k8s_cri::v1::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    cri.update_container_resources(update)
+        .await
+        .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}"));
+    let metrics = ctd.ctr_ok(&["task", "metrics", &ids[1]]);
+    assert!(
+        metrics.contains(&(64u64 << 20).to_string()),
+        "memory limit applied: {metrics}"
+    );
+
     for id in &ids[1..] {
         cri.stop_container(StopContainerRequest {
             container_id: id.clone(),

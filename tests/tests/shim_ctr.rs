@@ -382,3 +382,45 @@ fn exec_events() {
     ctd.ctr_ok(&["container", "delete", &id]);
     assert_nothing_left(&ctd, &[id]);
 }
+
+#[test]
+fn oom_kill_publishes_tasks_oom() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("oom");
+    let mut events = ctd
+        .ctr_command(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // 32 MiB limit; the shell doubles a string until the kernel's OOM killer ends it.
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--memory-limit",
+        "33554432",
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "x=0123456789; while :; do x=$x$x; done",
+    ]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "the OOM killer must end the task"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let _ = events.kill();
+    let text = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+        "/tasks/oom missing: {text}"
+    );
+    assert_nothing_left(&ctd, &[id]);
+}

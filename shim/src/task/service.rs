@@ -20,7 +20,7 @@ use containerd_shim::{
     Context,
 };
 use eci_protocol::agent::{
-    CreateContainerRequest, GetEventRequest, ProcessRequest, RemoveContainerRequest,
+    CreateContainerRequest, ExitReason, GetEventRequest, ProcessRequest, RemoveContainerRequest,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -52,6 +52,8 @@ pub struct Pod {
     pub exit: Arc<ExitSignal>,
     sandbox: AsyncMutex<Option<Arc<Sandbox>>>,
     pub containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Containers whose OOM kill was already published (from the agent's event stream).
+    oom_published: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Pod {
@@ -70,6 +72,7 @@ impl Pod {
             exit,
             sandbox: AsyncMutex::new(None),
             containers: Mutex::new(HashMap::new()),
+            oom_published: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -84,6 +87,25 @@ impl Pod {
             .get(id)
             .cloned()
             .ok_or_else(|| ShimError::NotFound(format!("container {id}: not found")))
+    }
+
+    /// Publishes /tasks/oom for `container_id`; `once` skips it when one was published already
+    /// (an exit reported as an OOM kill after the agent's own OOM event).
+    async fn publish_oom(&self, container_id: &str, once: bool) {
+        let first = self
+            .oom_published
+            .lock()
+            .expect("oom lock")
+            .insert(container_id.to_owned());
+        if once && !first {
+            return;
+        }
+        let event = TaskOOM {
+            container_id: container_id.to_owned(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(event))
+            .await;
     }
 
     pub async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
@@ -474,7 +496,12 @@ pub async fn watch_exit(pod: Arc<Pod>, container: Arc<Container>, process: Arc<P
     };
     let exit = tokio::select! {
         waited = sandbox.agent.wait_process(no_deadline(), &req) => match waited {
-            Ok(resp) => Exit { status: resp.exit_code as u32, at: system_time(resp.exited_at_unix_nanos) },
+            Ok(resp) => {
+                if resp.reason.enum_value() == Ok(ExitReason::OOM_KILLED) && process.exec_id.is_empty() {
+                    pod.publish_oom(&container.id, true).await;
+                }
+                Exit { status: resp.exit_code as u32, at: system_time(resp.exited_at_unix_nanos) }
+            }
             Err(e) => {
                 // The agent is gone (or broken): the kernel killed the pod's processes.
                 let _ = tokio::time::timeout(Duration::from_secs(5), sandbox.wait_dead()).await;
@@ -513,17 +540,7 @@ async fn forward_agent_events(pod: Arc<Pod>, sandbox: Arc<Sandbox>) {
             _ = sandbox.wait_dead() => return,
         };
         match event {
-            Ok(event) if event.has_oom() => {
-                let container_id = event.oom().container_id.clone();
-                pod.publish(
-                    topics::TASK_OOM_EVENT_TOPIC,
-                    Box::new(TaskOOM {
-                        container_id,
-                        ..Default::default()
-                    }),
-                )
-                .await;
-            }
+            Ok(event) if event.has_oom() => pod.publish_oom(&event.oom().container_id, false).await,
             Ok(_) => {}
             Err(e) => {
                 if sandbox.is_dead() {
