@@ -88,6 +88,9 @@ fn cache_dir() -> PathBuf {
     crate::bins::profile_dir().join("eci-test-images")
 }
 
+/// Bump when what the images contain changes: cached archives carry it in their name.
+const IMAGE_VERSION: u32 = 1;
+
 fn cached(
     name: &str,
     cmd: &[&str],
@@ -96,9 +99,18 @@ fn cached(
     cell.get_or_init(|| {
         let dir = cache_dir();
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        // Unique per process: parallel test binaries never read a half-written archive.
-        let tar = dir.join(format!("{name}-{}.tar", std::process::id()));
-        build_image_tar(&tar, cmd).map_err(|e| e.to_string())?;
+        let tar = dir.join(format!("{name}-v{IMAGE_VERSION}.tar"));
+        if tar.is_file() {
+            return Ok(tar);
+        }
+        // Built under a name of this process, then renamed: parallel test binaries never read
+        // a half-written archive, and the last rename wins with identical content.
+        let partial = dir.join(format!(
+            "{name}-v{IMAGE_VERSION}.{}.tar",
+            std::process::id()
+        ));
+        build_image_tar(&partial, cmd).map_err(|e| e.to_string())?;
+        std::fs::rename(&partial, &tar).map_err(|e| e.to_string())?;
         Ok(tar)
     })
     .clone()
