@@ -424,3 +424,74 @@ fn oom_kill_publishes_tasks_oom() {
     );
     assert_nothing_left(&ctd, &[id]);
 }
+
+#[test]
+fn file_and_binary_log_uris() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("file.log");
+    let id = unique("filelog");
+    let uri = format!("file://{}", log.display());
+    ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "echo to-file; echo err-to-file >&2",
+    ]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("to-file\n") && text.contains("err-to-file\n"),
+        "{text:?}"
+    );
+
+    // A binary:// logger gets stdout on fd 3 and stderr on fd 4 and closes fd 5 when ready.
+    let logger = tmp.path().join("logger.sh");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\necho \"$CONTAINER_NAMESPACE/$CONTAINER_ID $*\" > {dir}/args\nexec 5>&-\ncat <&3 > {dir}/out &\ncat <&4 > {dir}/err\nwait\n",
+            dir = tmp.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bin_id = unique("binlog");
+    let uri = format!("binary://{}?tag=t1", logger.display());
+    ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &bin_id,
+        "sh",
+        "-c",
+        "echo to-binary; echo err-to-binary >&2",
+    ]);
+    let read = |name: &str| {
+        let path = tmp.path().join(name);
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if !text.is_empty() {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        String::new()
+    };
+    assert_eq!(read("out"), "to-binary\n");
+    assert_eq!(read("err"), "err-to-binary\n");
+    assert_eq!(read("args"), format!("{}/{bin_id} tag t1\n", ctd.namespace));
+    assert_nothing_left(&ctd, &[id, bin_id]);
+}
