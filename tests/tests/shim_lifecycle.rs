@@ -316,5 +316,34 @@ fn create_runtime_hook_runs_on_the_host_with_state() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("must not run"));
     ctd.ctr(&["container", "delete", &bad_id]);
-    assert_nothing_left(&ctd, &[id, bad_id]);
+
+    // A hook past its timeout is killed and fails the create.
+    let slow_dir = tmp.path().join("slow");
+    std::fs::create_dir(&slow_dir).unwrap();
+    let slow = spec_file(&ctd, &slow_dir, |s| {
+        s["process"]["args"] = serde_json::json!(["true"]);
+        s["hooks"] = serde_json::json!({ "prestart": [{ "path": "/bin/sleep", "args": ["sleep", "29"], "timeout": 1 }] });
+    });
+    let slow_id = unique("slowhook");
+    let started = std::time::Instant::now();
+    let out = ctd.ctr(&["run", "--rm", "--runtime", ECI, "--config", &slow, &slow_id]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("timed out"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the timeout was not applied"
+    );
+    ctd.ctr(&["container", "delete", &slow_id]);
+    assert!(
+        processes_with("sleep 29").iter().all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+        }),
+        "the timed-out hook must be killed"
+    );
+    assert_nothing_left(&ctd, &[id, bad_id, slow_id]);
 }
