@@ -94,8 +94,7 @@ fn spawn_server(flags: &Flags, pod_id: &str, address: &str) -> anyhow::Result<()
         .stdout
         .take()
         .map(|mut out| out.read_to_end(&mut sink));
-    // The server is detached; its exit is collected here only if it failed early.
-    std::thread::sleep(Duration::from_millis(0));
+    // The server is detached; its status is collected here only when it already failed.
     if let Ok(Some(status)) = child.try_wait() {
         anyhow::bail!("shim server exited at start: {status}");
     }
