@@ -178,8 +178,12 @@ impl Virtq {
         Some(head)
     }
 
+    /// Kicks the device unless it said it is already draining (VRING_USED_F_NO_NOTIFY).
     pub fn notify(&self) {
-        mmio_write32(self.base + 0x50, self.index);
+        fence(Ordering::SeqCst);
+        if r16(self.used) & 1 == 0 {
+            mmio_write32(self.base + 0x50, self.index);
+        }
     }
 
     /// A completed chain: (head id, bytes written by the device).

@@ -64,14 +64,22 @@ impl Vsock {
             return;
         };
         let mut used = false;
-        while let Some(chain) = st.queues[TX].pop_descriptor_chain(&st.mem) {
-            let head = chain.head_index();
-            match parse_tx(&st.mem, chain) {
-                Ok(pkt) => self.muxer.send(pkt),
-                Err(_) => self.bad_chains += 1,
+        // Notifications off while draining (the driver skips its MMIO kick), then back on
+        // and drain again if the driver queued more in between.
+        loop {
+            let _ = st.queues[TX].disable_notification(&st.mem);
+            while let Some(chain) = st.queues[TX].pop_descriptor_chain(&st.mem) {
+                let head = chain.head_index();
+                match parse_tx(&st.mem, chain) {
+                    Ok(pkt) => self.muxer.send(pkt),
+                    Err(_) => self.bad_chains += 1,
+                }
+                let _ = st.queues[TX].add_used(&st.mem, head, 0);
+                used = true;
             }
-            let _ = st.queues[TX].add_used(&st.mem, head, 0);
-            used = true;
+            if !matches!(st.queues[TX].enable_notification(&st.mem), Ok(true)) {
+                break;
+            }
         }
         if used {
             st.interrupt.signal_used_queue();
