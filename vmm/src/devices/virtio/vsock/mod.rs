@@ -66,8 +66,11 @@ impl Vsock {
         let mut used = false;
         // Notifications off while draining (the driver skips its MMIO kick), then back on
         // and drain again if the driver queued more in between.
+        // A hostile avail index can claim entries that never pop: stop when a pass makes no
+        // progress, whatever enable_notification says.
         loop {
             let _ = st.queues[TX].disable_notification(&st.mem);
+            let mut progressed = false;
             while let Some(chain) = st.queues[TX].pop_descriptor_chain(&st.mem) {
                 let head = chain.head_index();
                 match parse_tx(&st.mem, chain) {
@@ -76,8 +79,10 @@ impl Vsock {
                 }
                 let _ = st.queues[TX].add_used(&st.mem, head, 0);
                 used = true;
+                progressed = true;
             }
-            if !matches!(st.queues[TX].enable_notification(&st.mem), Ok(true)) {
+            let more = matches!(st.queues[TX].enable_notification(&st.mem), Ok(true));
+            if !more || !progressed {
                 break;
             }
         }
@@ -224,7 +229,7 @@ mod tests {
     use std::os::unix::net::UnixListener;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
     const RXQ: u64 = 0;
     const TXQ: u64 = 0x1000;
@@ -286,6 +291,27 @@ mod tests {
         );
         assert_eq!(dev.muxer().connection_count(), 1);
         assert_eq!(dev.bad_chains, 0);
+    }
+
+    #[test]
+    fn bogus_avail_index_does_not_spin_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mem();
+        let tx = MockSplitQueue::create(&m, GuestAddress(TXQ), 16);
+        let rx = MockSplitQueue::create(&m, GuestAddress(RXQ), 16);
+        // The driver claims 0x8000 new entries in a 16-entry ring.
+        m.write_obj(0x8000u16, tx.avail_addr().unchecked_add(2))
+            .unwrap();
+        let mut dev = Vsock::new(3, &dir.path().join("v.sock")).unwrap();
+        let mut st = active_state(&m, 0);
+        st.queues = vec![
+            rx.create_queue().unwrap(),
+            tx.create_queue().unwrap(),
+            rx.create_queue().unwrap(),
+        ];
+        dev.activate(st).unwrap();
+        dev.process_queues_for_test(); // returns: no endless drain loop
+        assert_eq!(tx.used().idx().load(), 0);
     }
 
     #[test]
