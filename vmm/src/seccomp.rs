@@ -147,12 +147,16 @@ pub fn apply(filter: &BpfProgram) -> Result<(), SeccompError> {
 }
 
 /// Drops every capability of the calling thread (and of threads it creates afterwards):
-/// bounding set first (needs CAP_SETPCAP), then ambient, inheritable, permitted, effective.
+/// bounding set first when we may (CAP_SETPCAP; an unprivileged VMM has nothing to drop
+/// there that it could ever regain under no_new_privs), then ambient, inheritable, permitted,
+/// effective.
 pub fn drop_capabilities() -> Result<(), SeccompError> {
-    use caps::CapSet;
-    for cap in caps::all() {
-        if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap)?;
+    use caps::{CapSet, Capability};
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::all() {
+            if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap)?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient)?;
