@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::*;
 
 #[test]
@@ -242,4 +244,32 @@ fn initrd_is_loaded_and_announced_in_the_zero_page() {
         data.len()
     );
     assert!(text.contains(&want), "want {want:?} in:\n{text}");
+}
+
+#[test]
+fn runs_when_started_without_capabilities() {
+    let Some(_kind) = kvm_or_skip("no-caps") else {
+        return;
+    };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP no-caps: setpriv (util-linux) is missing");
+        return;
+    }
+    // A jailed VMM may start without capabilities (here: root with SECBIT_NOROOT, so a full
+    // bounding set but nothing effective, like an unprivileged user); sandboxing must cope.
+    let out = Command::new("setpriv")
+        .args([
+            "--securebits",
+            "+noroot",
+            "--inh-caps",
+            "-all",
+            VMM,
+            "--kernel",
+        ])
+        .arg(guest("boot"))
+        .args(["--memory-mib", "32"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("boot: done"), "{}", stdout(&out));
 }
