@@ -133,7 +133,9 @@ impl Sandbox {
                 log::warn!("pod {}: DestroySandbox: {e}", self.id);
             }
         }
+        log::debug!("pod {}: sandbox destroyed", self.id);
         kill_and_reap(self.pid, self.dead.clone()).await;
+        log::debug!("pod {}: sandbox process gone", self.id);
         if let Err(e) = self.paths.remove() {
             log::error!("pod {}: remove {}: {e}", self.id, self.paths.dir.display());
         }

@@ -291,6 +291,7 @@ impl Pod {
         });
         let pid = host_pid(&sandbox, ns_pid).await;
         init.set_pid(pid);
+        log::debug!("container {} created by the agent (pid {pid})", req.id);
         let prepared = async {
             let io = ProcessIo::attach(
                 &init.stdio,
@@ -426,6 +427,7 @@ impl Pod {
                 exit
             }
         };
+        log::debug!("container {} removed by the agent", container.id);
         init.io.lock().await.take();
         for exec in container.execs.lock().expect("execs lock").drain() {
             exec.1.set_exited(Exit {
@@ -511,9 +513,16 @@ pub async fn watch_exit(pod: Arc<Pod>, container: Arc<Container>, process: Arc<P
         },
         _ = sandbox.wait_dead() => Exit { status: 137, at: SystemTime::now() },
     };
+    log::debug!(
+        "{}/{} exited with {}",
+        container.id,
+        process.exec_id,
+        exit.status
+    );
     if let Some(io) = process.io.lock().await.as_mut() {
         io.finish_output(OUTPUT_DRAIN).await;
     }
+    log::debug!("{}/{} output drained", container.id, process.exec_id);
     if !process.set_exited(exit) {
         return;
     }
