@@ -1,4 +1,5 @@
-//! Shared set-up of the shim end-to-end tests (included with `mod shim_common;`).
+//! Shared set-up of the shim end-to-end tests (`mod shim_common;`; a directory module, so that
+//! cargo does not build it as a test binary of its own).
 
 #![allow(dead_code)]
 
