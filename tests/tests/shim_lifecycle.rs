@@ -284,9 +284,15 @@ fn create_runtime_hook_runs_on_the_host_with_state() {
     let state = tmp.path().join("state.json");
     let hook = serde_json::json!([{ "path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", state.display())], "timeout": 10 }]);
     let failing = serde_json::json!([{ "path": "/bin/sh", "args": ["sh", "-c", "echo hook says no >&2; exit 3"] }]);
+    let poststart = tmp.path().join("poststart.json");
+    let poststop = tmp.path().join("poststop.json");
     let good = spec_file(&ctd, tmp.path(), |s| {
         s["process"]["args"] = serde_json::json!(["echo", "ran"]);
-        s["hooks"] = serde_json::json!({ "createRuntime": hook });
+        s["hooks"] = serde_json::json!({
+            "createRuntime": hook,
+            "poststart": [{ "path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", poststart.display())] }],
+            "poststop": [{ "path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", poststop.display())] }],
+        });
     });
     let id = unique("hook");
     let out = ctd.ctr_ok(&["run", "--rm", "--runtime", ECI, "--config", &good, &id]);
@@ -296,6 +302,13 @@ fn create_runtime_hook_runs_on_the_host_with_state() {
     assert_eq!(written["id"], id.as_str());
     assert_eq!(written["status"], "created");
     assert!(written["pid"].as_u64().unwrap_or(0) > 1, "{written}");
+    let started: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&poststart).expect("poststart ran")).unwrap();
+    assert_eq!(started["status"], "running");
+    let stopped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&poststop).expect("poststop ran")).unwrap();
+    assert_eq!(stopped["status"], "stopped");
+    assert_eq!(stopped["id"], id.as_str());
 
     let bad_dir = tmp.path().join("bad");
     std::fs::create_dir(&bad_dir).unwrap();
