@@ -23,11 +23,36 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 const LISTENER: u32 = 0;
 const CONN: u32 = 1;
 
-#[derive(Debug, Clone, Serialize)]
+/// A virtio device as the control socket reports it; `metrics` are read live.
+#[derive(Clone, Serialize)]
 pub struct DeviceInfo {
     pub kind: String,
     pub mmio_base: u64,
     pub irq: u32,
+    #[serde(skip)]
+    pub transport: Option<Arc<Mutex<crate::devices::virtio::mmio::MmioTransport>>>,
+}
+
+impl std::fmt::Debug for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceInfo")
+            .field("kind", &self.kind)
+            .field("mmio_base", &self.mmio_base)
+            .field("irq", &self.irq)
+            .finish()
+    }
+}
+
+impl DeviceInfo {
+    fn report(&self) -> serde_json::Value {
+        let mut v = json!({"kind": self.kind, "mmio_base": self.mmio_base, "irq": self.irq});
+        if let Some(t) = &self.transport {
+            let t = lock(t);
+            v["activated"] = json!(t.device().is_active());
+            v["metrics"] = t.device().metrics();
+        }
+        v
+    }
 }
 
 pub fn device_kind_name(type_id: u32) -> &'static str {
@@ -126,7 +151,7 @@ impl ApiServer {
                     "vcpus": self.info.vcpus,
                     "memory_mib": self.info.memory_mib,
                     "kvm": self.info.kvm,
-                    "devices": self.info.devices,
+                    "devices": self.info.devices.iter().map(DeviceInfo::report).collect::<Vec<_>>(),
                 })
             }
         }

@@ -393,6 +393,7 @@ impl Vm {
             kind: device_kind_name(type_id).into(),
             mmio_base: base,
             irq,
+            transport: Some(transport.clone()),
         });
         self.mmio
             .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)

@@ -120,3 +120,53 @@ fn running_vmm_has_no_capabilities_and_a_seccomp_filter_on_every_thread() {
         "main thread plus two vCPU threads, got {threads}"
     );
 }
+
+#[test]
+fn info_reports_live_device_metrics() {
+    let Some(_kind) = kvm_or_skip("api-metrics") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let api = dir.path().join("api.sock");
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 * 1024]).unwrap();
+    let kernel = guest("blk");
+    let mut vmm = RunningVmm::spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory-mib",
+        "32",
+        "--block",
+        disk.to_str().unwrap(),
+        "--api-sock",
+        api.to_str().unwrap(),
+        "--cmdline",
+        "blk_hold=1",
+    ]);
+    vmm.wait_line("blk: holding", DEADLINE);
+    let mut s = wait_for_socket(&api);
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let info = call(&mut s, &mut r, r#"{"op":"info"}"#);
+    let dev = &info["devices"][0];
+    assert_eq!(dev["kind"], "block", "{info}");
+    assert_eq!(dev["mmio_base"], 0xd000_0000u64, "{info}");
+    assert_eq!(dev["irq"], 5, "{info}");
+    assert_eq!(dev["activated"], true, "{info}");
+    // The guest read sector 0 and 1, wrote and flushed once, and read past the end once.
+    let m = &dev["metrics"];
+    assert_eq!(
+        (m["reads"].as_u64(), m["writes"].as_u64()),
+        (Some(2), Some(1)),
+        "{info}"
+    );
+    assert_eq!(
+        (m["flushes"].as_u64(), m["errors"].as_u64()),
+        (Some(1), Some(1)),
+        "{info}"
+    );
+    assert_eq!(m["capacity_sectors"], 128, "{info}");
+    call(&mut s, &mut r, r#"{"op":"shutdown"}"#);
+    let (status, err) = vmm.wait(DEADLINE);
+    assert!(status.success(), "{err}");
+}

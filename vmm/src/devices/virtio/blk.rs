@@ -283,6 +283,17 @@ impl VirtioDevice for Block {
     fn process_queue(&mut self, _index: usize, _ops: &mut EventOps) {
         self.process_requests();
     }
+
+    fn metrics(&self) -> serde_json::Value {
+        serde_json::json!({
+            "read_only": self.read_only,
+            "capacity_sectors": self.capacity_sectors(),
+            "reads": self.stats.reads,
+            "writes": self.stats.writes,
+            "flushes": self.stats.flushes,
+            "errors": self.stats.errors,
+        })
+    }
 }
 
 #[cfg(test)]

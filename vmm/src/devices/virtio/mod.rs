@@ -101,6 +101,10 @@ pub trait VirtioDevice: Send {
     fn process_backend(&mut self, _events: Events, _ops: &mut EventOps) {}
     /// Applies backend registration changes left by a reset (event loop thread).
     fn settle_backend(&mut self, _ops: &mut EventOps) {}
+    /// Counters for the control socket's `info`.
+    fn metrics(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
 }
 
 /// Copies the little-endian bytes of a config space into `data` at `offset`, leaving bytes

@@ -281,6 +281,14 @@ impl VirtioDevice for Net {
         self.process_rx();
         self.update_interest(ops);
     }
+
+    fn metrics(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tx_frames": self.stats.tx_frames,
+            "rx_frames": self.stats.rx_frames,
+            "dropped": self.stats.dropped,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -81,5 +81,11 @@ fn guest_main(zero_page: u64, _cpu: u32) -> ! {
         }
     }
     println!("blk: done");
+    if zp.cmdline_value("blk_hold").is_some() {
+        println!("blk: holding");
+        loop {
+            core::hint::spin_loop();
+        }
+    }
     reset()
 }

@@ -210,6 +210,17 @@ impl VirtioDevice for Vsock {
         self.apply_interest(ops);
     }
 
+    fn metrics(&self) -> serde_json::Value {
+        let st = self.muxer.stats;
+        serde_json::json!({
+            "cid": self.cid,
+            "connections": self.muxer.connection_count(),
+            "bad_packets": st.bad_packets,
+            "resets_sent": st.resets_sent,
+            "bad_chains": self.bad_chains,
+        })
+    }
+
     fn process_backend(&mut self, events: Events, ops: &mut EventOps) {
         if events.data() == LISTENER_EVENT {
             self.muxer.accept_ready();
