@@ -57,6 +57,7 @@ fn first_byte_ms(guests: &Path) -> f64 {
             "128",
         ])
         .stdout(Stdio::piped())
+        .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -89,6 +90,7 @@ fn vsock_mbps(guests: &Path, dir: &Path) -> f64 {
             "--cmdline",
             &format!("vsock_port=5301 vsock_bench={VSOCK_BYTES}"),
         ])
+        .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -120,6 +122,7 @@ fn blk_iops(guests: &Path, disk: &Path) -> f64 {
             &format!("blk_bench={BLK_READS}"),
         ])
         .stdout(Stdio::piped())
+        .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -152,6 +155,7 @@ fn rss_mib(guests: &Path) -> (f64, f64) {
             "ticker_quiet=1",
         ])
         .stdout(Stdio::piped())
+        .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

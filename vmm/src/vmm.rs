@@ -298,17 +298,19 @@ impl Vm {
         vm_fd
             .register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(kvm_step("KVM_IRQFD (serial)"))?;
-        let serial = SerialDevice::new(EventFdTrigger(serial_irq), serial_output(&config.serial)?);
+        let rx_drained = EventFd::new(EFD_NONBLOCK).map_err(dev_err("serial eventfd"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            EventFdTrigger(serial_irq),
+            RxDrained(rx_drained.try_clone().map_err(dev_err("serial eventfd"))?),
+            serial_output(&config.serial)?,
+        )));
+        let console_input = ConsoleInput::new(serial.clone(), rx_drained);
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(dev_err("reset eventfd"))?;
         let i8042 = I8042::new(EventFdTrigger(
             reset_evt.try_clone().map_err(dev_err("reset eventfd"))?,
         ));
-        pio.insert(
-            Arc::new(Mutex::new(serial)),
-            SERIAL_PORT_BASE,
-            SERIAL_PORT_LEN,
-        )
-        .expect("fixed legacy ranges do not overlap");
+        pio.insert(serial, SERIAL_PORT_BASE, SERIAL_PORT_LEN)
+            .expect("fixed legacy ranges do not overlap");
         pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT_BASE, I8042_PORT_LEN)
             .expect("fixed legacy ranges do not overlap");
 
@@ -320,7 +322,7 @@ impl Vm {
             pio,
             mmio: Bus::default(),
             reset_evt,
-            subscribers: Vec::new(),
+            subscribers: vec![Arc::new(Mutex::new(console_input))],
             virtio_slots: Vec::new(),
             devices: Vec::new(),
         })

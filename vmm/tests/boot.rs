@@ -273,3 +273,27 @@ fn runs_when_started_without_capabilities() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("boot: done"), "{}", stdout(&out));
 }
+
+#[test]
+fn console_input_from_stdin_reaches_the_guest() {
+    let Some(_kind) = kvm_or_skip("console-input") else {
+        return;
+    };
+    let mut cmd = Command::new(VMM);
+    cmd.args(["--kernel"])
+        .arg(guest("boot"))
+        .args(["--memory-mib", "32", "--cmdline", "serial_echo=1"])
+        .stdin(std::process::Stdio::piped());
+    let mut vmm = RunningVmm::spawn_with_stdin(cmd);
+    vmm.wait_line("boot: waiting for a line", DEADLINE);
+    // Longer than the 64-byte FIFO: input pauses while it is full and resumes as it drains.
+    let line = format!("console-{}", "x".repeat(100));
+    use std::io::Write;
+    let stdin = vmm.stdin().unwrap();
+    stdin.write_all(line.as_bytes()).unwrap();
+    stdin.write_all(b"\n").unwrap();
+    stdin.flush().unwrap();
+    vmm.wait_line(&format!("boot: echo {line}"), DEADLINE);
+    let (status, err) = vmm.wait(DEADLINE);
+    assert!(status.success(), "{err}");
+}

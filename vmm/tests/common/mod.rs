@@ -106,9 +106,14 @@ impl RunningVmm {
 
     /// Runs a prepared command (e.g. one that passes file descriptors).
     pub fn spawn_command(mut cmd: Command) -> RunningVmm {
+        cmd.stdin(Stdio::null());
+        Self::spawn_with_stdin(cmd)
+    }
+
+    /// Runs a prepared command whose stdin the caller already chose.
+    pub fn spawn_with_stdin(mut cmd: Command) -> RunningVmm {
         use std::io::BufRead;
         let mut child = cmd
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -132,6 +137,11 @@ impl RunningVmm {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The child's stdin, when it was spawned with a pipe there.
+    pub fn stdin(&mut self) -> Option<&mut std::process::ChildStdin> {
+        self.child.stdin.as_mut()
     }
 
     /// Waits for a stdout line containing `needle`; panics with everything seen on timeout.

@@ -42,6 +42,28 @@ fn guest_main(zero_page: u64, cpu: u32) -> ! {
             core::str::from_utf8(head).unwrap_or("?")
         );
     }
+    if zp.cmdline_value("serial_echo").is_some() {
+        // Console input at CPL3: poll the line status register, read the receive buffer.
+        println!("boot: waiting for a line");
+        let mut line = [0u8; 128];
+        let mut n = 0;
+        loop {
+            if eci_vmm_test_guests::inb(0x3fd) & 1 == 0 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let b = eci_vmm_test_guests::inb(0x3f8);
+            if b == b'\n' || n == line.len() {
+                break;
+            }
+            line[n] = b;
+            n += 1;
+        }
+        println!(
+            "boot: echo {}",
+            core::str::from_utf8(&line[..n]).unwrap_or("?")
+        );
+    }
     println!("boot: done");
     reset()
 }
