@@ -7,20 +7,19 @@
 
 use crate::cgroup::ContainerCgroup;
 use crate::error::{error_chain, AgentError, Result};
+use crate::helper::{HelperOp, HelperReply, HelperRequest};
 use crate::process::{Process, StdioEnds};
 use crate::reaper::Reaper;
 use crate::seccomp;
 use crate::stdio::{self, ChildStdio, ConsoleSocket};
 use eci_protocol::agent::StdioConfig;
 use eci_protocol::validate::ValidationError;
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as LcContainer;
-use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::{Process as OciProcess, Spec};
-use seccompiler::BpfProgram;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -49,17 +48,20 @@ impl StateDirs {
     }
 }
 
-/// The workload executor: the OCI seccomp profile (compiled in the agent) is installed right
-/// before the program is executed, then libcontainer's default executor runs it.
+/// The workload executor: the spec's OCI seccomp profile is compiled and installed right before
+/// the program is executed (in the container process), then libcontainer's default executor runs
+/// it. The agent compiled the profile once already to refuse a bad one at create.
 #[derive(Clone)]
-struct SeccompExecutor {
-    filters: Arc<Vec<BpfProgram>>,
-}
+pub struct SeccompExecutor;
 
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
-        seccomp::install(&self.filters)
-            .map_err(|e| ExecutorError::Other(format!("install seccomp filter: {e}")))?;
+        if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            let filters = seccomp::compile(profile)
+                .map_err(|e| ExecutorError::Other(format!("compile seccomp filter: {e}")))?;
+            seccomp::install(&filters)
+                .map_err(|e| ExecutorError::Other(format!("install seccomp filter: {e}")))?;
+        }
         DefaultExecutor {}.exec(spec)
     }
 
@@ -94,7 +96,6 @@ pub struct Container {
     runtime: Mutex<LcContainer>,
     bundle: PathBuf,
     dirs: StateDirs,
-    filters: Arc<Vec<BpfProgram>>,
 }
 
 fn lc_err(context: &str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> AgentError + '_ {
@@ -118,7 +119,6 @@ struct Prepared {
     spec: Spec,
     bundle_dir: PathBuf,
     cgroup_path: PathBuf,
-    filters: Arc<Vec<BpfProgram>>,
 }
 
 /// Prepares the stdio of a new process: pipes, or a console socket for a tty.
@@ -138,30 +138,83 @@ fn prepare_stdio(
     }
 }
 
-fn builder(
+/// Runs the runtime helper (see [`crate::helper`]) for `op` and returns the new process's pid.
+/// The caller holds [`RUNTIME_LOCK`].
+fn run_helper(
     id: &str,
     dirs: &StateDirs,
-    filters: &Arc<Vec<BpfProgram>>,
     child: ChildStdio,
     console: Option<&Path>,
-) -> Result<ContainerBuilder> {
-    let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_root_path(&dirs.runtime_root)
-        .map_err(lc_err("set the runtime state directory"))?
-        .with_executor(SeccompExecutor {
-            filters: filters.clone(),
-        })
-        .with_console_socket(console);
-    if let Some(fd) = child.stdin {
-        b = b.with_stdin(fd);
+    op: HelperOp,
+) -> Result<i32> {
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+    let req = HelperRequest {
+        id: id.to_string(),
+        runtime_root: dirs.runtime_root.clone(),
+        console_socket: console.map(Path::to_path_buf),
+        pass_stdio: child.stdin.is_some(),
+        op,
+    };
+    let arg = serde_json::to_string(&req)
+        .map_err(|e| AgentError::runtime("encode the helper request", e))?;
+    let exe = std::env::current_exe().map_err(|e| AgentError::io("find the agent binary", e))?;
+    let (reply_r, reply_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| AgentError::io("create the helper reply pipe", e))?;
+    let stdio = |fd: Option<OwnedFd>| fd.map(Stdio::from).unwrap_or_else(Stdio::null);
+    let reply_fd = reply_w.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.arg(crate::helper::HELPER_FLAG)
+        .arg(arg)
+        .stdin(stdio(child.stdin))
+        .stdout(stdio(child.stdout))
+        .stderr(stdio(child.stderr));
+    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
+    // async-signal-safe; it puts the reply pipe on fd 3 (without close-on-exec).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(reply_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
-    if let Some(fd) = child.stdout {
-        b = b.with_stdout(fd);
+    let mut helper = cmd
+        .spawn()
+        .map_err(|e| AgentError::io("start the runtime helper", e))?;
+    drop(cmd);
+    drop(reply_w);
+    // Wait for the helper first: its container process inherited the reply pipe (clone keeps
+    // fds) and holds it until exec, so the pipe gives no EOF. The helper wrote its whole reply
+    // (well under the pipe's capacity) before exiting, and waiting for it also completes the
+    // re-parenting of its container process to us.
+    let status = helper
+        .wait()
+        .map_err(|e| AgentError::io("wait for the runtime helper", e))?;
+    let mut reply = std::fs::File::from(reply_r);
+    nix::fcntl::fcntl(
+        reply.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| AgentError::io("read the runtime helper's reply", e))?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut reply, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(AgentError::io("read the runtime helper's reply", e)),
+        }
     }
-    if let Some(fd) = child.stderr {
-        b = b.with_stderr(fd);
+    match serde_json::from_slice::<HelperReply>(&text) {
+        Ok(HelperReply::Pid(pid)) => Ok(pid),
+        Ok(HelperReply::Error(e)) => Err(AgentError::FailedPrecondition(e)),
+        Err(_) => Err(AgentError::Io {
+            context: format!("runtime helper failed ({status})"),
+            source: std::io::Error::other("no reply"),
+        }),
     }
-    Ok(b)
 }
 
 impl Container {
@@ -190,13 +243,12 @@ impl Container {
                 name: rootfs.display().to_string(),
             });
         }
-        let filters = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-            Some(profile) => seccomp::compile(profile).map_err(|e| {
+        // Compiled here only to refuse a bad profile; the container process compiles its own.
+        if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            seccomp::compile(profile).map_err(|e| {
                 ValidationError::new("oci_spec_json.linux.seccomp", error_chain(&e))
-            })?,
-            None => Vec::new(),
-        };
-        let filters = Arc::new(filters);
+            })?;
+        }
 
         // The agent's copy of the bundle: absolute rootfs, terminal as requested, a cgroup path.
         if let Some(r) = spec.root_mut() {
@@ -225,7 +277,6 @@ impl Container {
             spec,
             bundle_dir: bundle_dir.clone(),
             cgroup_path,
-            filters,
         };
         let result = Self::create_in(dirs, reaper, id, stdio_cfg, prepared);
         if result.is_err() {
@@ -245,7 +296,6 @@ impl Container {
             spec,
             bundle_dir,
             cgroup_path,
-            filters,
         } = prepared;
         let (bundle_dir, cgroup_path) = (bundle_dir.as_path(), cgroup_path.as_path());
         spec.save(bundle_dir.join("config.json"))
@@ -255,33 +305,23 @@ impl Container {
         // Everything up to the reaper's registration happens under the lock, so that the stray
         // reaper (which takes the lock) never collects one of our processes first.
         let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
-        let runtime = builder(
+        let pid = run_helper(
             id,
             dirs,
-            &filters,
             child,
             console.as_ref().map(|_| console_path.as_path()),
-        )?
-        .as_init(bundle_dir)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(lc_err("create the container"))?;
+            HelperOp::Create {
+                bundle: bundle_dir.to_path_buf(),
+            },
+        )?;
+        let runtime = LcContainer::load(dirs.runtime_root.join(id))
+            .map_err(lc_err("load the created container"))?;
         let ends = match console {
             Some(c) => c.receive(stdio_cfg)?,
             None => ends.unwrap_or_default(),
         };
-        let pid = runtime.pid().ok_or_else(|| {
-            AgentError::FailedPrecondition("created container has no init pid".into())
-        })?;
         let cgroup = ContainerCgroup::open(id, cgroup_path)?;
-        let init = Arc::new(Process::new(
-            id,
-            "",
-            pid.as_raw(),
-            Some(cgroup.oom.clone()),
-            ends,
-        ));
+        let init = Arc::new(Process::new(id, "", pid, Some(cgroup.oom.clone()), ends));
         reaper.register(init.clone());
         Ok(Self {
             id: id.to_string(),
@@ -292,7 +332,6 @@ impl Container {
             runtime: Mutex::new(runtime),
             bundle: bundle_dir.to_path_buf(),
             dirs: dirs.clone(),
-            filters,
         })
     }
 
@@ -343,18 +382,13 @@ impl Container {
         let console_path = exec_dir.join("console.sock");
         let (child, ends, console) = prepare_stdio(stdio_cfg, &console_path)?;
         let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
-        let pid = builder(
+        let pid = run_helper(
             &self.id,
             &self.dirs,
-            &self.filters,
             child,
             console.as_ref().map(|_| console_path.as_path()),
-        )?
-        .as_tenant()
-        .with_process(Some(&process_json))
-        .with_detach(true)
-        .build()
-        .map_err(lc_err("exec in the container"))?;
+            HelperOp::Exec { process_json },
+        )?;
         let ends = match console {
             Some(c) => c.receive(stdio_cfg)?,
             None => ends.unwrap_or_default(),
@@ -362,7 +396,7 @@ impl Container {
         let process = Arc::new(Process::new(
             &self.id,
             exec_id,
-            pid.as_raw(),
+            pid,
             Some(self.cgroup.oom.clone()),
             ends,
         ));

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod fuzz;
+pub mod helper;
 pub mod pid1;
 pub mod process;
 pub mod reaper;

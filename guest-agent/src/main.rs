@@ -36,6 +36,10 @@ fn log_writer() -> anyhow::Result<std::sync::Mutex<std::fs::File>> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() == 3 && argv[1] == eci_agent::helper::HELPER_FLAG {
+        std::process::exit(eci_agent::helper::main(&argv[2]));
+    }
     if std::process::id() == 1 {
         eci_agent::pid1::run();
     }

@@ -83,6 +83,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let sigchld = signal(SignalKind::child()).map_err(ServeError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    // Container processes are created by runtime helper processes and re-parented to the agent
+    // when the helper exits (see `helper.rs`).
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes no pointers and only flags this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(ServeError::Signals(std::io::Error::last_os_error()));
+    }
     let reaper = Arc::new(Reaper::default());
     tokio::spawn(reaper.clone().run(sigchld));
 
