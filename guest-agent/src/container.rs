@@ -1,9 +1,11 @@
 //! One OCI container, created and driven through youki's libcontainer.
 //!
-//! libcontainer calls are blocking and some change process-wide state (the console-socket setup
-//! changes the current directory for a moment), so they all run under [`RUNTIME_LOCK`] on a
-//! blocking thread. The agent writes the spec it received to its own bundle directory (the
-//! shim's bundle may be read-only or absent in a VM) with `root.path` made absolute.
+//! Create and exec, which clone processes, run in a runtime helper process (see
+//! [`crate::helper`]); start, pause, resume and delete run in the agent. All of them are blocking
+//! and run under [`RUNTIME_LOCK`] on a blocking thread: libcontainer waits for its helpers by pid
+//! under it, and the stray reaper only reaps while holding it. The agent writes the spec it
+//! received to its own bundle directory (the shim's bundle may be read-only or absent in a VM)
+//! with `root.path` made absolute.
 
 use crate::cgroup::ContainerCgroup;
 use crate::error::{error_chain, AgentError, Result};
@@ -23,7 +25,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Serialises every libcontainer call of this process (see the module docs).
+/// Serialises libcontainer calls and runtime helpers against the stray reaper (see the module
+/// docs).
 pub static RUNTIME_LOCK: Mutex<()> = Mutex::new(());
 
 /// Parent of container cgroups when the spec names none.

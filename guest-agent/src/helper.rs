@@ -4,7 +4,8 @@
 //! Why a process: libcontainer clones its helper processes with raw `clone3`, and the child
 //! then allocates. Cloned from the multi-threaded agent, the child inherits whatever locks other
 //! threads held at that instant (the allocator's, above all; musl's is global) and can deadlock
-//! for ever: measured here, one create in a few hundred hung. A single-threaded process has no
+//! for ever: seen here once, a container init of the musl build hung in a futex during a
+//! 100-run benchmark. A single-threaded process has no
 //! such locks in flight. The container process the helper creates is re-parented to the agent
 //! (a child subreaper) when the helper exits, so the agent waits for it as its own child.
 //!
