@@ -867,3 +867,51 @@ async fn pause_resume_update_and_stats() {
     assert!(stats.pids.current >= 1);
     env.remove(&id).await;
 }
+
+#[tokio::test]
+async fn exec_with_a_tty_and_closed_stdin() {
+    let Some(env) = env("exec_tty").await else {
+        return;
+    };
+    let id = unique("exectty");
+    env.create(&id, &default_spec(&["sleep", "1000"]), stdio(false, false))
+        .await
+        .unwrap();
+    env.start(&id).await;
+    let exec = |exec_id: &str, args: &[&str], stdio: StdioConfig| {
+        let mut process = default_spec(args).process().clone().unwrap();
+        process.set_terminal(Some(stdio.terminal));
+        ExecProcessRequest {
+            container_id: id.clone(),
+            exec_id: exec_id.into(),
+            process_json: serde_json::to_vec(&process).unwrap(),
+            stdio: Some(stdio).into(),
+            ..Default::default()
+        }
+    };
+    // A tty exec: the process sees a terminal on stdout.
+    let req = exec("t1", &["sh", "-c", "tty"], stdio(false, true));
+    env.agent.client.exec_process(ctx(), &req).await.unwrap();
+    let out = env.agent.attach(&id, "t1", StreamKind::STDOUT).unwrap();
+    let text = read_all(out).await.unwrap();
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert_eq!(env.wait(&id, "t1").await.exit_code, 0);
+    // CloseStdin before any stream attached: cat sees EOF and exits.
+    let req = exec("c1", &["cat"], stdio(true, false));
+    env.agent.client.exec_process(ctx(), &req).await.unwrap();
+    let close = ProcessRequest {
+        container_id: id.clone(),
+        exec_id: "c1".into(),
+        ..Default::default()
+    };
+    env.agent.client.close_stdin(ctx(), &close).await.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), env.wait(&id, "c1"))
+        .await
+        .expect("cat ends after CloseStdin");
+    assert_eq!(exit.exit_code, 0);
+    assert!(
+        env.agent.attach(&id, "c1", StreamKind::STDIN).is_err(),
+        "stdin stream after close"
+    );
+    env.remove(&id).await;
+}
