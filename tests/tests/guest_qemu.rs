@@ -177,16 +177,11 @@ fn forward_lines(
     });
 }
 
-#[test]
-fn selftest_passes_in_a_tcg_microvm() {
-    let art = match artefacts() {
-        Ok(art) => art,
-        Err(reason) => {
-            eprintln!("SKIP: {reason}");
-            return;
-        }
-    };
-    let mut guest = Guest::boot(&art.kernel, &art.selftest_initramfs, "eci.selftest=1");
+/// Boots `initramfs` with `eci.selftest=1 <extra_cmdline>`, waits for `eci-agent: ready` and the
+/// self-test verdict line, then for the VM to end; returns the verdict line and the console.
+fn run_selftest(initramfs: &Path, kernel: &Path, extra_cmdline: &str) -> (String, String) {
+    let cmdline = format!("eci.selftest=1 {extra_cmdline}");
+    let mut guest = Guest::boot(kernel, initramfs, &cmdline);
     let ready = guest.wait_for(&["eci-agent: ready"], SELFTEST_TIMEOUT);
     assert!(
         ready.is_some(),
@@ -197,24 +192,67 @@ fn selftest_passes_in_a_tcg_microvm() {
         &["eci-selftest: PASS", "eci-selftest: FAIL"],
         SELFTEST_TIMEOUT,
     );
-    match verdict {
-        Some((line, elapsed)) => {
-            assert!(
-                line.contains("PASS"),
-                "self-test failed: {line}\nconsole:\n{}",
-                guest.console()
-            );
-            eprintln!(
-                "self-test passed {:.1} s after qemu started",
-                elapsed.as_secs_f64()
-            );
-        }
-        None => panic!("no self-test verdict; console:\n{}", guest.console()),
-    }
+    let Some((line, elapsed)) = verdict else {
+        panic!("no self-test verdict; console:\n{}", guest.console());
+    };
+    eprintln!(
+        "[{cmdline}] {line} ({:.1} s after qemu started)",
+        elapsed.as_secs_f64()
+    );
     assert!(
         guest.wait_exit(POWER_OFF_TIMEOUT),
         "the VM did not end after the self-test (power off); console:\n{}",
         guest.console()
+    );
+    (line, guest.console())
+}
+
+#[test]
+fn selftest_passes_in_a_tcg_microvm() {
+    let art = match artefacts() {
+        Ok(art) => art,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    let (line, console) = run_selftest(&art.selftest_initramfs, &art.kernel, "");
+    assert_eq!(line, "eci-selftest: PASS", "console:\n{console}");
+}
+
+/// `eci.cgroup_v1=1`: the hybrid layout (v1 controllers, cgroup2 at /sys/fs/cgroup/unified);
+/// the same containers must run under cgroup v1. Known to fail today: PID 1 mounts the v1
+/// hierarchies and libcgroups creates the containers' v1 cgroups, but libcontainer 0.7's rootfs
+/// preparation fails mounting the v1 cgroup file systems into the container (EINVAL).
+#[test]
+#[ignore = "known failure: libcontainer 0.7 cannot prepare the rootfs under the v1 layout"]
+fn selftest_passes_with_cgroup_v1() {
+    let art = match artefacts() {
+        Ok(art) => art,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    let (line, console) = run_selftest(&art.selftest_initramfs, &art.kernel, "eci.cgroup_v1=1");
+    assert_eq!(line, "eci-selftest: PASS", "console:\n{console}");
+}
+
+/// The production initramfs has no self-test rootfs: the self-test must say FAIL and why, and
+/// still end the VM (the failure path reports rather than hangs).
+#[test]
+fn selftest_reports_failure_in_the_production_initramfs() {
+    let art = match artefacts() {
+        Ok(art) => art,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    let (line, console) = run_selftest(&art.initramfs, &art.kernel, "");
+    assert_eq!(
+        line, "eci-selftest: FAIL: /selftest/rootfs missing: boot the self-test initramfs",
+        "console:\n{console}"
     );
 }
 

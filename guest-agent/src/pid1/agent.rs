@@ -1,6 +1,7 @@
 //! The agent process forked by PID 1: serves the API on vsock, says `eci-agent: ready` once a
 //! real client call answers, and runs the self-test when asked.
 
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use eci_protocol::agent::PingRequest;
@@ -26,8 +27,8 @@ pub(super) fn local_api_address() -> String {
 }
 
 /// Runs the agent; returns the process exit code (0: served and stopped cleanly, or self-test
-/// passed).
-pub(super) fn run(opts: &BootOptions) -> i32 {
+/// passed). `orphan`: the self-test's orphan made by PID 1 (only with `eci.selftest=1`).
+pub(super) fn run(opts: &BootOptions, orphan: Option<Result<u32, String>>) -> i32 {
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -40,20 +41,38 @@ pub(super) fn run(opts: &BootOptions) -> i32 {
             return 1;
         }
     };
-    runtime.block_on(serve_and_report(opts.selftest))
+    let selftest = opts
+        .selftest
+        .then(|| orphan.unwrap_or_else(|| Err("none made".into())));
+    runtime.block_on(serve_and_report(selftest))
 }
+
+/// The agent's default log filter (as in main.rs); `ECI_AGENT_LOG=...` on the kernel command line
+/// reaches /init as an environment variable and overrides it.
+const DEFAULT_LOG_FILTER: &str =
+    "info,libcgroups=error,libcontainer=warn,libcontainer::process::init::process=error";
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ECI_AGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    // A private close-on-exec duplicate of the console: libcontainer logs from a container's init
+    // process after it has put the container's stdio on fds 0-2, and those lines belong here.
+    let console = match std::io::stderr().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            pid1_log!("no log: duplicating the console: {e}");
+            return;
+        }
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
-        .with_writer(std::io::stderr)
+        .with_writer(std::sync::Mutex::new(console))
         .try_init();
 }
 
-async fn serve_and_report(selftest: bool) -> i32 {
+/// `selftest`: run the self-test (with PID 1's orphan) instead of serving until SIGTERM.
+async fn serve_and_report(selftest: Option<Result<u32, String>>) -> i32 {
     let config = Config {
         listen: Listen::guest(),
         state_dir: STATE_DIR.into(),
@@ -67,10 +86,10 @@ async fn serve_and_report(selftest: bool) -> i32 {
         return 1;
     }
     pid1_log!("ready");
-    if !selftest {
+    let Some(orphan) = selftest else {
         return log_server_end(server.await);
-    }
-    let verdict = selftest::run().await;
+    };
+    let verdict = selftest::run(orphan).await;
     match &verdict {
         Ok(()) => eprintln!("eci-selftest: PASS"),
         Err(what) => eprintln!("eci-selftest: FAIL: {what}"),

@@ -44,7 +44,8 @@ pub fn run() -> ! {
         Err(e) => power_off(&format!("init failed: {}", error_chain(&e))),
     };
     pid1_log!("init done in {} ms", started.elapsed().as_millis());
-    supervise::spawn_agent_and_supervise(|| agent::run(&opts))
+    let orphan = opts.selftest.then(selftest::make_orphan);
+    supervise::spawn_agent_and_supervise(|| agent::run(&opts, orphan))
 }
 
 /// The init steps, in order: /proc first (the command line lives there), then the rest.

@@ -2,7 +2,8 @@
 //!
 //! Drives the agent the way the shim does, as a client of its API over vsock loopback (ttrpc on
 //! port 1024, stdio streams on port 1025), with containers on the busybox rootfs that only the
-//! self-test initramfs carries (rootfs/build.sh). Also checks PID 1's zombie reaping. Each check
+//! self-test initramfs carries (rootfs/build.sh). Also checks PID 1's zombie reaping with an
+//! orphan PID 1 makes before it forks the agent. Each check
 //! returns what failed; the caller prints `eci-selftest: PASS` or `eci-selftest: FAIL: <what>`.
 
 use std::collections::HashMap;
@@ -34,12 +35,14 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(20);
 const EMPTYDIR_SIZE: &str = "size=1m";
 const SYSCTL: (&str, &str) = ("net.ipv4.ip_default_ttl", "42");
 
-/// Runs every check in order; the first failure ends the test.
-pub(super) async fn run() -> Result<(), String> {
+/// Runs every check in order; the first failure ends the test. `orphan` is what
+/// [`make_orphan`] returned in PID 1.
+pub(super) async fn run(orphan: Result<u32, String>) -> Result<(), String> {
     if !PathBuf::from(ROOTFS).join("bin/busybox").is_file() {
         return Err(format!("{ROOTFS} missing: boot the self-test initramfs"));
     }
-    tokio::task::spawn_blocking(orphan_is_reaped_by_pid1)
+    let orphan = orphan.map_err(|e| format!("making an orphan for PID 1: {e}"))?;
+    tokio::task::spawn_blocking(move || orphan_reaped_by_pid1(orphan))
         .await
         .map_err(|e| format!("orphan check: {e}"))??;
     let client = ttrpc::r#async::Client::connect(&local_api_address())
@@ -236,33 +239,31 @@ fn read_all(mut conn: VsockStream, kind: StreamKind) -> Result<String, String> {
     Ok(text)
 }
 
-/// A background child of a shell that exits becomes an orphan, re-parented to PID 1 (the agent
-/// is no subreaper); once it exits, PID 1 must reap it.
-fn orphan_is_reaped_by_pid1() -> Result<(), String> {
+/// Run by PID 1 before it forks the agent: a shell starts a background `sleep 1` and exits, so
+/// the sleep becomes an orphan re-parented to PID 1 (the agent, a child subreaper, is not its
+/// ancestor). Returns the orphan's pid for [`orphan_reaped_by_pid1`].
+pub(super) fn make_orphan() -> Result<u32, String> {
     let busybox = format!("{ROOTFS}/bin/busybox");
-    let output = {
-        // The agent's stray reaper collects unregistered children only while it holds this
-        // lock: holding it keeps the shell's exit status for us.
-        let _guard = crate::container::RUNTIME_LOCK
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Command::new(&busybox)
-            .args([
-                "sh",
-                "-c",
-                "busybox sleep 1 </dev/null >/dev/null 2>&1 & echo $!",
-            ])
-            .output()
-            .map_err(|e| format!("running {busybox} sh: {e}"))?
-    };
+    let output = Command::new(&busybox)
+        .args([
+            "sh",
+            "-c",
+            "busybox sleep 1 </dev/null >/dev/null 2>&1 & echo $!",
+        ])
+        .output()
+        .map_err(|e| format!("running {busybox} sh: {e}"))?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let pid: u32 = text
-        .trim()
+    text.trim()
         .parse()
-        .map_err(|_| format!("orphan check: shell printed {text:?}, expected a pid"))?;
+        .map_err(|_| format!("shell printed {text:?}, expected a pid"))
+}
+
+/// The orphan made by [`make_orphan`] must belong to PID 1 and vanish once it exits (a zombie
+/// left behind means PID 1 does not reap).
+fn orphan_reaped_by_pid1(pid: u32) -> Result<(), String> {
     if let Some(ppid) = proc_stat_field(pid, 1) {
         if ppid != "1" {
-            return Err(format!("orphan {pid} was re-parented to {ppid}, not PID 1"));
+            return Err(format!("orphan {pid} has parent {ppid}, not PID 1"));
         }
     }
     let deadline = Instant::now() + REAP_TIMEOUT;
@@ -274,7 +275,7 @@ fn orphan_is_reaped_by_pid1() -> Result<(), String> {
     }
     let state = proc_stat_field(pid, 0).unwrap_or_default();
     Err(format!(
-        "orphan {pid} not reaped within {REAP_TIMEOUT:?} (state {state})"
+        "orphan {pid} not reaped by PID 1 within {REAP_TIMEOUT:?} (state {state})"
     ))
 }
 

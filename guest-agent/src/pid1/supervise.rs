@@ -2,9 +2,10 @@
 //!
 //! Splitting init from the agent (as tini does for Docker) keeps the reaping out of the agent's
 //! way: the container core waits for its own children (container processes are children of the
-//! agent process) and gets their exit statuses, while PID 1 reaps only what the kernel reparents
-//! to it (orphans whose parent died) with waitpid(-1). No status is ever stolen, and the agent
-//! needs no knowledge of init.
+//! agent process, which is also their child subreaper) and gets their exit statuses, while PID 1
+//! reaps only what the kernel re-parents to it (orphans outside the agent's subtree, and
+//! everything left once the agent is gone) with waitpid(-1). No status is ever stolen, and the
+//! agent needs no knowledge of init.
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
@@ -60,6 +61,10 @@ pub fn spawn_agent_and_supervise(agent: impl FnOnce() -> i32) -> ! {
 
 fn supervise(agent: Pid, signals: &SigSet) -> ! {
     let mut orphans_reaped: u64 = 0;
+    // Children that exited before the signals were blocked sent a SIGCHLD nobody saw.
+    if let Some(reason) = reap_all(agent, &mut orphans_reaped) {
+        power_off(&reason);
+    }
     loop {
         let sig = match signals.wait() {
             Ok(sig) => sig,
