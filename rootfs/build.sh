@@ -20,7 +20,9 @@ out_dir=${1:-$repo_dir/build}
 cargo=${CARGO:-cargo}
 # The static release build has its own target dir outside the clone, like the kernel cache: CI
 # runs from fresh clones and would otherwise rebuild every dependency in release mode each time.
-target_dir=${ECI_ROOTFS_TARGET_DIR:-/var/cache/eci/rootfs-target}
+# One per clone path: clones building at the same time must not overwrite each other's binary.
+clone_key=$(printf '%s' "$repo_dir" | sha256sum | cut -c1-12)
+target_dir=${ECI_ROOTFS_TARGET_DIR:-/var/cache/eci/rootfs-target/$clone_key}
 if ! mkdir -p "$target_dir" 2>/dev/null || [ ! -w "$target_dir" ]; then
 	target_dir=${CARGO_TARGET_DIR:-$repo_dir/target}
 fi
