@@ -120,6 +120,20 @@ impl Env {
             .expect("remove");
     }
 
+    /// The processes of container `id`, as ListProcesses reports them.
+    async fn list_processes(&self, id: &str) -> Vec<ProcessInfo> {
+        let req = ContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.agent
+            .client
+            .list_processes(ctx(), &req)
+            .await
+            .expect("list processes")
+            .processes
+    }
+
     /// Creates, attaches stdout and stderr, starts, collects the output and the exit, removes.
     async fn run(&self, id: &str, spec: &Spec) -> (String, String, WaitProcessResponse) {
         self.create(id, spec, stdio(false, false))
@@ -137,6 +151,19 @@ impl Env {
 
 fn sh(script: &str) -> Spec {
     default_spec(&["sh", "-c", script])
+}
+
+/// An ExecProcess request for `args` in container `id`, with a terminal when `stdio` has one.
+fn exec_request(id: &str, exec_id: &str, args: &[&str], stdio: StdioConfig) -> ExecProcessRequest {
+    let mut process = default_spec(args).process().clone().unwrap();
+    process.set_terminal(Some(stdio.terminal));
+    ExecProcessRequest {
+        container_id: id.into(),
+        exec_id: exec_id.into(),
+        process_json: serde_json::to_vec(&process).unwrap(),
+        stdio: Some(stdio).into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -303,19 +330,16 @@ async fn exec_runs_in_a_running_container() {
     .await
     .unwrap();
     env.start(&id).await;
-    let mut process = default_spec(&[]).process().clone().unwrap();
-    process.set_args(Some(vec![
-        "sh".into(),
-        "-c".into(),
-        "echo from-exec; ls /proc | grep -c '^[0-9]' >&2; exit 3".into(),
-    ]));
-    let req = ExecProcessRequest {
-        container_id: id.clone(),
-        exec_id: "e1".into(),
-        process_json: serde_json::to_vec(&process).unwrap(),
-        stdio: Some(stdio(false, false)).into(),
-        ..Default::default()
-    };
+    let req = exec_request(
+        &id,
+        "e1",
+        &[
+            "sh",
+            "-c",
+            "echo from-exec; ls /proc | grep -c '^[0-9]' >&2; exit 3",
+        ],
+        stdio(false, false),
+    );
     let resp = env.agent.client.exec_process(ctx(), &req).await.unwrap();
     assert!(resp.pid > 0);
     let out = env.agent.attach(&id, "e1", StreamKind::STDOUT).unwrap();
@@ -337,22 +361,10 @@ async fn exec_runs_in_a_running_container() {
         .await
         .unwrap_err();
     assert_code(&dup, ttrpc::Code::ALREADY_EXISTS);
-    let list = env
-        .agent
-        .client
-        .list_processes(
-            ctx(),
-            &ContainerRequest {
-                container_id: id.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let processes = env.list_processes(&id).await;
     assert!(
-        list.processes.iter().any(|p| p.command == "sleep"),
-        "{:?}",
-        list.processes
+        processes.iter().any(|p| p.command == "sleep"),
+        "{processes:?}"
     );
     env.remove(&id).await;
 }
@@ -538,42 +550,22 @@ async fn remove_leaves_no_process_mount_or_cgroup() {
         .await
         .unwrap();
     env.start(&id).await;
-    let mut process = default_spec(&[]).process().clone().unwrap();
-    process.set_args(Some(vec!["sleep".into(), "1000".into()]));
     let exec = env
         .agent
         .client
         .exec_process(
             ctx(),
-            &ExecProcessRequest {
-                container_id: id.clone(),
-                exec_id: "sleeper".into(),
-                process_json: serde_json::to_vec(&process).unwrap(),
-                stdio: Some(stdio(false, false)).into(),
-                ..Default::default()
-            },
+            &exec_request(&id, "sleeper", &["sleep", "1000"], stdio(false, false)),
         )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let list = env
-        .agent
-        .client
-        .list_processes(
-            ctx(),
-            &ContainerRequest {
-                container_id: id.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let pids: Vec<u32> = list.processes.iter().map(|p| p.pid).collect();
+    let processes = env.list_processes(&id).await;
+    let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
     // sh execs its last command: init is a sleep, plus the background sleep and the exec.
     assert!(
         pids.len() >= 3,
-        "init, background sleep and exec expected: {:?}",
-        list.processes
+        "init, background sleep and exec expected: {processes:?}"
     );
     assert!(pids.contains(&created.pid) && pids.contains(&exec.pid));
     assert!(
@@ -878,26 +870,15 @@ async fn exec_with_a_tty_and_closed_stdin() {
         .await
         .unwrap();
     env.start(&id).await;
-    let exec = |exec_id: &str, args: &[&str], stdio: StdioConfig| {
-        let mut process = default_spec(args).process().clone().unwrap();
-        process.set_terminal(Some(stdio.terminal));
-        ExecProcessRequest {
-            container_id: id.clone(),
-            exec_id: exec_id.into(),
-            process_json: serde_json::to_vec(&process).unwrap(),
-            stdio: Some(stdio).into(),
-            ..Default::default()
-        }
-    };
     // A tty exec: the process sees a terminal on stdout.
-    let req = exec("t1", &["sh", "-c", "tty"], stdio(false, true));
+    let req = exec_request(&id, "t1", &["sh", "-c", "tty"], stdio(false, true));
     env.agent.client.exec_process(ctx(), &req).await.unwrap();
     let out = env.agent.attach(&id, "t1", StreamKind::STDOUT).unwrap();
     let text = read_all(out).await.unwrap();
     assert!(text.contains("/dev/pts/"), "{text:?}");
     assert_eq!(env.wait(&id, "t1").await.exit_code, 0);
     // CloseStdin before any stream attached: cat sees EOF and exits.
-    let req = exec("c1", &["cat"], stdio(true, false));
+    let req = exec_request(&id, "c1", &["cat"], stdio(true, false));
     env.agent.client.exec_process(ctx(), &req).await.unwrap();
     let close = ProcessRequest {
         container_id: id.clone(),

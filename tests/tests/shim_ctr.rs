@@ -114,17 +114,7 @@ fn ctr_task_exec_runs_in_the_container() {
         return;
     };
     let id = unique("exec");
-    ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        ECI,
-        eci_tests::images::BUSYBOX_IMAGE,
-        &id,
-        "sh",
-        "-c",
-        "echo marker > /tmp/m; sleep 300",
-    ]);
+    run_detached(&ctd, &id, &["sh", "-c", "echo marker > /tmp/m; sleep 300"]);
     let mut out = String::new();
     for _ in 0..50 {
         out = ctd.ctr_ok(&["task", "exec", "--exec-id", "e1", &id, "cat", "/tmp/m"]);
@@ -136,10 +126,7 @@ fn ctr_task_exec_runs_in_the_container() {
     assert_eq!(out, "marker\n");
     let failing = ctd.ctr(&["task", "exec", "--exec-id", "e2", &id, "sh", "-c", "exit 3"]);
     assert_eq!(failing.status.code(), Some(3));
-    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-    wait_stopped(&ctd, &id);
-    ctd.ctr_ok(&["task", "delete", &id]);
-    ctd.ctr_ok(&["container", "delete", &id]);
+    kill_and_delete(&ctd, &id, &["-s", "SIGKILL"]);
     assert_nothing_left(&ctd, &[id]);
 }
 
@@ -160,6 +147,36 @@ fn wait_stopped(ctd: &eci_tests::containerd::Containerd, id: &str) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("task {id} did not stop: {}", ctd.ctr_ok(&["task", "ls"]));
+}
+
+/// `ctr task kill <kill_flags> id`, then, once the task has stopped, deletes the task and the
+/// container.
+fn kill_and_delete(ctd: &eci_tests::containerd::Containerd, id: &str, kill_flags: &[&str]) {
+    let mut kill = vec!["task", "kill"];
+    kill.extend_from_slice(kill_flags);
+    kill.push(id);
+    ctd.ctr_ok(&kill);
+    wait_stopped(ctd, id);
+    ctd.ctr_ok(&["task", "delete", id]);
+    ctd.ctr_ok(&["container", "delete", id]);
+}
+
+/// A running `ctr events`, given a moment to subscribe before the caller acts.
+fn subscribe_events(ctd: &eci_tests::containerd::Containerd) -> std::process::Child {
+    let events = ctd
+        .ctr_command(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    events
+}
+
+/// Waits `settle` for the last events to arrive, stops `ctr events` and returns what it printed.
+fn collect_events(mut events: std::process::Child, settle: std::time::Duration) -> String {
+    std::thread::sleep(settle);
+    let _ = events.kill();
+    String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned()
 }
 
 #[test]
@@ -200,17 +217,7 @@ fn metrics_ps_pause_resume() {
         return;
     };
     let id = unique("ops");
-    ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        ECI,
-        eci_tests::images::BUSYBOX_IMAGE,
-        &id,
-        "sh",
-        "-c",
-        "sleep 300 & wait",
-    ]);
+    run_detached(&ctd, &id, &["sh", "-c", "sleep 300 & wait"]);
     let metrics = ctd.ctr_ok(&["task", "metrics", &id]);
     assert!(
         metrics.contains("memory.usage_in_bytes") || metrics.contains("memory.usage"),
@@ -244,10 +251,7 @@ fn metrics_ps_pause_resume() {
     ctd.ctr_ok(&["task", "resume", &id]);
     assert_eq!(task_status(&ctd, &id), "RUNNING");
 
-    ctd.ctr_ok(&["task", "kill", "-a", "-s", "SIGKILL", &id]);
-    wait_stopped(&ctd, &id);
-    ctd.ctr_ok(&["task", "delete", &id]);
-    ctd.ctr_ok(&["container", "delete", &id]);
+    kill_and_delete(&ctd, &id, &["-a", "-s", "SIGKILL"]);
     assert_nothing_left(&ctd, &[id]);
 }
 
@@ -257,12 +261,7 @@ fn events_show_exit_status() {
         return;
     };
     let id = unique("events");
-    let mut events = ctd
-        .ctr_command(&["events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let events = subscribe_events(&ctd);
     let out = ctd.ctr(&[
         "run",
         "--rm",
@@ -275,10 +274,7 @@ fn events_show_exit_status() {
         "exit 5",
     ]);
     assert_eq!(out.status.code(), Some(5));
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let _ = events.kill();
-    let output = events.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = collect_events(events, std::time::Duration::from_millis(300));
     let topics: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(&id))
@@ -342,29 +338,13 @@ fn exec_events() {
         return;
     };
     let id = unique("execev");
-    ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        ECI,
-        eci_tests::images::BUSYBOX_IMAGE,
-        &id,
-        "sleep",
-        "300",
-    ]);
-    let mut events = ctd
-        .ctr_command(&["events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    run_detached(&ctd, &id, &["sleep", "300"]);
+    let events = subscribe_events(&ctd);
     assert_eq!(
         ctd.ctr_ok(&["task", "exec", "--exec-id", "ev1", &id, "echo", "x"]),
         "x\n"
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let _ = events.kill();
-    let text = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let text = collect_events(events, std::time::Duration::from_millis(300));
     for topic in ["/tasks/exec-added", "/tasks/exec-started"] {
         assert!(
             text.lines().any(|l| l.contains(topic) && l.contains("ev1")),
@@ -376,10 +356,7 @@ fn exec_events() {
             .any(|l| l.contains("/tasks/exit") && l.contains("\"id\":\"ev1\"")),
         "exec exit missing: {text}"
     );
-    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-    wait_stopped(&ctd, &id);
-    ctd.ctr_ok(&["task", "delete", &id]);
-    ctd.ctr_ok(&["container", "delete", &id]);
+    kill_and_delete(&ctd, &id, &["-s", "SIGKILL"]);
     assert_nothing_left(&ctd, &[id]);
 }
 
@@ -389,12 +366,7 @@ fn oom_kill_publishes_tasks_oom() {
         return;
     };
     let id = unique("oom");
-    let mut events = ctd
-        .ctr_command(&["events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let events = subscribe_events(&ctd);
     // 32 MiB limit; the shell doubles a string until the kernel's OOM killer ends it.
     let out = ctd.ctr(&[
         "run",
@@ -414,9 +386,7 @@ fn oom_kill_publishes_tasks_oom() {
         Some(0),
         "the OOM killer must end the task"
     );
-    std::thread::sleep(std::time::Duration::from_millis(800));
-    let _ = events.kill();
-    let text = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let text = collect_events(events, std::time::Duration::from_millis(800));
     assert!(
         text.lines()
             .any(|l| l.contains("/tasks/oom") && l.contains(&id)),

@@ -57,6 +57,19 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     panic!("timed out waiting for {what}");
 }
 
+/// True when `pid` has exited: no longer in /proc, or a zombie not yet reaped.
+fn is_gone_or_zombie(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may contain any byte.
+    stat.is_empty()
+        || stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+}
+
 fn is_running(ctd: &eci_tests::containerd::Containerd, id: &str) -> bool {
     ctd.ctr_ok(&["task", "ls"])
         .lines()
@@ -97,15 +110,7 @@ fn killing_the_agent_ends_the_task_non_zero_and_releases_everything() {
         "task must exit non-zero when its agent dies"
     );
     for pid in workload {
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false);
+        let alive = !is_gone_or_zombie(pid);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert!(
             !(alive && String::from_utf8_lossy(&cmdline).contains("3117")),
@@ -121,25 +126,9 @@ fn killed_shim_is_cleaned_up_by_the_delete_action() {
         return;
     };
     let id = unique("shimkill");
-    ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        ECI,
-        BUSYBOX_IMAGE,
-        &id,
-        "sleep",
-        "300",
-    ]);
+    run_detached(&ctd, &id, &["sleep", "300"]);
     let agent = wait_for("the agent", || agent_pid(&ctd, &id));
-    let socket = ctd.socket.display().to_string();
-    let shim = processes_with(&socket)
-        .into_iter()
-        .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains("containerd-shim-eci-v2")
-        })
-        .expect("shim process");
+    let shim = *shim_processes(&ctd).first().expect("shim process");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -147,15 +136,7 @@ fn killed_shim_is_cleaned_up_by_the_delete_action() {
     .unwrap();
     // containerd notices the dead shim and runs `containerd-shim-eci-v2 delete`.
     wait_for("the agent to be killed", || {
-        let stat = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap_or_default();
-        (stat.is_empty()
-            || stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z'))
-        .then_some(())
+        is_gone_or_zombie(agent).then_some(())
     });
     wait_for("the task to go", || {
         (!ctd.ctr_ok(&["task", "ls"]).contains(&id)).then_some(())
@@ -168,6 +149,25 @@ fn write_config(dir: &std::path::Path, text: &str) -> String {
     let path = dir.join("shim.toml");
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// `ctr run --rm` of busybox `true` as container `id` with the shim options file `config`.
+fn run_true_with_runtime_config(
+    ctd: &eci_tests::containerd::Containerd,
+    config: &str,
+    id: &str,
+) -> std::process::Output {
+    ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        ECI,
+        "--runtime-config-path",
+        config,
+        BUSYBOX_IMAGE,
+        id,
+        "true",
+    ])
 }
 
 #[test]
@@ -189,17 +189,7 @@ fn bad_runtime_options_give_clear_errors() {
     let mut ids = Vec::new();
     for (config, expected) in cases {
         let id = unique("badopt");
-        let out = ctd.ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            ECI,
-            "--runtime-config-path",
-            &config,
-            BUSYBOX_IMAGE,
-            &id,
-            "true",
-        ]);
+        let out = run_true_with_runtime_config(&ctd, &config, &id);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(
@@ -211,17 +201,7 @@ fn bad_runtime_options_give_clear_errors() {
     }
     let id = unique("vmm");
     let config = write_config(tmp.path(), "hypervisor = \"eci-vmm\"\n");
-    let out = ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        ECI,
-        "--runtime-config-path",
-        &config,
-        BUSYBOX_IMAGE,
-        &id,
-        "true",
-    ]);
+    let out = run_true_with_runtime_config(&ctd, &config, &id);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("eci-vmm") && stderr.contains("not supported"),

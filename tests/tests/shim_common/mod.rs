@@ -35,6 +35,13 @@ pub fn shim_binary() -> PathBuf {
     bins::require_workspace_binary("containerd-shim-eci-v2")
 }
 
+/// `ctr run -d` of busybox `command` as container `id` with the eci runtime.
+pub fn run_detached(ctd: &containerd::Containerd, id: &str, command: &[&str]) {
+    let mut args = vec!["run", "-d", "--runtime", ECI, images::BUSYBOX_IMAGE, id];
+    args.extend_from_slice(command);
+    ctd.ctr_ok(&args);
+}
+
 /// A container id unique in this test process.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -63,6 +70,17 @@ pub fn processes_with(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The eci shim processes serving `ctd` (their command line names its socket).
+pub fn shim_processes(ctd: &containerd::Containerd) -> Vec<u32> {
+    processes_with(&ctd.socket.display().to_string())
+        .into_iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("containerd-shim-eci-v2")
+        })
+        .collect()
+}
+
 /// The host directory of pod `pod_id` of `ctd`.
 pub fn pod_dir(ctd: &containerd::Containerd, pod_id: &str) -> PathBuf {
     eci_shim::paths::PodPaths::new(ctd.socket.to_str().unwrap(), &ctd.namespace, pod_id).dir
@@ -73,12 +91,8 @@ pub fn pod_dir(ctd: &containerd::Containerd, pod_id: &str) -> PathBuf {
 /// directories, cgroups named after the pods' containers (`/<namespace>/<id>`).
 pub fn leftovers(ctd: &containerd::Containerd, pod_ids: &[String]) -> Vec<String> {
     let mut left = Vec::new();
-    let socket = ctd.socket.display().to_string();
-    for pid in processes_with(&socket) {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains("containerd-shim-eci-v2") {
-            left.push(format!("shim process {pid}"));
-        }
+    for pid in shim_processes(ctd) {
+        left.push(format!("shim process {pid}"));
     }
     for id in pod_ids {
         let dir = pod_dir(ctd, id);
