@@ -20,9 +20,9 @@ out_dir=${1:-$repo_dir/build}
 cargo=${CARGO:-cargo}
 # The static release build has its own target dir outside the clone, like the kernel cache: CI
 # runs from fresh clones and would otherwise rebuild every dependency in release mode each time.
-# One per clone path: clones building at the same time must not overwrite each other's binary.
-clone_key=$(printf '%s' "$repo_dir" | sha256sum | cut -c1-12)
-target_dir=${ECI_ROOTFS_TARGET_DIR:-/var/cache/eci/rootfs-target/$clone_key}
+# Clones share it, so a lock is held from the build until the binary is copied out: a concurrent
+# build from another clone must not swap in its own binary in between.
+target_dir=${ECI_ROOTFS_TARGET_DIR:-/var/cache/eci/rootfs-target}
 if ! mkdir -p "$target_dir" 2>/dev/null || [ ! -w "$target_dir" ]; then
 	target_dir=${CARGO_TARGET_DIR:-$repo_dir/target}
 fi
@@ -36,18 +36,21 @@ die() {
 # A static executable has no program interpreter (PT_INTERP).
 is_static() { ! readelf -lW "$1" | grep -q "INTERP"; }
 
-for tool in cpio zstd readelf strip; do
+for tool in cpio zstd readelf strip flock; do
 	command -v "$tool" >/dev/null || die "$tool missing (scripts/install-deps.sh)"
 done
 
-log "building eci-agent for $TARGET (release, static)"
-(cd "$repo_dir" && CARGO_TARGET_DIR=$target_dir "$cargo" build --locked --release -p eci-agent --target "$TARGET")
-agent=$target_dir/$TARGET/release/eci-agent
-[ -x "$agent" ] || die "$agent not built"
-is_static "$agent" || die "$agent is not statically linked"
-
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+
+log "building eci-agent for $TARGET (release, static)"
+exec {lock_fd}>"$target_dir/.eci-rootfs.lock"
+flock "$lock_fd"
+(cd "$repo_dir" && CARGO_TARGET_DIR=$target_dir "$cargo" build --locked --release -p eci-agent --target "$TARGET")
+agent=$work/eci-agent
+cp "$target_dir/$TARGET/release/eci-agent" "$agent" || die "eci-agent not built in $target_dir"
+flock -u "$lock_fd"
+is_static "$agent" || die "$agent is not statically linked"
 
 # pack DIR OUT: a newc cpio of DIR, every file owned by root, compressed with zstd.
 pack() {
