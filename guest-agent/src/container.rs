@@ -127,14 +127,9 @@ struct Prepared {
 /// Prepares the stdio of a new process: pipes, or a console socket for a tty.
 fn prepare_stdio(
     cfg: &StdioConfig,
-    console_path: &Path,
 ) -> Result<(ChildStdio, Option<StdioEnds>, Option<ConsoleSocket>)> {
     if cfg.terminal {
-        Ok((
-            ChildStdio::default(),
-            None,
-            Some(ConsoleSocket::bind(console_path)?),
-        ))
+        Ok((ChildStdio::default(), None, Some(ConsoleSocket::bind()?)))
     } else {
         let (child, ends) = stdio::pipes(cfg)?;
         Ok((child, Some(ends), None))
@@ -303,8 +298,7 @@ impl Container {
         let (bundle_dir, cgroup_path) = (bundle_dir.as_path(), cgroup_path.as_path());
         spec.save(bundle_dir.join("config.json"))
             .map_err(|e| AgentError::runtime("write the bundle's config.json", e))?;
-        let console_path = bundle_dir.join("console.sock");
-        let (child, ends, console) = prepare_stdio(stdio_cfg, &console_path)?;
+        let (child, ends, console) = prepare_stdio(stdio_cfg)?;
         // Everything up to the reaper's registration happens under the lock, so that the stray
         // reaper (which takes the lock) never collects one of our processes first.
         let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
@@ -312,7 +306,7 @@ impl Container {
             id,
             dirs,
             child,
-            console.as_ref().map(|_| console_path.as_path()),
+            console.as_ref().map(ConsoleSocket::path).as_deref(),
             HelperOp::Create {
                 bundle: bundle_dir.to_path_buf(),
             },
@@ -382,14 +376,13 @@ impl Container {
         let text = serde_json::to_vec(&process)
             .map_err(|e| AgentError::runtime("encode process.json", e))?;
         std::fs::write(&process_json, text).map_err(|e| AgentError::io("write process.json", e))?;
-        let console_path = exec_dir.join("console.sock");
-        let (child, ends, console) = prepare_stdio(stdio_cfg, &console_path)?;
+        let (child, ends, console) = prepare_stdio(stdio_cfg)?;
         let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
         let pid = run_helper(
             &self.id,
             &self.dirs,
             child,
-            console.as_ref().map(|_| console_path.as_path()),
+            console.as_ref().map(ConsoleSocket::path).as_deref(),
             HelperOp::Exec { process_json },
         )?;
         let ends = match console {

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,17 +68,36 @@ pub fn pipes(cfg: &StdioConfig) -> Result<(ChildStdio, StdioEnds)> {
 }
 
 /// A listening socket that receives a tty master from libcontainer (its `--console-socket`).
+///
+/// It lives in a private directory of its own under the temp dir rather than in the bundle: a
+/// unix socket path is limited to 108 bytes, which a state dir plus a 64-character CRI id exceeds.
 pub struct ConsoleSocket {
     listener: UnixListener,
+    dir: PathBuf,
 }
 
 impl ConsoleSocket {
-    /// Listens at `path`.
-    pub fn bind(path: &Path) -> Result<Self> {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)
-            .map_err(|e| AgentError::io(format!("bind console socket {}", path.display()), e))?;
-        Ok(Self { listener })
+    /// Listens at a fresh private path (see [`ConsoleSocket::path`]).
+    pub fn bind() -> Result<Self> {
+        let template = std::env::temp_dir().join("eci-tty.XXXXXX");
+        let dir = nix::unistd::mkdtemp(&template)
+            .map_err(|e| AgentError::io("create the console socket directory", e))?;
+        let path = dir.join("s");
+        match UnixListener::bind(&path) {
+            Ok(listener) => Ok(Self { listener, dir }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(AgentError::io(
+                    format!("bind console socket {}", path.display()),
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// Where libcontainer connects to hand over the tty master.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("s")
     }
 
     /// Receives the master once libcontainer has sent it (it has when the build returned) and
@@ -110,6 +129,12 @@ impl ConsoleSocket {
             tty: Some(master),
             ..Default::default()
         })
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

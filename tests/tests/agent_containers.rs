@@ -896,3 +896,22 @@ async fn exec_with_a_tty_and_closed_stdin() {
     );
     env.remove(&id).await;
 }
+
+#[tokio::test]
+async fn tty_works_with_a_64_character_cri_id() {
+    let Some(env) = env("tty_long_id").await else {
+        return;
+    };
+    // CRI ids are 64 hex characters: the console socket path must not grow with them (a unix
+    // socket path holds at most 108 bytes).
+    let id = format!("{:0>64x}", std::process::id());
+    env.create(&id, &default_spec(&["sh", "-c", "tty"]), stdio(false, true))
+        .await
+        .unwrap();
+    let out = env.agent.attach(&id, "", StreamKind::STDOUT).unwrap();
+    env.start(&id).await;
+    let text = read_all(out).await.unwrap();
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert_eq!(env.wait(&id, "").await.exit_code, 0);
+    env.remove(&id).await;
+}
