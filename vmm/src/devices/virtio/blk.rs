@@ -265,9 +265,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError> {
-        if state.queues.len() != 1 {
-            return Err(ActivateError::BadQueue(state.queues.len()));
-        }
+        state.check_queue_count(QUEUE_SIZES.len())?;
         self.active = Some(state);
         Ok(())
     }

@@ -67,10 +67,21 @@ pub struct ActiveState {
     pub interrupt: std::sync::Arc<Interrupt>,
 }
 
+impl ActiveState {
+    /// Checks that the transport handed over the `expected` queues the device declared: device
+    /// code indexes its queues by position.
+    pub fn check_queue_count(&self, expected: usize) -> Result<(), ActivateError> {
+        match self.queues.len() {
+            actual if actual == expected => Ok(()),
+            actual => Err(ActivateError::QueueCount { expected, actual }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
-    #[error("queue {0} is not ready or not valid for guest memory")]
-    BadQueue(usize),
+    #[error("device takes {expected} queues, got {actual}")]
+    QueueCount { expected: usize, actual: usize },
     #[error("device backend failed")]
     Backend(#[source] std::io::Error),
 }

@@ -248,9 +248,7 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError> {
-        if state.queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::BadQueue(state.queues.len()));
-        }
+        state.check_queue_count(QUEUE_SIZES.len())?;
         self.active = Some(state);
         Ok(())
     }

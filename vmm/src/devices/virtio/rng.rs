@@ -79,9 +79,7 @@ impl VirtioDevice for Rng {
     fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
 
     fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError> {
-        if state.queues.len() != 1 {
-            return Err(ActivateError::BadQueue(state.queues.len()));
-        }
+        state.check_queue_count(QUEUE_SIZES.len())?;
         self.active = Some(state);
         Ok(())
     }
