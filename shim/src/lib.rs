@@ -8,6 +8,7 @@ pub mod agent;
 pub mod cgroups;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod hooks;
 pub mod hypervisor;
 pub mod lifecycle;

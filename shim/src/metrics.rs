@@ -1,4 +1,8 @@
 //! The agent's container stats as containerd's cgroup metrics (`ctr task metrics`, CRI stats).
+//!
+//! containerd's Metrics types have no field for the agent's usage_nanocores, load,
+//! available_bytes or filesystem usage: CRI derives nanocores from successive cumulative usages
+//! and available from limit minus working set itself; those figures stay on the agent API.
 
 use containerd_shim::{
     protos::{
@@ -66,6 +70,22 @@ fn to_v1(stats: &StatsContainerResponse) -> v1::Metrics {
             oom_kill: memory.oom_kill_count,
             ..Default::default()
         }),
+        network: stats
+            .networks
+            .iter()
+            .map(|n| v1::NetworkStat {
+                name: n.name.clone(),
+                rx_bytes: n.rx_bytes,
+                rx_packets: n.rx_packets,
+                rx_errors: n.rx_errors,
+                rx_dropped: n.rx_dropped,
+                tx_bytes: n.tx_bytes,
+                tx_packets: n.tx_packets,
+                tx_errors: n.tx_errors,
+                tx_dropped: n.tx_dropped,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -102,6 +122,22 @@ fn to_v2(stats: &StatsContainerResponse) -> v2::Metrics {
             oom_kill: memory.oom_kill_count,
             ..Default::default()
         }),
+        network: stats
+            .networks
+            .iter()
+            .map(|n| v2::NetworkStat {
+                name: n.name.clone(),
+                rx_bytes: n.rx_bytes,
+                rx_packets: n.rx_packets,
+                rx_errors: n.rx_errors,
+                rx_dropped: n.rx_dropped,
+                tx_bytes: n.tx_bytes,
+                tx_packets: n.tx_packets,
+                tx_errors: n.tx_errors,
+                tx_dropped: n.tx_dropped,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -110,7 +146,7 @@ fn to_v2(stats: &StatsContainerResponse) -> v2::Metrics {
 mod tests {
     use super::*;
     use containerd_shim::protos::protobuf::Message;
-    use eci_protocol::agent::{CpuStats, MemoryStats, PidsStats};
+    use eci_protocol::agent::{CpuStats, MemoryStats, NetworkStats, PidsStats};
 
     fn sample(version: u32) -> StatsContainerResponse {
         StatsContainerResponse {
@@ -129,6 +165,13 @@ mod tests {
                 limit: 10,
                 ..Default::default()
             }),
+            networks: vec![NetworkStats {
+                name: "eth0".into(),
+                rx_bytes: 1500,
+                tx_packets: 7,
+                tx_dropped: 2,
+                ..Default::default()
+            }],
             ..Default::default()
         }
     }
@@ -141,6 +184,11 @@ mod tests {
         assert_eq!(m.pids.current, 3);
         assert_eq!(m.cpu.usage.total, 5_000_000);
         assert_eq!(m.memory.usage.limit, 1 << 20);
+        assert_eq!(m.network.len(), 1);
+        assert_eq!(m.network[0].name, "eth0");
+        assert_eq!(m.network[0].rx_bytes, 1500);
+        assert_eq!(m.network[0].tx_packets, 7);
+        assert_eq!(m.network[0].tx_dropped, 2);
     }
 
     #[test]
@@ -151,5 +199,9 @@ mod tests {
         assert_eq!(m.cpu.usage_usec, 5_000);
         assert_eq!(m.memory.usage, 4096);
         assert_eq!(m.pids.limit, 10);
+        assert_eq!(m.network.len(), 1);
+        assert_eq!(m.network[0].name, "eth0");
+        assert_eq!(m.network[0].rx_bytes, 1500);
+        assert_eq!(m.network[0].tx_dropped, 2);
     }
 }

@@ -19,7 +19,8 @@ use containerd_shim::{
 };
 use eci_protocol::agent::{
     ContainerRequest, ExecProcessRequest as AgentExecRequest, ProcessRequest, ResizeTtyRequest,
-    SignalProcessRequest, StartContainerRequest, UpdateContainerRequest,
+    SignalProcessRequest, StartContainerRequest, StopContainerRequest as AgentStopRequest,
+    UpdateContainerRequest,
 };
 
 pub use container::{pod_id_of, CONTAINER_TYPE, SANDBOX_ID};
@@ -239,6 +240,28 @@ impl TaskService {
         if container.sandbox.is_dead() {
             return Ok(());
         }
+        if is_graceful_stop(req) && process.status() == Status::RUNNING {
+            // SIGTERM to a running container's init (`ctr task kill`, CRI StopContainer): the
+            // agent runs the preStop hook first, then signals, then SIGKILLs after the grace
+            // period. It returns once the stop is under way, so Kill stays prompt.
+            let stop = AgentStopRequest {
+                container_id: req.id.clone(),
+                signal: req.signal,
+                ..Default::default()
+            };
+            match container
+                .sandbox
+                .agent
+                .stop_container(ctx(AGENT_CALL), &stop)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::UNIMPLEMENTED => {
+                    log::warn!("agent has no StopContainer: plain SIGTERM to {}", req.id);
+                }
+                Err(e) => return Err(rpc("StopContainer")(e)),
+            }
+        }
         let signal = SignalProcessRequest {
             container_id: req.id.clone(),
             exec_id: req.exec_id.clone(),
@@ -322,6 +345,12 @@ impl TaskService {
             })
             .collect())
     }
+}
+
+/// Whether a Kill asks for Kubernetes' graceful stop: SIGTERM to the container's init process
+/// alone. SIGKILL, other signals, execs and `--all` stay plain signals.
+fn is_graceful_stop(req: &KillRequest) -> bool {
+    req.exec_id.is_empty() && !req.all && req.signal == libc::SIGTERM as u32
 }
 
 fn state_response(container_id: &str, bundle: &str, process: &Process) -> StateResponse {
@@ -552,5 +581,29 @@ impl Task for TaskService {
             self.pod.exit.signal();
         }
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kill(exec_id: &str, signal: u32, all: bool) -> KillRequest {
+        KillRequest {
+            id: "c".into(),
+            exec_id: exec_id.into(),
+            signal,
+            all,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_sigterm_to_the_init_process_is_a_graceful_stop() {
+        assert!(is_graceful_stop(&kill("", 15, false)));
+        assert!(!is_graceful_stop(&kill("", 9, false)), "SIGKILL");
+        assert!(!is_graceful_stop(&kill("", 2, false)), "SIGINT");
+        assert!(!is_graceful_stop(&kill("e1", 15, false)), "an exec");
+        assert!(!is_graceful_stop(&kill("", 15, true)), "--all");
     }
 }

@@ -20,7 +20,8 @@ use containerd_shim::{
     Context,
 };
 use eci_protocol::agent::{
-    CreateContainerRequest, ExitReason, GetEventRequest, ProcessRequest, RemoveContainerRequest,
+    event, CreateContainerRequest, Event, ExitReason, GetEventRequest, ProcessRequest,
+    RemoveContainerRequest,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -33,6 +34,7 @@ use crate::{
     cgroups,
     config::{config_path_from_options, ShimConfig},
     error::{rpc, ShimError},
+    events,
     hooks::{self, HostHooks},
     paths::{self, PodPaths},
     pidmap,
@@ -106,6 +108,43 @@ impl Pod {
         };
         self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(event))
             .await;
+    }
+
+    /// Publishes one agent event: OOM as /tasks/oom, probe results on /eci/probe, hook runs on
+    /// /eci/lifecycle (both also logged, so that they are in the shim's log too).
+    async fn publish_agent_event(&self, event: &Event) {
+        let at = event.timestamp_unix_nanos;
+        match &event.kind {
+            Some(event::Kind::Oom(oom)) => self.publish_oom(&oom.container_id, false).await,
+            Some(event::Kind::Probe(probe)) => {
+                log::info!(
+                    "probe {} of {}: {} ({}x): {}",
+                    events::probe_kind_name(probe.kind.enum_value()),
+                    probe.container_id,
+                    events::probe_result_name(probe.result.enum_value()),
+                    probe.consecutive,
+                    probe.message
+                );
+                self.publish(events::PROBE_TOPIC, Box::new(events::probe(probe, at)))
+                    .await
+            }
+            Some(event::Kind::Lifecycle(hook)) => {
+                log::info!(
+                    "lifecycle hook {} of {}: succeeded={}: {}",
+                    events::hook_name(hook.hook.enum_value()),
+                    hook.container_id,
+                    hook.succeeded,
+                    hook.message
+                );
+                self.publish(
+                    events::LIFECYCLE_TOPIC,
+                    Box::new(events::lifecycle(hook, at)),
+                )
+                .await
+            }
+            // The oneof is non-exhaustive: kinds newer than this shim are ignored.
+            _ => log::debug!("agent event not forwarded: {event:?}"),
+        }
     }
 
     pub async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
@@ -502,6 +541,15 @@ pub async fn watch_exit(pod: Arc<Pod>, container: Arc<Container>, process: Arc<P
                 if resp.reason.enum_value() == Ok(ExitReason::OOM_KILLED) && process.exec_id.is_empty() {
                     pod.publish_oom(&container.id, true).await;
                 }
+                if let Some(kill) = events::agent_kill(&container.id, &resp) {
+                    log::warn!(
+                        "container {} killed by the agent ({}): {}",
+                        container.id,
+                        kill.reason,
+                        resp.message
+                    );
+                    pod.publish(kill.topic, Box::new(kill.payload)).await;
+                }
                 Exit { status: resp.exit_code as u32, at: system_time(resp.exited_at_unix_nanos) }
             }
             Err(e) => {
@@ -540,7 +588,7 @@ pub async fn watch_exit(pod: Arc<Pod>, container: Arc<Container>, process: Arc<P
     .await;
 }
 
-/// Forwards the agent's events (OOM) until the agent goes away.
+/// Forwards the agent's events (OOM, probe results, lifecycle hooks) until the agent goes away.
 async fn forward_agent_events(pod: Arc<Pod>, sandbox: Arc<Sandbox>) {
     let request = GetEventRequest::default();
     loop {
@@ -549,8 +597,7 @@ async fn forward_agent_events(pod: Arc<Pod>, sandbox: Arc<Sandbox>) {
             _ = sandbox.wait_dead() => return,
         };
         match event {
-            Ok(event) if event.has_oom() => pod.publish_oom(&event.oom().container_id, false).await,
-            Ok(_) => {}
+            Ok(event) => pod.publish_agent_event(&event).await,
             Err(e) => {
                 if sandbox.is_dead() {
                     return;
