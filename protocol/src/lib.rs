@@ -24,6 +24,7 @@ pub mod stream {
     include!(concat!(env!("OUT_DIR"), "/stream.rs"));
 }
 
+pub mod annotations;
 pub mod framing;
 pub mod validate;
 

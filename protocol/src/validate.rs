@@ -176,7 +176,112 @@ pub fn create_container(req: &CreateContainerRequest) -> Result<Spec> {
             "is required when oci_spec_json.root.path is relative",
         ));
     }
+    spec_sysctls("oci_spec_json.linux.sysctl", &spec)?;
+    if let Some(annotations) = spec.annotations() {
+        crate::annotations::parse(annotations)?;
+    }
     Ok(spec)
+}
+
+/// Sysctls that belong to a kernel namespace other than net (all `net.*` keys are in the
+/// network namespace): IPC, UTS and mqueue ones, as runc and Kubernetes list them.
+const IPC_SYSCTLS: &[&str] = &[
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
+/// The namespace a sysctl key lives in, None when it is machine-wide.
+pub fn sysctl_namespace(key: &str) -> Option<&'static str> {
+    let key = key.replace('/', ".");
+    if key.starts_with("net.") {
+        Some("network")
+    } else if IPC_SYSCTLS.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+        Some("ipc")
+    } else if key == "kernel.domainname" || key == "kernel.hostname" {
+        Some("uts")
+    } else {
+        None
+    }
+}
+
+/// Checks one sysctl: a namespaced key (see [`sysctl_namespace`]) with a sane value.
+pub fn sysctl(field: &str, key: &str, value: &str) -> Result {
+    let named = format!("{field}.{key:?}");
+    if key.is_empty()
+        || key.len() > 256
+        || key.contains("..")
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b'_' | b'-'))
+    {
+        return Err(ValidationError::new(named, "is not a sysctl key"));
+    }
+    if sysctl_namespace(key).is_none() {
+        return Err(ValidationError::new(
+            named,
+            format!(
+                "{key} is not a namespaced sysctl, it would change the whole machine \
+                 (allowed: net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, \
+                 kernel.domainname)"
+            ),
+        ));
+    }
+    if value.len() > 4096 || value.contains(['\0', '\n']) {
+        return Err(ValidationError::new(
+            named,
+            "value must be one line of at most 4096 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the spec's `linux.sysctl`: namespaced keys whose namespace the container has.
+fn spec_sysctls(field: &str, spec: &Spec) -> Result {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let Some(sysctls) = linux.sysctl() else {
+        return Ok(());
+    };
+    let has = |t: LinuxNamespaceType| {
+        linux
+            .namespaces()
+            .as_ref()
+            .is_some_and(|ns| ns.iter().any(|n| n.typ() == t))
+    };
+    let mut keys: Vec<&String> = sysctls.keys().collect();
+    keys.sort();
+    for key in keys {
+        sysctl(field, key, &sysctls[key])?;
+        let named = format!("{field}.{key:?}");
+        let (present, what) = match sysctl_namespace(key) {
+            Some("network") => (has(LinuxNamespaceType::Network), "network"),
+            Some("ipc") => (has(LinuxNamespaceType::Ipc), "ipc"),
+            _ => (has(LinuxNamespaceType::Uts), "uts"),
+        };
+        if !present {
+            return Err(ValidationError::new(
+                named,
+                format!(
+                    "needs a {what} namespace of the container's own (it would change the host's)"
+                ),
+            ));
+        }
+        if key.replace('/', ".") == "kernel.hostname" {
+            return Err(ValidationError::new(
+                named,
+                "set the spec's hostname field instead",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks an ExecProcess request and returns its parsed process.
@@ -334,6 +439,34 @@ mod tests {
         req.stdio.mut_or_insert_default().terminal = true;
         req.stdio.mut_or_insert_default().stderr = true;
         assert_eq!(create_container(&req).unwrap_err().field, "stdio.stderr");
+    }
+
+    #[test]
+    fn sysctls_must_be_namespaced() {
+        let mut s = minimal_spec();
+        s["linux"] = serde_json::json!({
+            "namespaces": [{"type": "network"}, {"type": "ipc"}],
+            "sysctl": {"net.ipv4.ip_forward": "1", "kernel.shmmax": "1000", "fs.mqueue.msg_max": "20"}
+        });
+        assert!(create_container(&create(&s)).is_ok());
+        for key in ["kernel.panic", "vm.swappiness"] {
+            s["linux"]["sysctl"] = serde_json::json!({ key: "1" });
+            let e = create_container(&create(&s)).unwrap_err();
+            assert!(e.field.contains(key), "{e}");
+            assert!(e.to_string().contains("not a namespaced sysctl"), "{e}");
+        }
+        s["linux"]["namespaces"] = serde_json::json!([{"type": "ipc"}]);
+        s["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+        let e = create_container(&create(&s)).unwrap_err();
+        assert!(e.to_string().contains("network namespace"), "{e}");
+    }
+
+    #[test]
+    fn create_checks_annotations() {
+        let mut s = minimal_spec();
+        s["annotations"] = serde_json::json!({"io.eci.probe.liveness": "{bad"});
+        let e = create_container(&create(&s)).unwrap_err();
+        assert_eq!(e.field, "annotation io.eci.probe.liveness");
     }
 
     #[test]
