@@ -1,0 +1,9 @@
+//! The ECI control plane: the API model, its validation, the SQLite store, the REST server
+//! (`eci serve`) and the CLI. The runtime (`runtime/`) drives containerd through CRI and
+//! implements [`backend::Backend`]; this crate must not talk to shims or agents directly.
+
+pub mod backend;
+pub mod model;
+pub mod runtime;
+pub mod store;
+pub mod validate;
