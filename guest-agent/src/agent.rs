@@ -4,6 +4,7 @@
 
 use crate::container::{Container, CreateParams, StateDirs};
 use crate::error::{AgentError, Result};
+use crate::pod::manager::PodManager;
 use crate::process::Process;
 use crate::reaper::Reaper;
 use crate::stdio::{self, ProcessLookup};
@@ -38,9 +39,15 @@ impl Mode {
 
 /// Events waiting for GetEvent.
 #[derive(Default)]
-struct EventQueue {
+pub struct EventQueue {
     queue: Mutex<VecDeque<Event>>,
     ready: tokio::sync::Notify,
+}
+
+impl crate::pod::EventSink for EventQueue {
+    fn push(&self, event: Event) {
+        EventQueue::push(self, event)
+    }
 }
 
 impl EventQueue {
@@ -71,6 +78,7 @@ pub struct Agent {
     oom_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     events: Arc<EventQueue>,
     sandbox_id: Mutex<Option<String>>,
+    pod: PodManager,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -89,7 +97,10 @@ fn exited(what: &str) -> AgentError {
 impl Agent {
     /// An agent without containers.
     pub fn new(mode: Mode, dirs: StateDirs, reaper: Arc<Reaper>) -> Self {
+        let events: Arc<EventQueue> = Arc::default();
+        let pod = PodManager::new(dirs.volumes.clone(), events.clone());
         Self {
+            pod,
             mode,
             dirs,
             reaper,
@@ -97,7 +108,7 @@ impl Agent {
             creating: Mutex::default(),
             creating_execs: Mutex::default(),
             oom_watchers: Mutex::default(),
-            events: Arc::default(),
+            events,
             sandbox_id: Mutex::default(),
         }
     }
@@ -160,10 +171,24 @@ impl Agent {
                 });
             }
         }
+        let mut keys: Vec<&String> = req.sysctls.keys().collect();
+        keys.sort();
+        for key in keys {
+            validate::sysctl("sysctls", key, &req.sysctls[key])?;
+        }
         if self.mode == Mode::Guest && !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname)
                 .map_err(|e| AgentError::io("set the hostname", e))?;
         }
+        if self.mode == Mode::Guest {
+            // The VM is the pod: its own namespaces take the pod sysctls too.
+            for (key, value) in &req.sysctls {
+                let path = format!("/proc/sys/{}", key.replace('.', "/"));
+                std::fs::write(&path, value)
+                    .map_err(|e| AgentError::io(format!("set sysctl {key}"), e))?;
+            }
+        }
+        self.pod.set_pod_sysctls(req.sysctls.clone());
         *current = Some(req.sandbox_id.clone());
         Ok(())
     }
@@ -172,6 +197,8 @@ impl Agent {
     pub async fn destroy_sandbox(&self, req: &DestroySandboxRequest) -> Result<()> {
         validate::id("sandbox_id", &req.sandbox_id)?;
         self.remove_all().await?;
+        let this_pod = &self.pod;
+        tokio::task::block_in_place(|| this_pod.teardown_all());
         *self.sandbox_id.lock().expect("sandbox lock") = None;
         Ok(())
     }
@@ -201,7 +228,7 @@ impl Agent {
         self: &Arc<Self>,
         req: CreateContainerRequest,
     ) -> Result<CreateContainerResponse> {
-        let spec = validate::create_container(&req)?;
+        let mut spec = validate::create_container(&req)?;
         let id = req.container_id.clone();
         {
             let containers = self.containers.lock().expect("containers lock");
@@ -216,7 +243,11 @@ impl Agent {
         let this = self.clone();
         let result = blocking(move || {
             let stdio = req.stdio.get_or_default().clone();
-            Container::create(
+            let prepared = this
+                .pod
+                .prepare(&req.container_id, &req.sandbox_id, &mut spec)?;
+            let base_process = spec.process().clone().unwrap_or_default();
+            let created = Container::create(
                 &this.dirs,
                 &this.reaper,
                 CreateParams {
@@ -225,11 +256,25 @@ impl Agent {
                     bundle: &req.bundle,
                     stdio: &stdio,
                 },
-            )
+            );
+            match created {
+                Ok(c) => Ok((c, base_process, prepared)),
+                Err(e) => {
+                    this.pod.release(&req.container_id);
+                    Err(e)
+                }
+            }
         })
         .await;
         self.creating.lock().expect("creating lock").remove(&id);
-        let container = Arc::new(result?);
+        let (container, base_process, prepared) = result?;
+        let container = Arc::new(container);
+        self.pod.register(
+            container.clone(),
+            self.reaper.clone(),
+            base_process,
+            prepared,
+        );
         let pid = container.init.pid as u32;
         self.watch_oom(&container);
         self.containers
@@ -281,6 +326,7 @@ impl Agent {
         let c = self.container(&req.container_id)?;
         let pid = c.init.pid as u32;
         blocking(move || c.start()).await?;
+        self.pod.on_started(&req.container_id);
         Ok(StartContainerResponse {
             pid,
             ..Default::default()
@@ -299,6 +345,7 @@ impl Agent {
                 c.id
             )));
         }
+        self.pod.abort_tasks(&c.id);
         let processes: Vec<Arc<Process>> = std::iter::once(c.init.clone())
             .chain(c.execs.lock().expect("execs lock").values().cloned())
             .collect();
@@ -326,6 +373,8 @@ impl Agent {
         }
         let c2 = c.clone();
         blocking(move || c2.destroy()).await?;
+        let (this_pod, id) = (&self.pod, c.id.clone());
+        tokio::task::block_in_place(|| this_pod.release(&id));
         self.containers
             .lock()
             .expect("containers lock")
@@ -351,7 +400,44 @@ impl Agent {
     pub async fn stats(&self, req: &ContainerRequest) -> Result<StatsContainerResponse> {
         validate::id("container_id", &req.container_id)?;
         let c = self.container(&req.container_id)?;
-        blocking(move || c.cgroup.stats()).await
+        let mut resp = blocking(move || c.cgroup.stats()).await?;
+        self.pod.enrich_stats(&req.container_id, &mut resp).await?;
+        Ok(resp)
+    }
+
+    /// StopContainer: preStop, signal, grace period, SIGKILL, in the background.
+    pub fn stop_container(&self, req: &StopContainerRequest) -> Result<()> {
+        validate::id("container_id", &req.container_id)?;
+        if req.signal > validate::MAX_SIGNAL {
+            return Err(validate::ValidationError::new(
+                "signal",
+                format!(
+                    "{} is not a signal number (0..={})",
+                    req.signal,
+                    validate::MAX_SIGNAL
+                ),
+            )
+            .into());
+        }
+        self.container(&req.container_id)?;
+        self.pod.stop(
+            &req.container_id,
+            req.signal,
+            req.grace_period_seconds,
+            req.skip_pre_stop,
+        )
+    }
+
+    /// ProbeStatus.
+    pub fn probe_status(&self, req: &ContainerRequest) -> Result<ProbeStatusResponse> {
+        validate::id("container_id", &req.container_id)?;
+        self.container(&req.container_id)?;
+        self.pod.probe_status(&req.container_id)
+    }
+
+    /// Probe and hook tasks still running for a container (0 once removed).
+    pub fn pod_tasks(&self, id: &str) -> usize {
+        self.pod.running_tasks(id)
     }
 
     /// ListProcesses.
@@ -447,7 +533,11 @@ impl Agent {
     pub async fn wait_process(&self, req: &ProcessRequest) -> Result<WaitProcessResponse> {
         validate::process_request(req)?;
         let p = self.process(&req.container_id, &req.exec_id)?;
-        Ok(p.wait().await.to_response())
+        let mut resp = p.wait().await.to_response();
+        if req.exec_id.is_empty() {
+            self.pod.apply_kill_reason(&req.container_id, &mut resp);
+        }
+        Ok(resp)
     }
 
     /// CloseStdin.

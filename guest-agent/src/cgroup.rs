@@ -61,6 +61,7 @@ pub struct ContainerCgroup {
     /// OOM counter of its memory cgroup.
     pub oom: OomCounter,
     v2: bool,
+    path: PathBuf,
 }
 
 impl ContainerCgroup {
@@ -77,7 +78,35 @@ impl ContainerCgroup {
             manager,
             oom: OomCounter::new(path, v2),
             v2,
+            path: path.to_path_buf(),
         })
+    }
+
+    /// The cgroup's path within the hierarchy (e.g. `/eci/c1`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the machine runs cgroup v2 only.
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
+    /// The directory of `controller` for this cgroup (v1), or the unified one (v2); None when
+    /// the controller is not mounted.
+    pub fn controller_dir(&self, controller: &str) -> Option<PathBuf> {
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        if self.v2 {
+            return Some(Path::new(CGROUP_ROOT).join(rel));
+        }
+        [
+            controller.to_string(),
+            format!("{controller},cpuacct"),
+            format!("cpu,{controller}"),
+        ]
+        .iter()
+        .map(|c| Path::new(CGROUP_ROOT).join(c).join(rel))
+        .find(|p| p.is_dir())
     }
 
     /// Every pid in the cgroup.

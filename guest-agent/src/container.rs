@@ -39,6 +39,8 @@ pub struct StateDirs {
     pub runtime_root: PathBuf,
     /// The agent's bundles (`<state>/bundles/<id>`).
     pub bundles: PathBuf,
+    /// Pod volumes (`<state>/volumes/<sandbox id>/<volume>`).
+    pub volumes: PathBuf,
 }
 
 impl StateDirs {
@@ -47,6 +49,7 @@ impl StateDirs {
         Self {
             runtime_root: state_dir.join("runtime"),
             bundles: state_dir.join("bundles"),
+            volumes: state_dir.join("volumes"),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fuzz;
 pub mod helper;
 pub mod pid1;
+pub mod pod;
 pub mod process;
 pub mod reaper;
 pub mod seccomp;

@@ -158,6 +158,25 @@ impl agent_ttrpc::Agent for AgentService {
         reply("ResizeTty", self.0.resize_tty(&req).map(|_| Empty::new()))
     }
 
+    async fn stop_container(
+        &self,
+        _: &TtrpcContext,
+        req: StopContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        reply(
+            "StopContainer",
+            self.0.stop_container(&req).map(|_| Empty::new()),
+        )
+    }
+
+    async fn probe_status(
+        &self,
+        _: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<ProbeStatusResponse> {
+        reply("ProbeStatus", self.0.probe_status(&req))
+    }
+
     async fn get_event(&self, _: &TtrpcContext, _: GetEventRequest) -> ttrpc::Result<Event> {
         Ok(self.0.next_event().await)
     }

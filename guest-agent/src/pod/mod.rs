@@ -1,0 +1,219 @@
+//! Pod features on top of the container core (issue 6): `io.eci.*` probes and lifecycle hooks,
+//! graceful stop, pod sysctls, pod volumes and the extra statistics.
+//!
+//! [`PodFeatures`] is the per-container state (parsed annotations, probe results, why the agent
+//! killed it, its background tasks); [`volumes::PodVolumes`] the per-pod volumes. The agent calls
+//! in at create (spec rewriting), start (probes, postStart), stop, wait (exit reason), stats and
+//! remove (tasks aborted, volumes released with the pod's last container).
+
+pub mod action;
+pub mod lifecycle;
+pub mod manager;
+pub mod probe;
+pub mod stats;
+pub mod volumes;
+
+use eci_protocol::agent::{
+    event, Event, ExitReason, LifecycleEvent, LifecycleHook, ProbeEvent, ProbeKind, ProbeResult,
+    ProbeState, ProbeStatusResponse, WaitProcessResponse,
+};
+use eci_protocol::annotations::PodAnnotations;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Where probe and hook results go (the agent's GetEvent queue).
+pub trait EventSink: Send + Sync {
+    /// Queues one event.
+    fn push(&self, event: Event);
+}
+
+/// One container's pod-feature state.
+pub struct PodFeatures {
+    /// Container id.
+    pub id: String,
+    /// Its parsed `io.eci.*` annotations.
+    pub annotations: PodAnnotations,
+    /// Current probe results, one per configured probe.
+    probes: Mutex<Vec<ProbeState>>,
+    /// Startup probe passed (or there is none).
+    started: tokio::sync::watch::Sender<bool>,
+    /// Set when the agent decided to kill the container (liveness, postStart): the init's exit
+    /// then carries this reason and message.
+    kill_reason: Mutex<Option<(ExitReason, String)>>,
+    /// A stop sequence is under way.
+    stopping: AtomicBool,
+    /// Probe and hook tasks, aborted on remove.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Previous CPU sample for usage_nanocores.
+    pub(crate) cpu_sample: Mutex<Option<(u64, Instant)>>,
+    /// Pod volumes this container mounts: (volume name, host path, path in the container).
+    pub volume_mounts: Vec<(String, std::path::PathBuf, String)>,
+}
+
+impl PodFeatures {
+    /// State for a container with these annotations.
+    pub fn new(
+        id: &str,
+        annotations: PodAnnotations,
+        volume_mounts: Vec<(String, std::path::PathBuf, String)>,
+    ) -> Self {
+        let mut probes = Vec::new();
+        for (kind, present) in [
+            (ProbeKind::STARTUP, annotations.startup.is_some()),
+            (ProbeKind::LIVENESS, annotations.liveness.is_some()),
+            (ProbeKind::READINESS, annotations.readiness.is_some()),
+        ] {
+            if present {
+                probes.push(ProbeState {
+                    kind: kind.into(),
+                    result: ProbeResult::PROBE_RESULT_UNKNOWN.into(),
+                    ..Default::default()
+                });
+            }
+        }
+        let started = annotations.startup.is_none();
+        Self {
+            id: id.to_string(),
+            annotations,
+            probes: Mutex::new(probes),
+            started: tokio::sync::watch::channel(started).0,
+            kill_reason: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            tasks: Mutex::default(),
+            cpu_sample: Mutex::default(),
+            volume_mounts,
+        }
+    }
+
+    /// Records a task to abort on remove.
+    pub fn add_task(&self, handle: tokio::task::AbortHandle) {
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    /// Aborts every probe and hook task.
+    pub fn abort_tasks(&self) {
+        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Number of tasks still running (tests check none leak).
+    pub fn running_tasks(&self) -> usize {
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .iter()
+            .filter(|t| !t.is_finished())
+            .count()
+    }
+
+    /// Marks the stop sequence as started; false when one already runs.
+    pub fn begin_stop(&self) -> bool {
+        !self.stopping.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether a stop sequence runs.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Records why the agent kills the container (first reason wins).
+    pub fn set_kill_reason(&self, reason: ExitReason, message: String) {
+        let mut r = self.kill_reason.lock().expect("kill reason lock");
+        if r.is_none() {
+            *r = Some((reason, message));
+        }
+    }
+
+    /// Applies the agent's kill reason to the init's exit (an OOM kill stays an OOM kill).
+    pub fn apply_kill_reason(&self, resp: &mut WaitProcessResponse) {
+        if resp.reason.enum_value() == Ok(ExitReason::OOM_KILLED) {
+            return;
+        }
+        if let Some((reason, message)) = self.kill_reason.lock().expect("kill reason lock").clone()
+        {
+            resp.reason = reason.into();
+            resp.message = message;
+        }
+    }
+
+    /// Updates one probe's state; returns the event to publish when the result changed.
+    pub(crate) fn record_probe(
+        &self,
+        kind: ProbeKind,
+        result: ProbeResult,
+        message: &str,
+        consecutive: u32,
+    ) -> Option<ProbeEvent> {
+        let mut probes = self.probes.lock().expect("probes lock");
+        let state = probes
+            .iter_mut()
+            .find(|p| p.kind.enum_value() == Ok(kind))?;
+        let changed = state.result.enum_value() != Ok(result);
+        state.result = result.into();
+        state.message = message.to_string();
+        state.consecutive = consecutive;
+        state.last_probe_unix_nanos = crate::unix_nanos_now();
+        changed.then(|| ProbeEvent {
+            container_id: self.id.clone(),
+            kind: kind.into(),
+            result: result.into(),
+            message: message.to_string(),
+            consecutive,
+            ..Default::default()
+        })
+    }
+
+    /// ProbeStatus of this container; `running` is whether its init still runs.
+    pub fn status(&self, running: bool) -> ProbeStatusResponse {
+        let probes = self.probes.lock().expect("probes lock").clone();
+        let result_of = |kind: ProbeKind| {
+            probes
+                .iter()
+                .find(|p| p.kind.enum_value() == Ok(kind))
+                .map(|p| p.result.enum_value() == Ok(ProbeResult::SUCCESS))
+        };
+        let started = *self.started.borrow();
+        let ready = running && started && result_of(ProbeKind::READINESS).unwrap_or(true);
+        ProbeStatusResponse {
+            probes,
+            ready,
+            started,
+            ..Default::default()
+        }
+    }
+}
+
+/// An event now.
+pub fn event(kind: event::Kind) -> Event {
+    Event {
+        timestamp_unix_nanos: crate::unix_nanos_now(),
+        kind: Some(kind),
+        ..Default::default()
+    }
+}
+
+/// A lifecycle hook's result as an event.
+pub fn lifecycle_event(id: &str, hook: LifecycleHook, succeeded: bool, message: &str) -> Event {
+    event(event::Kind::Lifecycle(LifecycleEvent {
+        container_id: id.to_string(),
+        hook: hook.into(),
+        succeeded,
+        message: message.to_string(),
+        ..Default::default()
+    }))
+}
+
+/// Shared handles the background tasks need.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The container, its reaper and its base process.
+    pub target: Arc<action::Target>,
+    /// The container's pod-feature state.
+    pub features: Arc<PodFeatures>,
+    /// Event sink.
+    pub events: Arc<dyn EventSink>,
+}
