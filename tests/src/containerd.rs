@@ -90,6 +90,9 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         let child = Command::new("containerd")
             .arg("--config")
             .arg(&config_path)
+            // CRI creates missing mount sources relative to containerd's working directory
+            // (e.g. `eci-volume://name`): keep them in the temp dir, not in the test's.
+            .current_dir(dir.path())
             .env("PATH", &path_env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
