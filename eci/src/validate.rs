@@ -11,6 +11,7 @@ mod sizes;
 use std::collections::HashSet;
 
 use base64::Engine;
+use eci_protocol::annotations::{self, ProbeKindName};
 
 use crate::model::{
     Container, ContainerGroupSpec, CreateContainerGroupRequest, CreateImageCacheRequest,
@@ -459,7 +460,21 @@ fn check_container(
             if init {
                 errors.add(&probe_path, "init containers cannot have probes");
             }
+            let before = errors.0.len();
             check_probe(errors, &probe_path, probe, field != "readinessProbe");
+            if errors.0.len() == before {
+                let kind = match field {
+                    "livenessProbe" => ProbeKindName::Liveness,
+                    "readinessProbe" => ProbeKindName::Readiness,
+                    _ => ProbeKindName::Startup,
+                };
+                let json = serde_json::to_string(probe).unwrap_or_default();
+                pod_check(
+                    errors,
+                    &probe_path,
+                    annotations::parse_probe(field, &json, kind),
+                );
+            }
         }
     }
     if let Some(lifecycle) = &container.lifecycle {
@@ -474,7 +489,13 @@ fn check_container(
             ("preStop", &lifecycle.pre_stop),
         ] {
             if let Some(handler) = handler {
-                check_handler(errors, &format!("{path}.lifecycle.{field}"), handler);
+                let hook_path = format!("{path}.lifecycle.{field}");
+                let before = errors.0.len();
+                check_handler(errors, &hook_path, handler);
+                if errors.0.len() == before {
+                    let json = serde_json::to_string(handler).unwrap_or_default();
+                    pod_check(errors, &hook_path, annotations::parse_hook(field, &json));
+                }
             }
         }
     }
@@ -600,15 +621,46 @@ fn check_volumes<'a>(errors: &mut Errors, volumes: &'a [Volume]) -> HashSet<&'a 
     let mut names = HashSet::new();
     for (index, volume) in volumes.iter().enumerate() {
         let path = format!("volumes[{index}]");
-        errors.check(
-            is_dns_label(&volume.name),
-            format!("{path}.name"),
-            "must be a DNS-1123 label",
-        );
+        let before = errors.0.len();
+        check_volume(errors, &path, volume);
+        if errors.0.len() == before {
+            let json = volume.annotation_value().to_string();
+            pod_check(
+                errors,
+                &path,
+                annotations::parse_volume(&volume.name, &json),
+            );
+        }
         errors.check(
             names.insert(volume.name.as_str()),
             format!("{path}.name"),
             format!("duplicate volume name {:?}", volume.name),
+        );
+    }
+    names
+}
+
+/// The pod (issue 6's annotation parser in eci-protocol) must accept what the API accepts: its
+/// verdict is the last check, so limits it adds (e.g. configFile item size) are reported here
+/// with the API's field path instead of failing later in the shim.
+fn pod_check<T>(errors: &mut Errors, path: &str, verdict: Result<T, annotations::AnnotationError>) {
+    if let Err(err) = verdict {
+        let field = if err.field.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{}", err.field)
+        };
+        errors.add(field, err.reason);
+    }
+}
+
+fn check_volume(errors: &mut Errors, path: &str, volume: &Volume) {
+    let path = path.to_string();
+    {
+        errors.check(
+            is_dns_label(&volume.name),
+            format!("{path}.name"),
+            "must be a DNS-1123 label",
         );
         let sources = usize::from(volume.empty_dir.is_some())
             + usize::from(volume.config_file.is_some())
@@ -695,7 +747,6 @@ fn check_volumes<'a>(errors: &mut Errors, volumes: &'a [Volume]) -> HashSet<&'a 
             );
         }
     }
-    names
 }
 
 fn check_tags(errors: &mut Errors, path: &str, tags: &[crate::model::Tag]) {

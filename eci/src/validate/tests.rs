@@ -1,1 +1,563 @@
 use super::*;
+use crate::model::*;
+
+const QUOTA: Quota = Quota {
+    vcpu_quota: 100.0,
+    vcpu_used: 0.0,
+};
+
+fn container(name: &str) -> Container {
+    serde_json::from_value(serde_json::json!({"name": name, "image": "busybox"})).unwrap()
+}
+
+fn request() -> CreateContainerGroupRequest {
+    serde_json::from_value(serde_json::json!({
+        "name": "web",
+        "containers": [{"name": "app", "image": "busybox", "cpu": 1, "memory": 2}],
+    }))
+    .unwrap()
+}
+
+/// The field paths of the violations of `req`, or a panic if it is valid.
+fn rejected(req: &CreateContainerGroupRequest) -> Vec<String> {
+    match validate_create(req, &QUOTA) {
+        Ok(spec) => panic!("accepted: {spec:?}"),
+        Err(errors) => errors.0.into_iter().map(|e| e.field).collect(),
+    }
+}
+
+#[test]
+fn a_minimal_group_is_accepted_and_sized_from_its_containers() {
+    let spec = validate_create(&request(), &QUOTA).unwrap();
+    assert_eq!((spec.cpu, spec.memory), (1.0, 2.0));
+    assert_eq!(spec.termination_grace_period_seconds, 30);
+    assert_eq!(spec.restart_policy, RestartPolicy::Always);
+}
+
+#[test]
+fn group_size_is_normalised_to_the_table() {
+    let mut req = request();
+    req.cpu = Some(7.0);
+    req.memory = Some(13.0);
+    let spec = validate_create(&req, &QUOTA).unwrap();
+    assert_eq!((spec.cpu, spec.memory), (8.0, 16.0));
+}
+
+#[test]
+fn summed_container_sizes_are_normalised() {
+    let mut req = request();
+    let mut second = container("side");
+    second.cpu = Some(0.5);
+    second.memory = Some(1.5);
+    req.containers.push(second);
+    let spec = validate_create(&req, &QUOTA).unwrap();
+    // 1.5 vCPU + 3.5 GiB -> 2 vCPU + 4 GiB.
+    assert_eq!((spec.cpu, spec.memory), (2.0, 4.0));
+}
+
+#[test]
+fn no_sizes_anywhere_gets_the_default() {
+    let mut req = request();
+    req.containers = vec![container("app")];
+    let spec = validate_create(&req, &QUOTA).unwrap();
+    assert_eq!((spec.cpu, spec.memory), (DEFAULT_CPU, DEFAULT_MEMORY));
+}
+
+#[test]
+fn sizes_beyond_the_table_are_rejected() {
+    let mut req = request();
+    req.cpu = Some(65.0);
+    assert_eq!(rejected(&req), ["cpu"]);
+    let mut req = request();
+    req.cpu = Some(64.0);
+    req.memory = Some(1024.0);
+    assert_eq!(rejected(&req), ["memory"]);
+}
+
+#[test]
+fn containers_must_fit_the_group() {
+    let mut req = request();
+    req.cpu = Some(1.0);
+    req.memory = Some(2.0);
+    let mut second = container("side");
+    second.cpu = Some(0.5);
+    second.memory = Some(0.5);
+    req.containers.push(second);
+    assert_eq!(
+        rejected(&req),
+        ["containers[1].cpu", "containers[1].memory"]
+    );
+}
+
+#[test]
+fn each_init_container_must_fit_the_group() {
+    let mut req = request();
+    req.cpu = Some(1.0);
+    req.memory = Some(2.0);
+    let mut init = container("setup");
+    init.cpu = Some(2.0);
+    req.init_containers.push(init);
+    assert_eq!(rejected(&req), ["initContainers[0].cpu"]);
+}
+
+#[test]
+fn container_count_limits() {
+    let mut req = request();
+    req.containers.clear();
+    assert_eq!(rejected(&req), ["containers"]);
+    let mut req = request();
+    req.containers = (0..21).map(|i| container(&format!("c{i}"))).collect();
+    assert_eq!(rejected(&req), ["containers"]);
+    let mut req = request();
+    req.containers = (0..20).map(|i| container(&format!("c{i}"))).collect();
+    req.init_containers = (0..20).map(|i| container(&format!("i{i}"))).collect();
+    validate_create(&req, &QUOTA).unwrap();
+    req.init_containers.push(container("i20"));
+    assert_eq!(rejected(&req), ["initContainers"]);
+}
+
+#[test]
+fn container_names_are_dns_labels_and_unique_across_kinds() {
+    let mut req = request();
+    req.containers.push(container("Bad_Name"));
+    req.containers.push(container("app"));
+    req.init_containers.push(container("side"));
+    req.containers.push(container("side"));
+    req.containers.push(container(&"a".repeat(64)));
+    assert_eq!(
+        rejected(&req),
+        [
+            "containers[1].name",
+            "containers[2].name",
+            "containers[3].name",
+            "containers[4].name"
+        ]
+    );
+}
+
+#[test]
+fn group_name_rules() {
+    for bad in ["", "-web", "web-", "Web", "a b", &"a".repeat(129)] {
+        let mut req = request();
+        req.name = bad.to_string();
+        assert_eq!(rejected(&req), ["name"], "{bad:?}");
+    }
+}
+
+#[test]
+fn images_must_be_given() {
+    let mut req = request();
+    req.containers[0].image = " ".into();
+    assert_eq!(rejected(&req), ["containers[0].image"]);
+}
+
+#[test]
+fn tag_rules() {
+    let tag = |key: &str, value: &str| Tag {
+        key: key.into(),
+        value: value.into(),
+    };
+    let mut req = request();
+    req.tags = (0..21).map(|i| tag(&format!("k{i}"), "v")).collect();
+    assert_eq!(rejected(&req), ["tags"]);
+    let mut req = request();
+    req.tags = vec![
+        tag("a", "1"),
+        tag("a", "2"),
+        tag(&"k".repeat(64), "v"),
+        tag("b", &"v".repeat(64)),
+        tag("", "v"),
+    ];
+    assert_eq!(
+        rejected(&req),
+        ["tags[1].key", "tags[2].key", "tags[3].value", "tags[4].key"]
+    );
+    let mut req = request();
+    req.tags = vec![tag(&"k".repeat(63), &"v".repeat(63))];
+    validate_create(&req, &QUOTA).unwrap();
+}
+
+#[test]
+fn sysctl_whitelist() {
+    for good in [
+        "kernel.shmmax",
+        "kernel.msgmax",
+        "kernel.sem",
+        "fs.mqueue.msg_max",
+        "net.ipv4.ip_forward",
+        "net.core.somaxconn",
+    ] {
+        assert_eq!(check_sysctl_name(good), Ok(()), "{good}");
+    }
+    for bad in [
+        "net.core.rmem_max",
+        "kernel.hostname",
+        "vm.swappiness",
+        "fs.file-max",
+        "kernel.semx",
+        "",
+        "net..x",
+    ] {
+        assert!(check_sysctl_name(bad).is_err(), "{bad}");
+    }
+    let mut req = request();
+    req.security_context = Some(SecurityContext {
+        sysctls: vec![
+            Sysctl {
+                name: "net.ipv4.ip_forward".into(),
+                value: "1".into(),
+            },
+            Sysctl {
+                name: "net.core.rmem_max".into(),
+                value: "1".into(),
+            },
+        ],
+    });
+    assert_eq!(rejected(&req), ["securityContext.sysctls[1].name"]);
+}
+
+#[test]
+fn vcpu_quota() {
+    let mut req = request();
+    req.cpu = Some(4.0);
+    let quota = Quota {
+        vcpu_quota: 10.0,
+        vcpu_used: 7.0,
+    };
+    let err = validate_create(&req, &quota).unwrap_err();
+    assert_eq!(err.fields(), ["cpu"]);
+    assert!(err.0[0].reason.contains("quota"), "{err}");
+    let quota = Quota {
+        vcpu_quota: 10.0,
+        vcpu_used: 6.0,
+    };
+    validate_create(&req, &quota).unwrap();
+}
+
+#[test]
+fn volume_mounts_must_name_declared_volumes() {
+    let mut req = request();
+    req.volumes.push(Volume {
+        name: "data".into(),
+        empty_dir: Some(EmptyDirVolume::default()),
+        ..Volume::default()
+    });
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: false,
+        sub_path: None,
+    };
+    req.containers[0].volume_mounts = vec![
+        mount("data", "/data"),
+        mount("missing", "/x"),
+        mount("data", "relative"),
+        mount("data", "/data"),
+    ];
+    assert_eq!(
+        rejected(&req),
+        [
+            "containers[0].volumeMounts[1].name",
+            "containers[0].volumeMounts[2].mountPath",
+            "containers[0].volumeMounts[3].mountPath"
+        ]
+    );
+}
+
+#[test]
+fn volume_sources() {
+    let volume = |json: serde_json::Value| -> Volume { serde_json::from_value(json).unwrap() };
+    let mut req = request();
+    req.volumes = vec![
+        volume(
+            serde_json::json!({"name": "ok", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
+        ),
+        volume(serde_json::json!({"name": "none"})),
+        volume(
+            serde_json::json!({"name": "two", "emptyDir": {}, "nfs": {"server": "s", "path": "/p"}}),
+        ),
+        volume(serde_json::json!({"name": "medium", "emptyDir": {"medium": "Disk"}})),
+        volume(serde_json::json!({"name": "limit", "emptyDir": {"sizeLimit": "lots"}})),
+        volume(serde_json::json!({"name": "cfg", "configFile": {"items": [
+            {"path": "../x", "content": "aGk="},
+            {"path": "a", "content": "not base64!"},
+            {"path": "b", "content": "aGk=", "mode": 4095}]}})),
+        volume(serde_json::json!({"name": "disk", "disk": {"device": "vdb", "fsType": "ntfs"}})),
+        volume(serde_json::json!({"name": "nfs", "nfs": {"server": "", "path": "p"}})),
+        volume(serde_json::json!({"name": "ok", "emptyDir": {}})),
+    ];
+    assert_eq!(
+        rejected(&req),
+        [
+            "volumes[1]",
+            "volumes[2]",
+            "volumes[3].emptyDir.medium",
+            "volumes[4].emptyDir.sizeLimit",
+            "volumes[5].configFile.items[0].path",
+            "volumes[5].configFile.items[1].content",
+            "volumes[5].configFile.items[2].mode",
+            "volumes[6].disk.device",
+            "volumes[6].disk.fsType",
+            "volumes[7].nfs.server",
+            "volumes[7].nfs.path",
+            "volumes[8].name",
+        ]
+    );
+}
+
+#[test]
+fn the_pods_own_volume_limits_are_reported_with_the_api_field() {
+    // The API's checks pass, the pod-side parser refuses a file that is also a directory.
+    let mut req = request();
+    req.volumes = vec![serde_json::from_value(serde_json::json!({
+        "name": "cfg", "configFile": {"items": [
+            {"path": "a", "content": "aGk="}, {"path": "a/b", "content": "aGk="}]}}))
+    .unwrap()];
+    assert_eq!(rejected(&req), ["volumes[0].configFile.items"]);
+}
+
+#[test]
+fn probe_and_lifecycle_shapes() {
+    let mut req = request();
+    let app = &mut req.containers[0];
+    app.liveness_probe = Some(serde_json::from_value(serde_json::json!({})).unwrap());
+    app.readiness_probe = Some(
+        serde_json::from_value(serde_json::json!({
+            "httpGet": {"port": 70000, "path": "x", "scheme": "FTP"},
+            "periodSeconds": 0
+        }))
+        .unwrap(),
+    );
+    app.startup_probe = Some(
+        serde_json::from_value(serde_json::json!({
+            "exec": {"command": []}, "successThreshold": 2
+        }))
+        .unwrap(),
+    );
+    app.lifecycle = Some(
+        serde_json::from_value(serde_json::json!({
+            "postStart": {"exec": {"command": ["true"]}, "httpGet": {"port": 80}},
+            "preStop": {"httpGet": {"port": 0}}
+        }))
+        .unwrap(),
+    );
+    assert_eq!(
+        rejected(&req),
+        [
+            "containers[0].livenessProbe",
+            "containers[0].readinessProbe.httpGet.port",
+            "containers[0].readinessProbe.httpGet.path",
+            "containers[0].readinessProbe.httpGet.scheme",
+            "containers[0].readinessProbe.periodSeconds",
+            "containers[0].startupProbe.exec.command",
+            "containers[0].startupProbe.successThreshold",
+            "containers[0].lifecycle.postStart",
+            "containers[0].lifecycle.preStop.httpGet.port",
+        ]
+    );
+}
+
+#[test]
+fn valid_probes_and_hooks_pass_the_pod_parser() {
+    let mut req = request();
+    let app = &mut req.containers[0];
+    app.liveness_probe = Some(
+        serde_json::from_value(serde_json::json!({
+            "tcpSocket": {"port": 8080}, "initialDelaySeconds": 1, "failureThreshold": 2
+        }))
+        .unwrap(),
+    );
+    app.readiness_probe = Some(
+        serde_json::from_value(serde_json::json!({
+            "httpGet": {"port": 80, "path": "/healthz", "scheme": "HTTP",
+                        "httpHeaders": [{"name": "X-A", "value": "1"}]},
+            "successThreshold": 2
+        }))
+        .unwrap(),
+    );
+    app.lifecycle = Some(
+        serde_json::from_value(serde_json::json!({
+            "postStart": {"exec": {"command": ["touch", "/tmp/started"]}},
+            "preStop": {"httpGet": {"port": 80, "path": "/stop"}}
+        }))
+        .unwrap(),
+    );
+    validate_create(&req, &QUOTA).unwrap();
+}
+
+#[test]
+fn init_containers_have_no_probes_or_hooks() {
+    let mut req = request();
+    let mut init = container("setup");
+    init.readiness_probe =
+        Some(serde_json::from_value(serde_json::json!({"exec": {"command": ["true"]}})).unwrap());
+    init.lifecycle = Some(Lifecycle::default());
+    req.init_containers.push(init);
+    assert_eq!(
+        rejected(&req),
+        [
+            "initContainers[0].readinessProbe",
+            "initContainers[0].lifecycle"
+        ]
+    );
+}
+
+#[test]
+fn container_fields() {
+    let mut req = request();
+    let app = &mut req.containers[0];
+    app.cpu = Some(-1.0);
+    app.working_dir = Some("tmp".into());
+    app.env = vec![EnvVar {
+        key: "A=B".into(),
+        value: String::new(),
+    }];
+    app.ports = vec![ContainerPort {
+        port: 0,
+        protocol: Protocol::Tcp,
+    }];
+    app.tty = true;
+    app.args = vec!["a\0b".into()];
+    let fields = rejected(&req);
+    for expected in [
+        "containers[0].cpu",
+        "containers[0].workingDir",
+        "containers[0].env[0].key",
+        "containers[0].ports[0].port",
+        "containers[0].tty",
+        "containers[0].args[0]",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} not in {fields:?}"
+        );
+    }
+}
+
+#[test]
+fn ports_are_unique_within_the_group() {
+    let mut req = request();
+    let port = ContainerPort {
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    req.containers[0].ports = vec![port.clone()];
+    let mut side = container("side");
+    side.ports = vec![
+        ContainerPort {
+            port: 80,
+            protocol: Protocol::Udp,
+        },
+        port,
+    ];
+    req.containers.push(side);
+    assert_eq!(rejected(&req), ["containers[1].ports[1].port"]);
+}
+
+#[test]
+fn group_scalars() {
+    let mut req = request();
+    req.ephemeral_storage = Some(0.0);
+    req.termination_grace_period_seconds = Some(-1);
+    req.image_cache_id = Some("cache".into());
+    req.image_registry_credentials = vec![ImageRegistryCredential {
+        server: "https://r".into(),
+        user_name: String::new(),
+        password: "p".into(),
+    }];
+    assert_eq!(
+        rejected(&req),
+        [
+            "imageRegistryCredentials[0].server",
+            "imageRegistryCredentials[0].userName",
+            "ephemeralStorage",
+            "terminationGracePeriodSeconds",
+            "imageCacheId"
+        ]
+    );
+}
+
+#[test]
+fn every_violation_is_reported_at_once() {
+    let mut req = request();
+    req.name = "Bad".into();
+    req.containers[0].image = String::new();
+    req.tags = vec![Tag {
+        key: String::new(),
+        value: String::new(),
+    }];
+    assert_eq!(
+        rejected(&req),
+        ["name", "containers[0].image", "tags[0].key"]
+    );
+}
+
+#[test]
+fn unknown_request_fields_are_refused_by_decoding() {
+    let err = serde_json::from_value::<CreateContainerGroupRequest>(serde_json::json!({
+        "name": "web", "containers": [{"name": "a", "image": "b", "cpus": 1}]
+    }))
+    .unwrap_err();
+    assert!(err.to_string().contains("cpus"), "{err}");
+}
+
+fn stored_spec() -> ContainerGroupSpec {
+    let mut req = request();
+    req.containers.push(container("side"));
+    validate_create(&req, &QUOTA).unwrap()
+}
+
+#[test]
+fn update_changes_images_env_and_sizes() {
+    let current = stored_spec();
+    let req: UpdateContainerGroupRequest = serde_json::from_value(serde_json::json!({
+        "containers": [{"name": "side", "image": "nginx", "env": [{"key": "A", "value": "1"}]},
+                       {"name": "app"}],
+        "cpu": 3, "memory": 5, "tags": [{"key": "t", "value": "v"}]
+    }))
+    .unwrap();
+    let update = validate_update(&current, &req, &QUOTA).unwrap();
+    assert_eq!(update.changed_containers, ["side"]);
+    assert!(update.resized);
+    assert_eq!((update.spec.cpu, update.spec.memory), (4.0, 8.0));
+    assert_eq!(update.spec.containers[1].image, "nginx");
+    assert_eq!(update.spec.containers[1].env[0].key, "A");
+    assert_eq!(update.spec.tags.len(), 1);
+}
+
+#[test]
+fn update_rejects_unknown_containers_and_overflow() {
+    let current = stored_spec();
+    let req: UpdateContainerGroupRequest = serde_json::from_value(serde_json::json!({
+        "containers": [{"name": "nope", "image": "x"}, {"name": "app", "cpu": 5}]
+    }))
+    .unwrap();
+    let err = validate_update(&current, &req, &QUOTA).unwrap_err();
+    assert_eq!(err.fields(), ["containers[0].name", "containers[0].cpu"]);
+}
+
+#[test]
+fn image_cache_rules() {
+    let req: CreateImageCacheRequest = serde_json::from_value(serde_json::json!({
+        "name": "cache", "images": ["busybox", "nginx:1"]
+    }))
+    .unwrap();
+    assert_eq!(validate_image_cache(&req).unwrap().retention_days, 7);
+    let req: CreateImageCacheRequest = serde_json::from_value(serde_json::json!({
+        "name": "Cache", "images": ["a", "a", ""], "retentionDays": 0
+    }))
+    .unwrap();
+    let err = validate_image_cache(&req).unwrap_err();
+    assert_eq!(
+        err.fields(),
+        ["name", "images[1]", "images[2]", "retentionDays"]
+    );
+    let patch = UpdateImageCacheRequest {
+        name: None,
+        retention_days: Some(400),
+    };
+    assert_eq!(
+        validate_image_cache_update(&patch).unwrap_err().fields(),
+        ["retentionDays"]
+    );
+}
