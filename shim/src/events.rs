@@ -108,6 +108,16 @@ pub fn lifecycle(event: &LifecycleEvent, unix_nanos: i64) -> Struct {
         ("container_id", string(&event.container_id)),
         ("hook", string(hook_name(event.hook.enum_value()))),
         ("succeeded", boolean(event.succeeded)),
+        // Also as text: `ctr events` prints Struct values with Go's encoding/json, whose
+        // omitempty drops a false bool_value.
+        (
+            "result",
+            string(if event.succeeded {
+                "success"
+            } else {
+                "failure"
+            }),
+        ),
         ("message", string(&event.message)),
         ("time", string(rfc3339(unix_nanos))),
     ])
@@ -194,6 +204,7 @@ mod tests {
         let s = lifecycle(&event, 0);
         assert_eq!(text(&s, "hook"), "preStop");
         assert_eq!(s.fields["succeeded"].kind, Some(Kind::BoolValue(false)));
+        assert_eq!(text(&s, "result"), "failure");
         assert!(text(&s, "time").ends_with('Z'));
     }
 

@@ -284,7 +284,13 @@ fn readiness_http_and_tcp_probes_go_from_failure_to_success() {
         "io.eci.probe.readiness",
         r#"{"tcpSocket": {"port": 9090}, "periodSeconds": 1}"#,
     );
-    // Both servers come up 2 s after start: the first probes fail, later ones succeed.
+    // Both servers come up 5 s after start: the probes fail (3 times, Kubernetes' default
+    // threshold, before the result flips to failure), then succeed. A fresh network namespace
+    // has its loopback down (as with runc, nothing here runs CNI's loopback plugin): the
+    // container brings it up, hence CAP_NET_ADMIN.
+    let cap = ["--cap-add".to_owned(), "CAP_NET_ADMIN".to_owned()];
+    let http_probe = [&http_probe[..], &cap].concat();
+    let tcp_probe = [&tcp_probe[..], &cap].concat();
     ctd.ctr_ok(&run_args(
         "-d",
         &http_probe,
@@ -292,7 +298,8 @@ fn readiness_http_and_tcp_probes_go_from_failure_to_success() {
         &[
             "sh",
             "-c",
-            "sleep 2; mkdir -p /www; echo ready > /www/index.html; exec httpd -f -p 8080 -h /www",
+            "ip link set lo up; sleep 5; mkdir -p /www; echo ready > /www/index.html; \
+             exec httpd -f -p 8080 -h /www",
         ],
     ));
     ctd.ctr_ok(&run_args(
@@ -302,7 +309,7 @@ fn readiness_http_and_tcp_probes_go_from_failure_to_success() {
         &[
             "sh",
             "-c",
-            "sleep 2; while :; do nc -l -p 9090 </dev/null; done",
+            "ip link set lo up; sleep 5; while :; do nc -l -p 9090 </dev/null; done",
         ],
     ));
     for id in [&http, &tcp] {
@@ -358,7 +365,7 @@ fn post_start_file_is_seen_and_pre_stop_runs_before_sigterm() {
             l,
             "/eci/lifecycle",
             &id,
-            &[("hook", "postStart"), ("succeeded", "true")],
+            &[("hook", "postStart"), ("result", "success")],
         )
     });
     let killed = Instant::now();
@@ -379,7 +386,7 @@ fn post_start_file_is_seen_and_pre_stop_runs_before_sigterm() {
             l,
             "/eci/lifecycle",
             &id,
-            &[("hook", "preStop"), ("succeeded", "true")],
+            &[("hook", "preStop"), ("result", "success")],
         )
     });
     assert_nothing_left(&ctd, &[id]);
@@ -400,12 +407,25 @@ fn failing_post_start_kills_the_container() {
     let run = spawn_ctr(&ctd, &run_args("--rm", &extra, &id, &["sleep", "300"]));
     let (code, stdout, stderr) = finish(run, Duration::from_secs(30));
     assert_ne!(code, Some(0), "killed: {stdout} {stderr}");
-    events.wait_for("failed postStart", Duration::from_secs(5), |l| {
+    let failed = events.wait_for("failed postStart", Duration::from_secs(5), |l| {
         is_event(
             l,
             "/eci/lifecycle",
             &id,
-            &[("hook", "postStart"), ("succeeded", "false")],
+            &[("hook", "postStart"), ("result", "failure")],
+        )
+    });
+    assert!(
+        field(&events.all()[failed], "message").is_some_and(|m| m.contains("no-good")),
+        "the hook's output is the message: {:#?}",
+        events.all()
+    );
+    events.wait_for("postStart kill", Duration::from_secs(5), |l| {
+        is_event(
+            l,
+            "/eci/lifecycle",
+            &id,
+            &[("result", "killed"), ("reason", "PostStartHookFailed")],
         )
     });
     assert_nothing_left(&ctd, &[id]);

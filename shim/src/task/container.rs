@@ -6,6 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use eci_protocol::annotations::VOLUME_SOURCE_SCHEME;
 use oci_spec::runtime::Spec;
 
 use super::process::Process;
@@ -29,6 +30,32 @@ pub fn load_spec(bundle: &Path) -> Result<Spec, ShimError> {
     let path = bundle.join("config.json");
     Spec::load(&path)
         .map_err(|e| ShimError::InvalidArgument(format!("OCI spec {}: {e}", path.display())))
+}
+
+/// Puts back the `eci-volume://<name>` mount sources that CRI cleaned into `eci-volume:/<name>`
+/// (containerd's CRI runs host paths through filepath.Clean), so that the agent maps them to
+/// pod volumes; returns how many it changed. Nothing else is touched: the agent owns the
+/// mapping of pod volumes and Kubernetes emptyDir paths, and the host never mounts them.
+pub fn restore_volume_sources(spec: &mut Spec) -> usize {
+    let Some(mounts) = spec.mounts_mut() else {
+        return 0;
+    };
+    let cleaned_scheme = VOLUME_SOURCE_SCHEME.trim_end_matches('/');
+    let mut changed = 0;
+    for m in mounts.iter_mut() {
+        let Some(source) = m.source().as_ref().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if source.starts_with(VOLUME_SOURCE_SCHEME) {
+            continue;
+        }
+        if let Some(name) = source.strip_prefix(cleaned_scheme) {
+            let restored = format!("{VOLUME_SOURCE_SCHEME}{}", name.trim_start_matches('/'));
+            m.set_source(Some(PathBuf::from(restored)));
+            changed += 1;
+        }
+    }
+    changed
 }
 
 pub struct Container {
@@ -89,6 +116,41 @@ mod tests {
         a.insert(CONTAINER_TYPE.to_owned(), "sandbox".to_owned());
         assert_eq!(pod_id_of("pod1", Some(&a)), "pod1");
         assert_eq!(pod_id_of("demo", None), "demo");
+    }
+
+    #[test]
+    fn cri_cleaned_volume_sources_are_restored_and_others_left_alone() {
+        let mut spec = Spec::default();
+        let mount = |source: &str| {
+            oci_spec::runtime::MountBuilder::default()
+                .destination("/d")
+                .source(source)
+                .build()
+                .unwrap()
+        };
+        spec.set_mounts(Some(vec![
+            mount("eci-volume:/shared"),
+            mount("eci-volume://cfg"),
+            mount("/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache"),
+            mount("tmpfs"),
+        ]));
+        assert_eq!(restore_volume_sources(&mut spec), 1);
+        let sources: Vec<String> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.source().as_ref().unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                "eci-volume://shared",
+                "eci-volume://cfg",
+                "/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache",
+                "tmpfs"
+            ]
+        );
     }
 
     #[test]

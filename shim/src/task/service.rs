@@ -26,7 +26,7 @@ use eci_protocol::agent::{
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::{
-    container::{load_spec, pod_id_of, Container},
+    container::{load_spec, pod_id_of, restore_volume_sources, Container},
     process::{system_time, Exit, Process},
 };
 use crate::{
@@ -283,6 +283,10 @@ impl Pod {
                 .cgroups_path()
                 .as_ref()
                 .map(|p| p.display().to_string());
+        }
+        let restored = restore_volume_sources(&mut spec);
+        if restored > 0 {
+            log::debug!("{}: {restored} eci-volume mount source(s) restored", req.id);
         }
         let spec_json = serde_json::to_vec(&spec)
             .map_err(|e| ShimError::Internal(format!("encode OCI spec: {e}")))?;
