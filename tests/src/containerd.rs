@@ -20,6 +20,10 @@ pub struct ContainerdOptions {
     pub extra_config: String,
     /// containerd namespace of `ctr` commands (default `eci-test`; CRI uses `k8s.io`).
     pub namespace: Option<String>,
+    /// Network namespace (name under /run/netns) containerd runs in, so that what CNI makes
+    /// (bridge, veths) lives there; None: the host's. Only the network namespace is entered
+    /// (nsenter --net, not `ip netns exec`), so containerd's mounts stay visible to the test.
+    pub netns: Option<String>,
 }
 
 pub struct Containerd {
@@ -87,7 +91,18 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
             .push(std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
         let path_env = path_env.join(":");
         let log = std::fs::File::create(dir.path().join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let mut command = match &options.netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net=/run/netns/{netns}"))
+                    .arg("--")
+                    .arg("containerd");
+                command
+            }
+            None => Command::new("containerd"),
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             // CRI creates missing mount sources relative to containerd's working directory

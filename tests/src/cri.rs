@@ -1,0 +1,109 @@
+//! A CRI client (k8s-cri over tonic) on a containerd unix socket, for tests that check or drive
+//! containerd's CRI directly (there is no crictl on the test machines).
+
+use std::path::PathBuf;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::{
+    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+    ListContainersRequest, ListPodSandboxRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    StopPodSandboxRequest,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A tonic channel to the CRI server on the unix socket `socket`.
+pub async fn channel(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    // The URI is required by tonic but unused: the connector dials the socket.
+    Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+}
+
+/// CRI runtime and image service clients of one containerd.
+#[derive(Clone)]
+pub struct Cri {
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+impl Cri {
+    pub async fn connect(socket: PathBuf) -> Result<Self, tonic::transport::Error> {
+        let channel = channel(socket).await?;
+        Ok(Self {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        })
+    }
+
+    /// Ids of every pod sandbox CRI knows.
+    pub async fn sandbox_ids(&mut self) -> Result<Vec<String>, tonic::Status> {
+        Ok(self
+            .runtime
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await?
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|s| s.id)
+            .collect())
+    }
+
+    /// Ids of every container CRI knows.
+    pub async fn container_ids(&mut self) -> Result<Vec<String>, tonic::Status> {
+        Ok(self
+            .runtime
+            .list_containers(ListContainersRequest::default())
+            .await?
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// Stops and removes every container and pod sandbox (cleanup after a failed test, so that
+    /// CNI releases addresses and containerd its shims).
+    pub async fn remove_everything(&mut self) -> Result<(), tonic::Status> {
+        for id in self.container_ids().await? {
+            self.runtime
+                .remove_container(RemoveContainerRequest { container_id: id })
+                .await?;
+        }
+        for id in self.sandbox_ids().await? {
+            self.runtime
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await?;
+            self.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `future` to completion on a fresh runtime in its own thread, so that sync code (tests,
+/// Drop) can call CRI whether or not it already runs inside a tokio runtime.
+pub fn block_on<F>(future: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(future)
+    })
+    .join()
+    .expect("CRI thread panicked")
+}
