@@ -176,6 +176,34 @@ fn finish(child: Child, timeout: Duration) -> (Option<i32>, String, String) {
     )
 }
 
+/// Waits until `path` exists in container `id` (checked with execs of unique ids: the agent
+/// keeps an exec id taken after its exec ended).
+fn wait_for_file(ctd: &Containerd, id: &str, path: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for n in 0.. {
+        let exec_id = format!("wait{n}");
+        let check = ctd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &exec_id,
+            id,
+            "test",
+            "-f",
+            path,
+        ]);
+        if check.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not appear in {id} within {timeout:?}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn spawn_ctr(ctd: &Containerd, args: &[&str]) -> Child {
     ctd.ctr_command(args)
         .stdout(Stdio::piped())
@@ -615,29 +643,7 @@ fn metrics_follow_cpu_and_memory_load() {
     wait_status(&ctd, &id, "RUNNING", Duration::from_secs(10));
     let (cpu0, ws0) = cpu_and_working_set(&ctd, &id);
     ctd.ctr_ok(&["task", "exec", "--exec-id", "go", &id, "touch", "/tmp/go"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for n in 0.. {
-        let exec_id = format!("check{n}");
-        let check = ctd.ctr(&[
-            "task",
-            "exec",
-            "--exec-id",
-            &exec_id,
-            &id,
-            "test",
-            "-f",
-            "/tmp/done",
-        ]);
-        if check.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the load did not finish: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_file(&ctd, &id, "/tmp/done", Duration::from_secs(30));
     let (cpu1, ws1) = cpu_and_working_set(&ctd, &id);
     assert!(
         cpu1 >= cpu0 + 1_000_000_000,
@@ -646,6 +652,54 @@ fn metrics_follow_cpu_and_memory_load() {
     assert!(
         ws1 >= ws0 + (24 << 20),
         "a 32 MiB allocation raises the working set by over 24 MiB: {ws0} -> {ws1}"
+    );
+    remove(&ctd, &id);
+    assert_nothing_left(&ctd, &[id]);
+}
+
+#[test]
+fn network_counters_of_the_pod_reach_the_metrics() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("netstats");
+    // A veth pair inside the pod's network namespace; pinging an absent neighbour sends ARP
+    // requests out of v0, which veth0 receives.
+    let cap = ["--cap-add".to_owned(), "CAP_NET_ADMIN".to_owned()];
+    ctd.ctr_ok(&run_args(
+        "-d",
+        &cap,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "ip link add v0 type veth && ip link set v0 up && ip link set veth0 up && \
+             ip addr add 10.99.0.1/24 dev v0 && { ping -c 2 -W 1 10.99.0.2; touch /tmp/done; }; \
+             while :; do sleep 1; done",
+        ],
+    ));
+    wait_for_file(&ctd, &id, "/tmp/done", Duration::from_secs(20));
+    let text = ctd.ctr_ok(&["task", "metrics", "--format", "json", &id]);
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let data = json.get("Data").unwrap_or(&json);
+    let networks = data["network"].as_array().cloned().unwrap_or_default();
+    let by_name = |name: &str| {
+        networks
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .clone()
+    };
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let (v0, veth0) = (by_name("v0"), by_name("veth0"));
+    assert!(n(&v0, "tx_packets") >= 2 && n(&v0, "tx_bytes") > 0, "{v0}");
+    assert!(
+        n(&veth0, "rx_packets") >= 2 && n(&veth0, "rx_bytes") > 0,
+        "{veth0}"
+    );
+    assert!(
+        networks.iter().all(|n| n["name"] != "lo"),
+        "loopback excluded: {text}"
     );
     remove(&ctd, &id);
     assert_nothing_left(&ctd, &[id]);
