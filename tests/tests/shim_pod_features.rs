@@ -293,6 +293,14 @@ fn liveness_exec_probe_that_starts_failing_kills_the_container() {
         field(line, "time").is_some_and(|t| t.ends_with('Z')) && field(line, "message").is_some(),
         "time and message: {line}"
     );
+    // The reason is in the shim's log too (containerd copies the shim's log into its own).
+    let log = std::fs::read_to_string(ctd.dir().join("containerd.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&id) && l.contains("LivenessProbeFailed")),
+        "shim log names the kill's reason: {}",
+        ctd.log_tail()
+    );
     assert_nothing_left(&ctd, &[id]);
 }
 
