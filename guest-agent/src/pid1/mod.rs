@@ -14,7 +14,7 @@ mod cmdline;
 pub(crate) mod console;
 mod error;
 mod mounts;
-mod net;
+pub(crate) mod net;
 mod power;
 mod selftest;
 mod supervise;

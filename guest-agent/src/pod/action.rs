@@ -71,6 +71,24 @@ pub async fn run(target: &Target, exec_id: &str, handler: &Handler, timeout: Dur
     }
 }
 
+/// Runs `f` on a fresh thread inside the network namespace of `pid` and waits for it
+/// (blocking).
+pub fn in_netns_blocking<T: Send + 'static>(
+    pid: i32,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            f()
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("netns thread panicked"))?
+}
+
 /// Runs `f` on a fresh thread inside the network namespace of `pid`.
 async fn in_netns(
     pid: i32,
