@@ -76,3 +76,10 @@ install: deps
 	    install -D -m 0755 $(TARGET_DIR)/release/$$b $(DESTDIR)$(PREFIX)/bin/$$b && echo "installed $(DESTDIR)$(PREFIX)/bin/$$b"; \
 	  fi; \
 	done
+
+# --- eci control plane ---
+# Create-to-Running latency of a one-container group through `eci serve` vs the same pod straight
+# through CRI, release binaries, p50 over BENCH_RUNS (20) runs; ends with `ratio: X.XX`.
+.PHONY: bench-api
+bench-api: deps
+	CARGO="$(CARGO)" scripts/bench-api.sh

@@ -640,7 +640,13 @@ fn image_cache_hit_skips_the_pull() {
         "cache has creation events: {cache:#}"
     );
     let caches = env.get("/v1/imageCaches");
-    assert!(caches.text.contains(&cache_id), "listed: {}", caches.text);
+    assert!(
+        list(&caches.body, "imageCaches")
+            .iter()
+            .any(|c| c["id"] == cache_id.as_str()),
+        "listed: {}",
+        caches.text
+    );
 
     // With the cache: no pull even though the policy is Always.
     let mut body = simple_group("cached", "Always", "exec sleep 3600");

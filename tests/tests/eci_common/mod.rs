@@ -41,8 +41,6 @@ pub struct EnvOptions {
     pub serve_args: Vec<String>,
     /// Environment of `eci serve`.
     pub serve_env: Vec<(String, String)>,
-    /// Use the release binaries (benchmark) instead of the debug ones.
-    pub release: bool,
 }
 
 /// One test's world: containerd (CRI, handler `eci` in local mode, CNI) in its own network
@@ -265,11 +263,10 @@ impl Env {
     }
 }
 
-/// The array of a list answer: the body itself, or its `key` (or `items`) member.
+/// The array `key` of a list answer (`{"containerGroups": [...]}`, `{"events": [...]}`).
 pub fn list(body: &Value, key: &str) -> Vec<Value> {
-    body.as_array()
-        .or_else(|| body[key].as_array())
-        .or_else(|| body["items"].as_array())
+    body[key]
+        .as_array()
         .cloned()
         .unwrap_or_else(|| panic!("not a list answer: {body}"))
 }
