@@ -390,9 +390,10 @@ fn post_start_file_is_seen_and_pre_stop_runs_before_sigterm() {
     extra.extend(annotation("io.eci.termination-grace-period-seconds", "10"));
     // The main process waits for the postStart file, then, on SIGTERM, prints what the preStop
     // hook left: both only show when the hooks ran in the container, preStop before the signal.
-    let script = "for i in $(seq 100); do [ -f /tmp/post-start ] && break; sleep 0.1; done; \
-                  echo \"seen: $(cat /tmp/post-start)\"; \
-                  trap 'echo \"on-term: $(cat /tmp/pre-stop 2>&1)\"; exit 0' TERM; \
+    // /tmp/armed tells the test that the TERM trap is set (PID 1 ignores SIGTERM without one).
+    let script = "trap 'echo \"on-term: $(cat /tmp/pre-stop 2>&1)\"; exit 0' TERM; \
+                  for i in $(seq 100); do [ -f /tmp/post-start ] && break; sleep 0.1; done; \
+                  echo \"seen: $(cat /tmp/post-start)\"; touch /tmp/armed; \
                   while :; do sleep 0.1; done";
     let run = spawn_ctr(&ctd, &run_args("--rm", &extra, &id, &["sh", "-c", script]));
     wait_status(&ctd, &id, "RUNNING", Duration::from_secs(20));
@@ -404,6 +405,7 @@ fn post_start_file_is_seen_and_pre_stop_runs_before_sigterm() {
             &[("hook", "postStart"), ("result", "success")],
         )
     });
+    wait_for_file(&ctd, &id, "/tmp/armed", Duration::from_secs(10));
     let killed = Instant::now();
     ctd.ctr_ok(&["task", "kill", &id]);
     let kill_took = killed.elapsed();
