@@ -452,9 +452,9 @@ impl Agent {
         self.pod.probe_status(&req.container_id)
     }
 
-    /// Probe and hook tasks still running for a container (0 once removed).
-    pub fn pod_tasks(&self, id: &str) -> usize {
-        self.pod.running_tasks(id)
+    /// Unmounts and removes every pod volume (shutdown, after the containers went).
+    pub fn release_pod_volumes(&self) {
+        self.pod.teardown_all();
     }
 
     /// ListProcesses.

@@ -1,5 +1,6 @@
-//! The fuzz body for agent request decoding and validation, shared by the cargo-fuzz target
-//! (`guest-agent/fuzz`) and a unit test that feeds it random and malformed bytes on stable.
+//! The fuzz bodies for agent request decoding and validation and for the `io.eci.*` annotation
+//! parser, shared by the cargo-fuzz targets (`guest-agent/fuzz`) and unit tests that feed them
+//! random and malformed bytes on stable.
 
 use eci_protocol::agent::*;
 use eci_protocol::stream::StreamHeader;
@@ -39,9 +40,55 @@ pub fn decode_and_validate(data: &[u8]) {
     let _ = validate::resources_json("resources_json", data);
 }
 
+/// Parses `data` as the value of every `io.eci.*` annotation (and, split at the first NUL, as
+/// a key/value pair of a whole annotation map). Must never panic, whatever the bytes.
+pub fn parse_annotations(data: &[u8]) {
+    use eci_protocol::annotations::{self as a, ProbeKindName};
+    let text = String::from_utf8_lossy(data);
+    let _ = a::parse_probe(a::PROBE_LIVENESS, &text, ProbeKindName::Liveness);
+    let _ = a::parse_probe(a::PROBE_READINESS, &text, ProbeKindName::Readiness);
+    let _ = a::parse_hook(a::POST_START, &text);
+    let _ = a::parse_volume("io.eci.volume.v", &text);
+    let _ = a::parse_quantity(&text);
+    let (key, value) = text.split_once('\0').unwrap_or(("io.eci.volume.v", &text));
+    let map = std::collections::HashMap::from([
+        (key.to_string(), value.to_string()),
+        (a::TERMINATION_GRACE.to_string(), value.to_string()),
+    ]);
+    let _ = a::parse(&map);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn annotation_parser_survives_random_and_mutated_input() {
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        for len in 0..2000 {
+            parse_annotations(&random_bytes(&mut seed, len % 200));
+        }
+        let valid: &[&[u8]] = &[
+            br#"{"httpGet":{"path":"/h","port":8080,"httpHeaders":[{"name":"A","value":"b"}]},"periodSeconds":1}"#,
+            br#"{"exec":{"command":["cat","/tmp/x"]},"failureThreshold":2}"#,
+            br#"{"tcpSocket":{"port":"80"}}"#,
+            br#"{"configFile":{"items":[{"path":"a/b","content":"aGk=","mode":420}]}}"#,
+            br#"{"emptyDir":{"medium":"Memory","sizeLimit":"1.5Gi"}}"#,
+            br#"{"disk":{"device":"/dev/vdb","fsType":"xfs","readOnly":true}}"#,
+            br#"{"nfs":{"server":"[::1]","path":"/export"}}"#,
+            b"io.eci.probe.startup\0{\"exec\":{\"command\":[\"true\"]}}",
+            b"64Mi",
+        ];
+        // Every truncation and single-byte corruption of valid values.
+        for v in valid {
+            for cut in 0..v.len() {
+                parse_annotations(&v[..cut]);
+                let mut bad = v.to_vec();
+                bad[cut] ^= 0x5a;
+                parse_annotations(&bad);
+            }
+        }
+    }
 
     /// xorshift64: deterministic bytes without a dependency.
     fn random_bytes(seed: &mut u64, len: usize) -> Vec<u8> {

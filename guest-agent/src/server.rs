@@ -146,6 +146,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .remove_all()
         .await
         .map_err(|e| ServeError::Shutdown(e.chain()));
+    // Volumes go with their pod's last container; this catches any a failed removal left.
+    tokio::task::block_in_place(|| agent.release_pod_volumes());
     remove_default_cgroup_parents();
     if let Listen::Local { api, streams } = &config.listen {
         let _ = std::fs::remove_file(api);

@@ -860,3 +860,113 @@ async fn bad_annotations_are_refused_naming_them() {
     assert_eq!(bundles, 0);
     env.assert_no_mounts_left();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_sysctls_of_setup_sandbox_reach_its_containers() {
+    let Some(env) = env("pod-sysctl").await else {
+        return;
+    };
+    let pod = unique("sysctl-pod");
+    let setup = |sysctls: &[(&str, &str)]| SetupSandboxRequest {
+        sandbox_id: pod.clone(),
+        sysctls: sysctls
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let (code, msg) = rpc_error(
+        env.agent
+            .client
+            .setup_sandbox(ctx(), &setup(&[("kernel.panic", "1")]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("sysctls.\"kernel.panic\""), "{msg}");
+    env.agent
+        .client
+        .setup_sandbox(ctx(), &setup(&[("net.ipv4.tcp_keepalive_time", "777")]))
+        .await
+        .expect("setup sandbox");
+    let id = unique("sysctl-member");
+    let spec = sh_spec("cat /proc/sys/net/ipv4/tcp_keepalive_time", &[]);
+    let out = env.launch(&id, &pod, &spec).await;
+    assert_eq!(env.wait(&id).await.exit_code, 0);
+    assert_eq!(out.await.unwrap().trim(), "777");
+    env.remove(&id).await;
+    let req = DestroySandboxRequest {
+        sandbox_id: pod.clone(),
+        ..Default::default()
+    };
+    env.agent
+        .client
+        .destroy_sandbox(ctx(), &req)
+        .await
+        .expect("destroy sandbox");
+    env.assert_no_mounts_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_tmpfs_empty_dir_becomes_a_pod_tmpfs() {
+    let Some(env) = env("k8s-emptydir").await else {
+        return;
+    };
+    let host = tempfile::tempdir().unwrap();
+    let empty_dir = host
+        .path()
+        .join("pods/uid/volumes/kubernetes.io~empty-dir/cache");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &empty_dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=4m"),
+    )
+    .expect("mount the host tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(&empty_dir);
+    std::fs::write(empty_dir.join("host-only"), "x").unwrap();
+    let id = unique("k8s-emptydir");
+    let mut spec = sh_spec(
+        "ls /cache; echo in-pod > /cache/new; df -k /cache | tail -1",
+        &[],
+    );
+    add_mount(
+        &mut spec,
+        "/cache",
+        &empty_dir.to_string_lossy(),
+        "bind",
+        &["rbind", "rw"],
+    );
+    let out = env.launch(&id, "", &spec).await;
+    assert_eq!(env.wait(&id).await.exit_code, 0);
+    let out = out.await.unwrap();
+    assert!(
+        !out.contains("host-only"),
+        "the pod got the host's tmpfs: {out}"
+    );
+    let df: Vec<&str> = out
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        df.get(1),
+        Some(&"4096"),
+        "a pod tmpfs of the host tmpfs's size: {out}"
+    );
+    assert!(
+        !empty_dir.join("new").exists(),
+        "write reached the host tmpfs"
+    );
+    env.remove(&id).await;
+    env.assert_no_mounts_left();
+}

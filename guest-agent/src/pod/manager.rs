@@ -306,11 +306,4 @@ impl PodManager {
         pods.members.clear();
         pods.sandbox_of.clear();
     }
-
-    /// Probe and hook tasks still running for `id` (0 when unknown).
-    pub fn running_tasks(&self, id: &str) -> usize {
-        self.ctx(id)
-            .map(|c| c.features.running_tasks())
-            .unwrap_or(0)
-    }
 }

@@ -99,17 +99,6 @@ impl PodFeatures {
             t.abort();
         }
     }
-
-    /// Number of tasks still running (tests check none leak).
-    pub fn running_tasks(&self) -> usize {
-        self.tasks
-            .lock()
-            .expect("tasks lock")
-            .iter()
-            .filter(|t| !t.is_finished())
-            .count()
-    }
-
     /// Marks the stop sequence as started; false when one already runs.
     pub fn begin_stop(&self) -> bool {
         !self.stopping.swap(true, Ordering::SeqCst)
