@@ -3,7 +3,10 @@
 //! implements [`backend::Backend`]; this crate must not talk to shims or agents directly.
 
 pub mod backend;
+pub mod cli;
 pub mod model;
+pub mod openapi;
 pub mod runtime;
+pub mod server;
 pub mod store;
 pub mod validate;

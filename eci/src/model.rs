@@ -813,3 +813,25 @@ pub struct FieldError {
     pub field: String,
     pub reason: String,
 }
+
+/// `GET /v1/containerGroups` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerGroupList {
+    pub container_groups: Vec<ContainerGroup>,
+    pub total_count: usize,
+}
+
+/// `GET /v1/imageCaches` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCacheList {
+    pub image_caches: Vec<ImageCache>,
+    pub total_count: usize,
+}
+
+/// `GET /v1/containerGroups/{id}/events` body, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<Event>,
+}
