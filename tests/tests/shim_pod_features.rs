@@ -17,6 +17,24 @@ use std::{
 use eci_tests::{containerd::Containerd, images::BUSYBOX_IMAGE};
 use shim_common::*;
 
+/// On a failing test (panic), force-deletes every task and container of the containerd before
+/// it stops, so that their shims and agents do not outlive the test.
+struct CleanupOnPanic<'a>(&'a Containerd);
+
+impl Drop for CleanupOnPanic<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let ctd = self.0;
+        let listed = ctd.ctr(&["container", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            let _ = ctd.ctr(&["task", "delete", "--force", id]);
+            let _ = ctd.ctr(&["container", "delete", id]);
+        }
+    }
+}
+
 /// A running `ctr events` whose lines are collected as they arrive.
 struct Events {
     child: Child,
@@ -231,6 +249,7 @@ fn liveness_exec_probe_that_starts_failing_kills_the_container() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let id = unique("live");
     let events = Events::subscribe(&ctd);
     let mut extra = annotation(
@@ -309,6 +328,7 @@ fn readiness_http_and_tcp_probes_go_from_failure_to_success() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let events = Events::subscribe(&ctd);
     let http = unique("ready-http");
     let tcp = unique("ready-tcp");
@@ -377,6 +397,7 @@ fn post_start_file_is_seen_and_pre_stop_runs_before_sigterm() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let id = unique("hooks");
     let events = Events::subscribe(&ctd);
     let mut extra = annotation(
@@ -435,6 +456,7 @@ fn failing_post_start_kills_the_container() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let id = unique("poststart-fail");
     let events = Events::subscribe(&ctd);
     let mut extra = annotation(
@@ -499,6 +521,7 @@ fn sysctl_namespaced_is_applied_and_non_namespaced_is_refused() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let tmp = tempfile::tempdir().unwrap();
     let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     // The opposite of the host's value, so that a value read back cannot be the host's.
@@ -538,6 +561,7 @@ fn tmpfs_volumes_of_16_mib_refuse_the_17th() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let fill = "dd if=/dev/zero of=/data/a bs=1M count=16 2>/dev/null && echo wrote-16; \
                 if dd if=/dev/zero of=/data/b bs=1M count=1 2>/dev/null; \
                 then echo wrote-17th; else echo refused-17th; fi";
@@ -569,6 +593,7 @@ fn config_file_volume_has_exact_content_and_modes() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let conf = "listen 8080\nname \"eci\"\n";
     let script = "#!/bin/sh\necho hi\n";
     let volume = format!(
@@ -635,6 +660,7 @@ fn metrics_follow_cpu_and_memory_load() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let id = unique("load");
     // Idle until /tmp/go exists, then holds 32 MiB in a shell variable and counts to 2 million
     // (a fixed amount of work, about 2.5 s of CPU here, whatever the machine's load; the shell
@@ -673,6 +699,7 @@ fn network_counters_of_the_pod_reach_the_metrics() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let id = unique("netstats");
     // A veth pair inside the pod's network namespace; pinging an absent neighbour sends ARP
     // requests out of v0, which veth0 receives.
@@ -721,6 +748,7 @@ fn bad_annotation_json_fails_create_naming_the_annotation() {
     let Some(ctd) = containerd_with_busybox() else {
         return;
     };
+    let _cleanup = CleanupOnPanic(&ctd);
     let mut ids = Vec::new();
     for key in [
         "io.eci.probe.liveness",
@@ -751,7 +779,7 @@ mod cri_pod {
         runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
         CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
         LinuxSandboxSecurityContext, Mount, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-        RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+        RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
         StopPodSandboxRequest,
     };
     use tonic::transport::{Channel, Endpoint, Uri};
@@ -841,6 +869,7 @@ mod cri_pod {
         let Some(ctd) = containerd_with(options) else {
             return;
         };
+        let _cleanup = CleanupOnPanic(&ctd);
         ctd.import_pause().expect("import pause");
         let mut cri = cri_client(ctd.socket.clone()).await;
 
@@ -896,6 +925,13 @@ mod cri_pod {
                     ..Default::default()
                 }),
                 command: vec!["sleep".into(), "300".into()],
+                annotations: [(
+                    "io.eci.lifecycle.pre-stop".to_owned(),
+                    format!(
+                        r#"{{"exec": {{"command": ["sh", "-c", "echo {name} > /cache/pre-stop"]}}}}"#
+                    ),
+                )]
+                .into(),
                 mounts: vec![
                     Mount {
                         container_path: "/shared".into(),
@@ -942,6 +978,17 @@ mod cri_pod {
         )
         .await;
         assert_eq!((code, out.as_str()), (0, "one\ntwo\nshared-full\n"));
+
+        // CRI StopContainer (SIGTERM, then its own SIGKILL after the timeout) runs the
+        // container's preStop hook first; the other container sees what it wrote.
+        cri.stop_container(StopContainerRequest {
+            container_id: ids[2].clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopContainer: {e}"));
+        let (code, out) = exec(&mut cri, &ids[1], "cat /cache/pre-stop").await;
+        assert_eq!((code, out.as_str()), (0, "reader\n"));
 
         cri.stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod_id.clone(),
