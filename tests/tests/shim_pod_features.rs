@@ -777,10 +777,10 @@ mod cri_pod {
     use hyper_util::rt::TokioIo;
     use k8s_cri::v1::{
         runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-        CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
-        LinuxSandboxSecurityContext, Mount, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-        RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-        StopPodSandboxRequest,
+        ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+        LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceOption,
+        PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+        StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
     };
     use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -978,6 +978,29 @@ mod cri_pod {
         )
         .await;
         assert_eq!((code, out.as_str()), (0, "one\ntwo\nshared-full\n"));
+
+        // CRI reads the shim's metrics for ContainerStats.
+        let stats = cri
+            .container_stats(ContainerStatsRequest {
+                container_id: ids[1].clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStats: {e}"))
+            .into_inner()
+            .stats
+            .expect("stats");
+        let cpu = stats
+            .cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map(|v| v.value);
+        let working_set = stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map(|v| v.value);
+        assert!(
+            cpu.is_some_and(|v| v > 0) && working_set.is_some_and(|v| v > 0),
+            "cpu {cpu:?}, working set {working_set:?}"
+        );
 
         // CRI StopContainer (SIGTERM, then its own SIGKILL after the timeout) runs the
         // container's preStop hook first; the other container sees what it wrote.
