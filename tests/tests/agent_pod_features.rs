@@ -970,3 +970,35 @@ async fn kubelet_tmpfs_empty_dir_becomes_a_pod_tmpfs() {
     env.remove(&id).await;
     env.assert_no_mounts_left();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmountable_nfs_volume_fails_create_naming_the_volume() {
+    let Some(env) = env("nfs").await else { return };
+    // No NFS server listens on this machine's loopback (and the kernel may lack the NFS
+    // client): the mount must fail, quickly and clearly, and leave nothing behind. A real NFS
+    // mount is exercised in the VM tier.
+    if std::net::TcpStream::connect("127.0.0.1:2049").is_ok() {
+        eprintln!("SKIP nfs failure: something listens on 127.0.0.1:2049");
+        return;
+    }
+    let id = unique("nfs");
+    let mut spec = sh_spec(
+        "true",
+        &[(
+            "io.eci.volume.share",
+            r#"{"nfs":{"server":"127.0.0.1","path":"/export","readOnly":true}}"#.into(),
+        )],
+    );
+    add_mount(&mut spec, "/share", "eci-volume://share", "bind", &[]);
+    let result = tokio::time::timeout(Duration::from_secs(60), env.create_in(&id, "", &spec))
+        .await
+        .expect("the NFS mount attempt gave up within 60 s");
+    let (code, msg) = rpc_error(result.unwrap_err());
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    assert!(
+        msg.contains("pod volume \"share\"") && msg.contains("mount NFS 127.0.0.1:/export"),
+        "{msg}"
+    );
+    env.assert_no_mounts_left();
+    assert!(!env.agent.state_dir().join("volumes").join(&id).exists());
+}

@@ -58,7 +58,11 @@ impl PodVolumes {
         for (name, volume) in declared {
             if let Err(e) = pod.add(name, volume) {
                 pod.teardown();
-                return Err(e);
+                return Err(AgentError::FailedPrecondition(format!(
+                    "pod volume {name:?} ({}{name}): {}",
+                    eci_protocol::annotations::VOLUME_PREFIX,
+                    e.chain()
+                )));
             }
         }
         Ok(pod)
