@@ -9,6 +9,8 @@ packages=(
   # containers and images for the end-to-end tests
   containerd runc umoci skopeo docker-registry apache2-utils busybox-static
   containernetworking-plugins iproute2 kmod
+  # python venv for the OpenAPI schema checker of eci/tests/openapi.rs
+  python3-venv
   # guest kernel, initramfs and the qemu TCG tier
   linux-source-6.12 bc bison flex libelf-dev libssl-dev cpio xz-utils zstd qemu-system-x86
 )
@@ -31,3 +33,11 @@ installed=$(rustup target list --installed)
 for t in "${targets[@]}"; do
   grep -qx "$t" <<<"$installed" || rustup target add "$t"
 done
+
+# OpenAPI schema checker (PyPI) for eci/tests/openapi.rs, in a venv of its own.
+openapi_venv=/var/cache/eci/openapi-venv
+if [ ! -x "$openapi_venv/bin/openapi-spec-validator" ]; then
+  mkdir -p "$(dirname "$openapi_venv")"
+  /usr/bin/python3 -m venv "$openapi_venv"
+  "$openapi_venv/bin/pip" install -q openapi-spec-validator
+fi
