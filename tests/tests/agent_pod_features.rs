@@ -610,6 +610,16 @@ async fn pod_empty_dir_is_shared_by_two_containers() {
         .collect();
     assert_eq!(df.get(1), Some(&"8192"), "an 8 MiB tmpfs: {out}");
 
+    // The sandbox's statistics list the volume it mounts with the tmpfs's capacity.
+    let stats = env.stats(&pod).await;
+    let shared = stats
+        .filesystems
+        .iter()
+        .find(|f| f.name == "shared")
+        .unwrap_or_else(|| panic!("no volume stats in {:?}", stats.filesystems));
+    assert_eq!(shared.mount_point, "/shared");
+    assert_eq!(shared.capacity_bytes, 8 << 20);
+
     // An undeclared volume is refused, naming the mount.
     let mut bad = sh_spec("true", &[]);
     add_mount(&mut bad, "/x", "eci-volume://missing", "bind", &[]);
@@ -1001,4 +1011,55 @@ async fn unmountable_nfs_volume_fails_create_naming_the_volume() {
     );
     env.assert_no_mounts_left();
     assert!(!env.agent.state_dir().join("volumes").join(&id).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_probe_gates_liveness() {
+    let Some(mut env) = env("startup").await else {
+        return;
+    };
+    let id = unique("startup");
+    let spec = sh_spec(
+        "sleep 2; touch /tmp/started; exec sleep 1000",
+        &[
+            (
+                "io.eci.probe.startup",
+                r#"{"exec":{"command":["cat","/tmp/started"]},"periodSeconds":1,"failureThreshold":30}"#.into(),
+            ),
+            (
+                "io.eci.probe.liveness",
+                r#"{"exec":{"command":["true"]},"periodSeconds":1}"#.into(),
+            ),
+        ],
+    );
+    let _out = env.launch(&id, "", &spec).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let early = env.probe_status(&id).await;
+    assert!(!early.started && !early.ready, "{early:?}");
+    let liveness_early = early
+        .probes
+        .iter()
+        .find(|p| p.kind.enum_value() == Ok(ProbeKind::LIVENESS))
+        .unwrap();
+    assert_eq!(
+        liveness_early.last_probe_unix_nanos, 0,
+        "liveness ran before startup passed"
+    );
+    let mut seen = Vec::new();
+    let live = env
+        .event(&mut seen, Duration::from_secs(15), |e| {
+            is_probe(e, ProbeKind::LIVENESS, ProbeResult::SUCCESS)
+        })
+        .await
+        .expect("liveness SUCCESS once started");
+    let started = env
+        .event(&mut seen, Duration::from_secs(1), |e| {
+            is_probe(e, ProbeKind::STARTUP, ProbeResult::SUCCESS)
+        })
+        .await
+        .expect("startup SUCCESS");
+    assert!(started.timestamp_unix_nanos <= live.timestamp_unix_nanos);
+    let later = env.probe_status(&id).await;
+    assert!(later.started && later.ready, "{later:?}");
+    env.remove(&id).await;
 }
