@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod fuzz;
 pub mod model;
 pub mod openapi;
 pub mod runtime;
