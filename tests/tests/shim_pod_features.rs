@@ -341,12 +341,8 @@ fn readiness_http_and_tcp_probes_go_from_failure_to_success() {
         r#"{"tcpSocket": {"port": 9090}, "periodSeconds": 1}"#,
     );
     // Both servers come up 5 s after start: the probes fail (3 times, Kubernetes' default
-    // threshold, before the result flips to failure), then succeed. A fresh network namespace
-    // has its loopback down (as with runc, nothing here runs CNI's loopback plugin): the
-    // container brings it up, hence CAP_NET_ADMIN.
-    let cap = ["--cap-add".to_owned(), "CAP_NET_ADMIN".to_owned()];
-    let http_probe = [&http_probe[..], &cap].concat();
-    let tcp_probe = [&tcp_probe[..], &cap].concat();
+    // threshold, before the result flips to failure), then succeed. The probes reach them on
+    // the loopback of the pod's fresh network namespace, which the agent brings up.
     ctd.ctr_ok(&run_args(
         "-d",
         &http_probe,
@@ -354,7 +350,7 @@ fn readiness_http_and_tcp_probes_go_from_failure_to_success() {
         &[
             "sh",
             "-c",
-            "ip link set lo up; sleep 5; mkdir -p /www; echo ready > /www/index.html; \
+            "sleep 5; mkdir -p /www; echo ready > /www/index.html; \
              exec httpd -f -p 8080 -h /www",
         ],
     ));
@@ -365,7 +361,7 @@ fn readiness_http_and_tcp_probes_go_from_failure_to_success() {
         &[
             "sh",
             "-c",
-            "ip link set lo up; sleep 5; while :; do nc -l -p 9090 </dev/null; done",
+            "sleep 5; while :; do nc -l -p 9090 </dev/null; done",
         ],
     ));
     for id in [&http, &tcp] {
