@@ -68,6 +68,11 @@ pub async fn stop(ctx: &Ctx, signal: i32, grace: Duration, skip_pre_stop: bool) 
         let outcome = tokio::select! {
             o = action::run(&ctx.target, PRE_STOP_EXEC_ID, hook, grace.max(Duration::from_secs(1))) => Some(o),
             _ = init.wait() => None,
+            // The hook's own timeouts are per step; the grace period bounds the whole of it.
+            _ = tokio::time::sleep(grace.max(Duration::from_secs(1))) => Some(action::Outcome {
+                ok: false,
+                message: format!("did not finish within the grace period ({}s)", grace.as_secs()),
+            }),
         };
         if let Some(outcome) = outcome {
             tracing::info!(container = %id, ok = outcome.ok, message = %outcome.message, "preStop hook ran");

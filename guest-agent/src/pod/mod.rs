@@ -206,3 +206,82 @@ pub struct Ctx {
     /// Event sink.
     pub events: Arc<dyn EventSink>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eci_protocol::annotations;
+
+    fn features(ann: &[(&str, &str)]) -> PodFeatures {
+        let map = ann
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        PodFeatures::new("c1", annotations::parse(&map).unwrap(), Vec::new())
+    }
+
+    #[test]
+    fn probe_results_change_once_per_transition() {
+        let f = features(&[(annotations::PROBE_READINESS, r#"{"tcpSocket":{"port":80}}"#)]);
+        let s = f.status(true);
+        assert_eq!(s.probes.len(), 1);
+        assert_eq!(
+            s.probes[0].result.enum_value(),
+            Ok(ProbeResult::PROBE_RESULT_UNKNOWN)
+        );
+        assert!(s.started && !s.ready, "not ready before the first success");
+        let e = f
+            .record_probe(ProbeKind::READINESS, ProbeResult::FAILURE, "refused", 1)
+            .expect("first result is a change");
+        assert_eq!((e.container_id.as_str(), e.consecutive), ("c1", 1));
+        assert!(f
+            .record_probe(ProbeKind::READINESS, ProbeResult::FAILURE, "refused", 2)
+            .is_none());
+        assert!(f
+            .record_probe(ProbeKind::READINESS, ProbeResult::SUCCESS, "ok", 1)
+            .is_some());
+        assert!(f.status(true).ready);
+        assert!(!f.status(false).ready, "an exited container is not ready");
+        // A probe kind that is not configured records nothing.
+        assert!(f
+            .record_probe(ProbeKind::LIVENESS, ProbeResult::FAILURE, "x", 1)
+            .is_none());
+    }
+
+    #[test]
+    fn startup_probe_gates_started_and_kill_reasons_apply() {
+        let f = features(&[(
+            annotations::PROBE_STARTUP,
+            r#"{"exec":{"command":["true"]}}"#,
+        )]);
+        assert!(!f.status(true).started);
+        f.started.send_replace(true);
+        assert!(f.status(true).started && f.status(true).ready);
+
+        let mut resp = WaitProcessResponse {
+            reason: ExitReason::SIGNALED.into(),
+            exit_code: 137,
+            ..Default::default()
+        };
+        f.apply_kill_reason(&mut resp);
+        assert_eq!(resp.reason.enum_value(), Ok(ExitReason::SIGNALED));
+        f.set_kill_reason(ExitReason::LIVENESS_PROBE_FAILED, "liveness".into());
+        f.set_kill_reason(ExitReason::POST_START_HOOK_FAILED, "later".into());
+        f.apply_kill_reason(&mut resp);
+        assert_eq!(
+            (resp.reason.enum_value(), resp.message.as_str()),
+            (Ok(ExitReason::LIVENESS_PROBE_FAILED), "liveness"),
+            "the first reason wins"
+        );
+        let mut oom = WaitProcessResponse {
+            reason: ExitReason::OOM_KILLED.into(),
+            ..Default::default()
+        };
+        f.apply_kill_reason(&mut oom);
+        assert_eq!(oom.reason.enum_value(), Ok(ExitReason::OOM_KILLED));
+        assert!(
+            f.begin_stop() && !f.begin_stop(),
+            "one stop sequence at a time"
+        );
+    }
+}
