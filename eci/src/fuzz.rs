@@ -24,7 +24,11 @@ pub fn api_json(data: &[u8]) {
             check_accepted(&spec);
             let update = UpdateContainerGroupRequest::default();
             let again = validate_update(&spec, &update, &QUOTA).map(|u| u.spec);
-            assert_eq!(again.as_ref(), Ok(&spec), "an empty update changed the spec");
+            assert_eq!(
+                again.as_ref(),
+                Ok(&spec),
+                "an empty update changed the spec"
+            );
         }
     }
     if let Ok(update) = decode_json::<UpdateContainerGroupRequest>(data) {
@@ -110,8 +114,21 @@ mod tests {
     fn random_and_mutated_input_never_panics() {
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         let tokens: &[&[u8]] = &[
-            b"-1", b"1e308", b"NaN", b"0.0000001", b"\"\"", b"null", b"[]", b"{}", b"99999999999",
-            b"\"..\"", b"\"/\"", b"\"\\u0000\"", b"true", b"65536", b"\"Memory\"",
+            b"-1",
+            b"1e308",
+            b"NaN",
+            b"0.0000001",
+            b"\"\"",
+            b"null",
+            b"[]",
+            b"{}",
+            b"99999999999",
+            b"\"..\"",
+            b"\"/\"",
+            b"\"\\u0000\"",
+            b"true",
+            b"65536",
+            b"\"Memory\"",
         ];
         for round in 0..20_000 {
             let mut data = SEEDS[round % SEEDS.len()].as_bytes().to_vec();
