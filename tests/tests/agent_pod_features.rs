@@ -775,7 +775,7 @@ async fn stats_follow_cpu_load_and_memory() {
     let idle = env.stats(&id).await;
     let cpu = idle.cpu.as_ref().unwrap();
     assert_eq!(cpu.limit_millicores, 1500);
-    assert!(cpu.usage_nanocores < 500_000_000, "idle container: {cpu:?}");
+    assert!(cpu.usage_nanocores < 200_000_000, "idle container: {cpu:?}");
     assert!(
         idle.networks.is_empty(),
         "only lo in a fresh netns: {:?}",
@@ -831,7 +831,10 @@ async fn stats_follow_cpu_load_and_memory() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let loaded = env.stats(&id).await;
     let cpu = loaded.cpu.as_ref().unwrap();
-    assert!(cpu.usage_nanocores > 500_000_000, "busy loop: {cpu:?}");
+    assert!(
+        cpu.usage_nanocores > 300_000_000,
+        "busy loop (a third of a core even on a loaded 2-CPU machine): {cpu:?}"
+    );
     assert!(cpu.load >= 1, "busy loop: {cpu:?}");
     env.remove(&id).await;
 }
