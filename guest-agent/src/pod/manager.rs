@@ -25,6 +25,22 @@ struct Pods {
     sandbox_of: HashMap<String, String>,
 }
 
+/// A sandbox created after members of its pod (which made the pod without volumes) adds the
+/// volumes it declares.
+fn add_late_volumes(pod: &mut PodVolumes, is_sandbox: bool, a: &PodAnnotations) -> Result<()> {
+    if !is_sandbox {
+        return Ok(());
+    }
+    for (name, volume) in &a.volumes {
+        if pod.get(name).is_none() {
+            pod.add(name, volume).map_err(|e| {
+                AgentError::FailedPrecondition(format!("pod volume {name:?}: {}", e.chain()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Pod features of every container.
 pub struct PodManager {
     volumes_root: PathBuf,
@@ -83,21 +99,15 @@ impl PodManager {
             };
             let volumes = PodVolumes::create(&self.volumes_root.join(&sandbox), declared)?;
             pods.volumes.insert(sandbox.clone(), volumes);
-        } else if sandbox == id && !annotations.volumes.is_empty() {
-            tracing::warn!(
-                container = id,
-                "pod volumes declared again on an existing pod: ignored"
-            );
         }
         pods.members
             .entry(sandbox.clone())
             .or_default()
             .insert(id.to_string());
         pods.sandbox_of.insert(id.to_string(), sandbox.clone());
-        let rewritten = super::volumes::rewrite_mounts(
-            spec,
-            pods.volumes.get_mut(&sandbox).expect("inserted above"),
-        );
+        let pod = pods.volumes.get_mut(&sandbox).expect("inserted above");
+        let rewritten = add_late_volumes(pod, id == sandbox, &annotations)
+            .and_then(|()| super::volumes::rewrite_mounts(spec, pod));
         drop(pods);
         let volume_mounts = match rewritten {
             Ok(v) => v,
