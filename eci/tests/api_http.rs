@@ -335,6 +335,9 @@ async fn exec_and_logs() {
     let (status, body) = h.post(&exec, json!({"command": ["sh"], "tty": true})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["field"], "tty");
+    let (status, body) = h.post(&exec, json!({"command": ["cat"], "stdin": true})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["field"], "stdin");
     let (status, body) = h.post(&exec, json!({"command": []})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["field"], "command");

@@ -259,11 +259,13 @@ pub async fn container_exec(
     {
         return Err(ApiError::invalid("command", "must name a program"));
     }
-    if request.tty && request.sync {
-        return Err(ApiError::invalid(
-            "tty",
-            "a tty needs sync: false (attach through webSocketUri)",
-        ));
+    for (field, wanted) in [("tty", request.tty), ("stdin", request.stdin)] {
+        if wanted && request.sync {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} needs sync: false (attach through webSocketUri)"),
+            ));
+        }
     }
     let record = group_record(&state, &id)?;
     check_container(&record, &name)?;
