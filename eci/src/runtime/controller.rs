@@ -70,6 +70,7 @@ pub(crate) struct Inner {
     pub store: Store,
     pub cri: CriClient,
     pub config: RuntimeConfig,
+    cpu_samples: metrics::CpuSamples,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
 }
 
@@ -107,6 +108,7 @@ impl Controller {
                 store,
                 cri,
                 config,
+                cpu_samples: metrics::CpuSamples::default(),
                 workers: Mutex::new(HashMap::new()),
             }),
         }
@@ -393,7 +395,14 @@ impl Backend for Controller {
             BackendError::Conflict(format!("container group {id} has no pod sandbox yet"))
         })?;
         let containers = self.inner.store.containers(id)?;
-        metrics::collect(&self.inner.cri, &sandbox, &record.spec, &containers).await
+        metrics::collect(
+            &self.inner.cri,
+            &self.inner.cpu_samples,
+            &sandbox,
+            &record.spec,
+            &containers,
+        )
+        .await
     }
 
     async fn create_image_cache(&self, spec: ImageCacheSpec) -> Result<String, BackendError> {

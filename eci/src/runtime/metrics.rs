@@ -1,16 +1,19 @@
 //! Group metrics in the manual's names, from what CRI and the host expose:
 //!
-//! - per container, from CRI ListContainerStats (containerd reads them from the shim's Stats):
-//!   UsageCoreNanoSeconds and UsageNanoCores (containerd's rate between its samples), memory
-//!   UsageBytes, WorkingSet, Rss and AvailableBytes; Cache = UsageBytes - Rss (page cache and
-//!   kernel memory, the part of usage that is not anonymous memory); Limit = the container's cpu
-//!   (else the group's) in millicores. Load is not exposed through CRI and is reported as 0.
+//! - per app container, from CRI ListContainerStats (containerd reads them from the shim's
+//!   Stats): UsageCoreNanoSeconds; memory UsageBytes, WorkingSet, Rss. UsageNanoCores is
+//!   containerd's rate when it gives one, else eci's own rate between two samples of
+//!   UsageCoreNanoSeconds (the previous call's, or one taken 250 ms later on a first call).
+//!   Limit = the container's cpu (else the group's) in millicores. AvailableBytes is CRI's
+//!   when given, else the memory limit (the container's memory, else the group's) minus
+//!   WorkingSet. Cache = UsageBytes - Rss (page cache and kernel memory: the part of usage that
+//!   is not anonymous memory). Load is not exposed through CRI and is reported as 0.
 //! - network: the counters of every interface but `lo` in the pod's network namespace, read from
 //!   `/proc/<sandbox pid>/net/dev` (the pid from containerd's verbose sandbox status); in VM mode
 //!   the host-side veth carries the guest's traffic, so the counters are the pod's either way.
 //! - disk: each container's writable layer (CRI) with the capacity of the filesystem it lives on.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Mutex};
 
 use chrono::Utc;
 
@@ -25,17 +28,87 @@ use crate::{
 
 use super::{cri::CriClient, translate::LABEL_CONTAINER_NAME};
 
+/// The previous UsageCoreNanoSeconds sample per CRI container id: (time ns, usage ns).
+#[derive(Debug, Default)]
+pub struct CpuSamples(Mutex<HashMap<String, (i64, u64)>>);
+
+impl CpuSamples {
+    /// Records a sample; returns the rate in nanocores since the previous one, if any.
+    pub fn rate(&self, cri_id: &str, time_ns: i64, usage_ns: u64) -> Option<u64> {
+        let mut samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = samples.insert(cri_id.to_string(), (time_ns, usage_ns));
+        let (t0, u0) = previous?;
+        let dt = time_ns.checked_sub(t0).filter(|dt| *dt > 0)?;
+        let du = usage_ns.checked_sub(u0)?;
+        Some((du as u128 * 1_000_000_000 / dt as u128) as u64)
+    }
+
+    fn has(&self, cri_id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(cri_id)
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
 pub async fn collect(
     cri: &CriClient,
+    samples: &CpuSamples,
     sandbox_id: &str,
     spec: &ContainerGroupSpec,
     containers: &[ContainerRecord],
 ) -> Result<GroupMetrics, BackendError> {
-    let stats = cri.list_container_stats(sandbox_id).await?;
     let by_id: HashMap<&str, &ContainerRecord> = containers
         .iter()
+        .filter(|c| !c.init)
         .filter_map(|c| c.cri_container_id.as_deref().map(|id| (id, c)))
         .collect();
+    let mut stats = cri.list_container_stats(sandbox_id).await?;
+    stats.retain(|s| {
+        s.attributes
+            .as_ref()
+            .is_some_and(|a| by_id.contains_key(a.id.as_str()))
+    });
+    let needs_rate = |s: &k8s_cri::v1::ContainerStats| {
+        let cpu = s.cpu.as_ref();
+        cpu.and_then(|c| c.usage_nano_cores.as_ref())
+            .map_or(0, |v| v.value)
+            == 0
+            && cpu.is_some_and(|c| c.usage_core_nano_seconds.is_some())
+    };
+    let first_call = stats.iter().any(|s| {
+        needs_rate(s)
+            && !samples.has(
+                &s.attributes
+                    .as_ref()
+                    .map(|a| a.id.clone())
+                    .unwrap_or_default(),
+            )
+    });
+    if first_call {
+        for s in &stats {
+            let cpu = s.cpu.unwrap_or_default();
+            let id = s
+                .attributes
+                .as_ref()
+                .map(|a| a.id.as_str())
+                .unwrap_or_default();
+            samples.rate(
+                id,
+                cpu.timestamp,
+                cpu.usage_core_nano_seconds.map_or(0, |v| v.value),
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        stats = cri.list_container_stats(sandbox_id).await?;
+        stats.retain(|s| {
+            s.attributes
+                .as_ref()
+                .is_some_and(|a| by_id.contains_key(a.id.as_str()))
+        });
+    }
     let mut out = GroupMetrics {
         timestamp: Some(Utc::now()),
         ..Default::default()
@@ -51,29 +124,38 @@ pub async fn collect(
             .get(LABEL_CONTAINER_NAME)
             .cloned()
             .unwrap_or_else(|| record.name.clone());
-        let cpu_limit = spec
-            .all_containers()
-            .find(|c| c.name == name)
-            .and_then(|c| c.cpu)
-            .unwrap_or(spec.cpu);
+        let container = spec.all_containers().find(|c| c.name == name);
+        let cpu_limit = container.and_then(|c| c.cpu).unwrap_or(spec.cpu);
+        let memory_limit = container.and_then(|c| c.memory).unwrap_or(spec.memory);
         let value = |v: Option<k8s_cri::v1::UInt64Value>| v.map_or(0, |v| v.value);
         let cpu = stat.cpu.unwrap_or_default();
         let memory = stat.memory.unwrap_or_default();
         let usage = value(memory.usage_bytes);
         let rss = value(memory.rss_bytes);
+        let working_set = value(memory.working_set_bytes);
+        let usage_core_nano_seconds = value(cpu.usage_core_nano_seconds);
+        let own_rate = samples.rate(&attributes.id, cpu.timestamp, usage_core_nano_seconds);
+        let usage_nano_cores = match value(cpu.usage_nano_cores) {
+            0 => own_rate.unwrap_or(0),
+            given => given,
+        };
+        let available_bytes = match value(memory.available_bytes) {
+            0 => ((memory_limit * GIB) as u64).saturating_sub(working_set),
+            given => given,
+        };
         out.containers.push(ContainerMetrics {
             name: name.clone(),
             cpu: CpuMetrics {
-                usage_nano_cores: value(cpu.usage_nano_cores),
-                usage_core_nano_seconds: value(cpu.usage_core_nano_seconds),
+                usage_nano_cores,
+                usage_core_nano_seconds,
                 load: 0,
                 limit: (cpu_limit * 1000.0).round() as u64,
             },
             memory: MemoryMetrics {
-                available_bytes: value(memory.available_bytes),
+                available_bytes,
                 usage_bytes: usage,
                 cache: usage.saturating_sub(rss),
-                working_set: value(memory.working_set_bytes),
+                working_set,
                 rss,
             },
         });
@@ -142,6 +224,20 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceMetrics> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_rate_between_samples() {
+        let samples = CpuSamples::default();
+        assert_eq!(samples.rate("c", 1_000_000_000, 500), None);
+        // 0.25 s of CPU in 0.5 s: 0.5 cores = 500,000,000 nanocores.
+        assert_eq!(
+            samples.rate("c", 1_500_000_000, 250_000_500),
+            Some(500_000_000)
+        );
+        // Same timestamp or a counter that went back (new instance): no rate.
+        assert_eq!(samples.rate("c", 1_500_000_000, 250_000_600), None);
+        assert_eq!(samples.rate("c", 2_000_000_000, 10), None);
+    }
 
     #[test]
     fn parses_proc_net_dev() {

@@ -3,12 +3,14 @@
 //! and grace-period annotations). Pure functions plus the pod's host directory layout.
 //!
 //! Volumes are mounted from Kubernetes-style host directories
-//! (`<data-dir>/pods/<group-id>/volumes/kubernetes.io~empty-dir/<name>`, configFile volumes under
-//! `kubernetes.io~configmap/<name>` with their files written by eci), because containerd's CRI
-//! stats and creates every mount's host path (an `eci-volume://<name>` source would become a
-//! relative directory). The agent (issue 6) recognises these paths by their volume name and
-//! applies the `io.eci.volume.<name>` annotation of the sandbox; in local mode they are plain
-//! bind mounts of real directories, so sharing between containers works either way.
+//! (`<data-dir>/pods/<group-id>/volumes/kubernetes.io~empty-dir/<name>`, for every volume kind),
+//! because containerd's CRI stats and creates every mount's host path: an `eci-volume://<name>`
+//! source would become a relative directory in containerd's working directory. The agent
+//! (issue 6) maps such a path to the pod volume `<name>` declared by the sandbox's
+//! `io.eci.volume.<name>` annotation (tmpfs emptyDir with its size, configFile, disk, NFS).
+//! When containerd does not pass the `io.eci.*` annotations on (its runtime's
+//! `pod_annotations`/`container_annotations`), the directory is a plain bind mount instead:
+//! eci writes configFile items into it, so sharing and config files work either way.
 
 use std::{
     collections::HashMap,
@@ -76,14 +78,13 @@ impl PodLayout {
         self.root.join("logs")
     }
 
-    /// Where the volume's directory lives on the host.
+    /// Where the volume's directory lives on the host. Every kind uses kubelet's emptyDir
+    /// directory name, which the agent maps to the pod volume of the same name.
     pub fn volume_dir(&self, volume: &Volume) -> PathBuf {
-        let kind = if volume.config_file.is_some() {
-            "kubernetes.io~configmap"
-        } else {
-            "kubernetes.io~empty-dir"
-        };
-        self.root.join("volumes").join(kind).join(&volume.name)
+        self.root
+            .join("volumes")
+            .join("kubernetes.io~empty-dir")
+            .join(&volume.name)
     }
 
     /// Creates the log dir and every volume directory; writes configFile volumes' files.

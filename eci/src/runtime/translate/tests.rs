@@ -90,7 +90,7 @@ fn container_config_translates_every_field() {
     assert!(!c.mounts[0].readonly);
     assert_eq!(
         c.mounts[1].host_path,
-        "/data/pods/eci-1/volumes/kubernetes.io~configmap/conf/sub"
+        "/data/pods/eci-1/volumes/kubernetes.io~empty-dir/conf/sub"
     );
     assert!(c.mounts[1].readonly, "configFile volumes are read-only");
     let probe: serde_json::Value = serde_json::from_str(&c.annotations[PROBE_LIVENESS]).unwrap();
@@ -150,7 +150,7 @@ fn prepare_writes_config_files_and_remove_cleans_up() {
     layout.prepare(&spec).unwrap();
     let file = tmp
         .path()
-        .join("pods/g1/volumes/kubernetes.io~configmap/conf/sub/app.conf");
+        .join("pods/g1/volumes/kubernetes.io~empty-dir/conf/sub/app.conf");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "key=value");
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
