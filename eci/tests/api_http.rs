@@ -205,15 +205,15 @@ async fn list_filters_by_name_status_and_tag() {
     );
     assert_eq!(
         ids(h.get("/v1/containerGroups?name=b").await.1),
-        [b.clone()]
+        vec![b.clone()]
     );
     assert_eq!(
         ids(h.get("/v1/containerGroups?status=Running").await.1),
-        [a.clone()]
+        vec![a.clone()]
     );
     assert_eq!(
         ids(h.get("/v1/containerGroups?tag=env%3Ddev").await.1),
-        [b.clone()]
+        vec![b.clone()]
     );
     assert_eq!(ids(h.get("/v1/containerGroups?tag=env").await.1), [a, b]);
     let (status, body) = h.get("/v1/containerGroups?status=Sleeping").await;
@@ -335,7 +335,9 @@ async fn exec_and_logs() {
     let (status, body) = h.post(&exec, json!({"command": ["sh"], "tty": true})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["field"], "tty");
-    let (status, body) = h.post(&exec, json!({"command": ["cat"], "stdin": true})).await;
+    let (status, body) = h
+        .post(&exec, json!({"command": ["cat"], "stdin": true}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["field"], "stdin");
     let (status, body) = h.post(&exec, json!({"command": []})).await;

@@ -14,6 +14,8 @@ struct Seen {
 
 /// A one-connection fake: speaks `protocol`, echoes stdin upper-cased on stdout, and once stdin
 /// carried "exit" (or was closed, v5) sends `status` and closes.
+// The handshake callback's error type is tungstenite's (large) HTTP response.
+#[allow(clippy::result_large_err)]
 async fn fake_server(
     protocol: &'static str,
     status: serde_json::Value,
