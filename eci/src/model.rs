@@ -591,7 +591,8 @@ pub enum ExecResponse {
     },
     #[serde(rename_all = "camelCase")]
     Stream {
-        /// CRI streaming URL speaking the "v4.channel.k8s.io" websocket protocol.
+        /// CRI streaming URL speaking the Kubernetes websocket channel protocol
+        /// ("v5.channel.k8s.io" / "v4.channel.k8s.io").
         web_socket_uri: String,
     },
 }
