@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// How long RemoveContainer waits for killed processes to be reaped.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events kept for GetEvent at most.
+const MAX_QUEUED_EVENTS: usize = 4096;
 /// How often the OOM counter of each container is read.
 const OOM_POLL: Duration = Duration::from_millis(200);
 
@@ -52,7 +54,14 @@ impl crate::pod::EventSink for EventQueue {
 
 impl EventQueue {
     fn push(&self, event: Event) {
-        self.queue.lock().expect("event lock").push_back(event);
+        let mut queue = self.queue.lock().expect("event lock");
+        // Nobody may be calling GetEvent (an old shim): keep memory bounded, newest events win.
+        if queue.len() >= MAX_QUEUED_EVENTS {
+            queue.pop_front();
+            tracing::warn!("event queue full: dropped the oldest event");
+        }
+        queue.push_back(event);
+        drop(queue);
         self.ready.notify_one();
     }
 
@@ -592,5 +601,34 @@ async fn futures_join(processes: &[Arc<Process>]) {
 impl ProcessLookup for Agent {
     fn lookup(&self, container_id: &str, exec_id: &str) -> Result<Arc<Process>> {
         self.process(container_id, exec_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oom(id: &str) -> Event {
+        Event {
+            kind: Some(event::Kind::Oom(OomEvent {
+                container_id: id.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn event_queue_is_fifo_and_bounded() {
+        let q = EventQueue::default();
+        for i in 0..MAX_QUEUED_EVENTS + 2 {
+            q.push(oom(&i.to_string()));
+        }
+        let first = q.next().await;
+        match first.kind {
+            Some(event::Kind::Oom(o)) => assert_eq!(o.container_id, "2", "the oldest two dropped"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.queue.lock().unwrap().len(), MAX_QUEUED_EVENTS - 1);
     }
 }
