@@ -121,6 +121,14 @@ pub async fn stream_exec<R: AsyncRead + Unpin>(
                         stdin = None;
                         if v5 {
                             let _ = sink.send(Message::binary(vec![CLOSE, STDIN])).await;
+                        } else {
+                            // v4 has no way to close stdin: a command that reads to the end
+                            // (cat) keeps waiting. Say so instead of hanging silently.
+                            let _ = writeln!(
+                                stderr,
+                                "eci: end of stdin cannot be passed on (the server speaks \
+                                 v4.channel.k8s.io); the command keeps its stdin open"
+                            );
                         }
                     }
                     Ok(n) => {
