@@ -7,8 +7,9 @@
 //! adopted as it is (same sandbox, containers, IP); a group whose sandbox is gone, or that was
 //! interrupted while starting, restarting or updating, is recreated from its spec (a new
 //! sandbox, hence possibly a new IP, with a `Recreated` warning event); a group that was being
-//! deleted is deleted; terminal groups stay as they are. CRI sandboxes labelled with a group id
-//! the store does not know are removed (leftovers of a deletion the restart interrupted).
+//! deleted is deleted; terminal groups stay as they are. CRI sandboxes labelled with this
+//! server's data dir and a group id the store does not know are removed (leftovers of a
+//! creation or deletion the restart interrupted); other servers' sandboxes are never touched.
 
 use std::{
     collections::HashMap,
@@ -129,7 +130,28 @@ impl Controller {
         tokio::spawn(worker.run(start, rx));
     }
 
+    /// Sends a command to the group's worker. A stored group without a worker (reconcile could
+    /// not reach containerd at start-up) gets one that adopts what the store records.
     fn send(&self, id: &str, command: Command) -> Result<(), BackendError> {
+        let has_worker = self
+            .inner
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id);
+        if !has_worker {
+            let record = self
+                .inner
+                .store
+                .group(id)?
+                .ok_or_else(|| BackendError::NotFound(format!("container group {id}")))?;
+            let start = if record.sandbox_id.is_some() {
+                Start::Adopt
+            } else {
+                Start::Idle
+            };
+            self.spawn_worker(id, record.spec, start);
+        }
         let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
         let tx = workers
             .get(id)
@@ -144,12 +166,25 @@ impl Controller {
         let records = store.group_records()?;
         let known: std::collections::HashSet<String> =
             records.iter().map(|r| r.id.clone()).collect();
+        let mut unreachable_cri = None;
         for record in records {
             let sandbox_ready = match &record.sandbox_id {
                 Some(sandbox) => match self.inner.cri.pod_sandbox_status(sandbox).await {
                     Ok(status) => status.state == PodSandboxState::SandboxReady as i32,
                     Err(e) if e.is_not_found() => false,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        // containerd unreachable: keep the group as recorded; its worker
+                        // supervises it once CRI answers.
+                        tracing::warn!(group = %record.id, "reconcile: {e}");
+                        let start = if record.sandbox_id.is_some() {
+                            Start::Adopt
+                        } else {
+                            Start::Idle
+                        };
+                        self.spawn_worker(&record.id, record.spec, start);
+                        unreachable_cri = Some(e);
+                        continue;
+                    }
                 },
                 None => false,
             };
@@ -192,8 +227,15 @@ impl Controller {
             }
             self.spawn_worker(&record.id, record.spec, start);
         }
-        // Sandboxes of groups the store does not know.
-        let all = self.inner.cri.list_pod_sandboxes(HashMap::new()).await?;
+        if let Some(e) = unreachable_cri {
+            return Err(e.into());
+        }
+        // Sandboxes of this server (same data dir) whose group the store does not know.
+        let ours = HashMap::from([(
+            translate::LABEL_DATA_DIR.to_string(),
+            self.inner.config.data_dir.display().to_string(),
+        )]);
+        let all = self.inner.cri.list_pod_sandboxes(ours).await?;
         for sandbox in all {
             let Some(group) = sandbox.labels.get(translate::LABEL_GROUP_ID) else {
                 continue;

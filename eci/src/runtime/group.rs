@@ -395,10 +395,9 @@ impl GroupWorker {
                     if status.state == CriState::ContainerRunning as i32 {
                         tracked.started = Some(Instant::now());
                     }
-                } else {
-                    // Gone from containerd: forget it; poll restarts it by policy.
-                    tracked.last_state = Some(CriState::ContainerExited as i32);
                 }
+                // Otherwise (gone, or CRI not answering yet) the first poll that sees it decides:
+                // a missing container counts as exited and is restarted by policy.
             }
             self.tracked.insert(container.name, tracked);
         }

@@ -30,6 +30,9 @@ use super::cri::PullAuth;
 
 /// Label on every sandbox and container eci makes: the group id (reconcile finds them by it).
 pub const LABEL_GROUP_ID: &str = "io.eci.group-id";
+/// Label of the sandbox: the `eci serve` data dir that owns it (several servers may share one
+/// containerd; each reconciles only its own sandboxes).
+pub const LABEL_DATA_DIR: &str = "io.eci.data-dir";
 /// Label of the sandbox: the group name.
 pub const LABEL_GROUP_NAME: &str = "io.eci.group-name";
 /// Label of a container: its name in the group spec.
@@ -59,14 +62,21 @@ pub enum TranslateError {
 /// Host directories of one group: `<data-dir>/pods/<group-id>/{logs,volumes}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodLayout {
+    data_dir: PathBuf,
     root: PathBuf,
 }
 
 impl PodLayout {
     pub fn new(data_dir: &Path, group_id: &str) -> Self {
         Self {
+            data_dir: data_dir.to_path_buf(),
             root: data_dir.join("pods").join(group_id),
         }
+    }
+
+    /// The owning server's data dir (the [`LABEL_DATA_DIR`] value).
+    pub fn data_dir_label(&self) -> String {
+        self.data_dir.display().to_string()
     }
 
     pub fn root(&self) -> &Path {
@@ -188,6 +198,7 @@ pub fn sandbox_config(
         labels: HashMap::from([
             (LABEL_GROUP_ID.into(), group_id.into()),
             (LABEL_GROUP_NAME.into(), spec.name.clone()),
+            (LABEL_DATA_DIR.into(), layout.data_dir_label()),
         ]),
         annotations,
         linux: Some(LinuxPodSandboxConfig {
@@ -379,7 +390,14 @@ pub fn auth_for(image: &str, credentials: &[ImageRegistryCredential]) -> Option<
                     && matches!(server, "index.docker.io" | "registry-1.docker.io"))
         })
         .map(|c| PullAuth {
-            server: c.server.clone(),
+            // containerd's CRI parses the server address as a URL and compares its host with
+            // the registry's; Docker Hub's host differs from "docker.io", so none there
+            // (the credentials were matched to the image's registry above).
+            server: if registry == "docker.io" {
+                String::new()
+            } else {
+                format!("https://{registry}")
+            },
             username: c.user_name.clone(),
             password: c.password.clone(),
         })

@@ -49,6 +49,7 @@ fn sandbox_carries_labels_volumes_sysctls_and_grace() {
     assert_eq!(config.hostname, "web");
     assert_eq!(config.log_directory, "/data/pods/eci-1/logs");
     assert_eq!(config.labels[LABEL_GROUP_ID], "eci-1");
+    assert_eq!(config.labels[LABEL_DATA_DIR], "/data");
     let volume: serde_json::Value =
         serde_json::from_str(&config.annotations["io.eci.volume.cache"]).unwrap();
     assert_eq!(
@@ -201,5 +202,7 @@ fn image_names_and_credentials() {
     }];
     let auth = auth_for("127.0.0.1:5000/x:1", &creds).unwrap();
     assert_eq!((auth.username.as_str(), auth.password.as_str()), ("u", "p"));
+    // A URL whose host containerd compares with the registry's (a bare host:port is refused).
+    assert_eq!(auth.server, "https://127.0.0.1:5000");
     assert!(auth_for("busybox", &creds).is_none());
 }
