@@ -106,7 +106,16 @@ async fn v4_session_copies_streams_sends_resizes_and_returns_the_exit_code() {
         .unwrap();
     assert_eq!(code, 7);
     assert_eq!(stdout, b"LS\nEXIT\n");
-    assert_eq!(stderr, b"warming up\n");
+    // The server's stderr, and possibly (depending on when stdin's end was read) the note
+    // that v4 cannot pass the end of stdin on.
+    let stderr = String::from_utf8(stderr).unwrap();
+    assert!(stderr.contains("warming up\n"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l == "warming up" || l.contains("end of stdin")),
+        "{stderr}"
+    );
     let seen = server.await.unwrap();
     assert_eq!(seen.stdin, b"ls\nexit\n");
     assert_eq!(
