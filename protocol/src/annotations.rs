@@ -134,6 +134,9 @@ pub struct Probe {
     pub success_threshold: u32,
     /// Consecutive failures that make the result FAILURE.
     pub failure_threshold: u32,
+    /// Grace period of the kill this probe triggers (liveness and startup only), instead of
+    /// the container's.
+    pub termination_grace: Option<Duration>,
 }
 
 /// A pod volume of an `io.eci.volume.<name>` annotation.
@@ -267,6 +270,7 @@ struct RawProbe {
     timeout_seconds: Option<i64>,
     success_threshold: Option<i64>,
     failure_threshold: Option<i64>,
+    termination_grace_period_seconds: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -543,7 +547,25 @@ pub fn parse_probe(annotation: &str, value: &str, kind: ProbeKindName) -> Result
             "must be 1 for liveness and startup probes",
         ));
     }
+    let termination_grace = match raw.termination_grace_period_seconds {
+        None => None,
+        Some(_) if kind == ProbeKindName::Readiness => {
+            return Err(AnnotationError::new(
+                annotation,
+                "terminationGracePeriodSeconds",
+                "is only for liveness and startup probes",
+            ))
+        }
+        v => Some(seconds(
+            annotation,
+            "terminationGracePeriodSeconds",
+            v,
+            0,
+            0,
+        )?),
+    };
     Ok(Probe {
+        termination_grace,
         handler: handler(annotation, raw.handler, true)?,
         initial_delay: seconds(
             annotation,
@@ -955,6 +977,20 @@ mod tests {
             r#"{"exec":{"command":["a"]},"successThreshold":2}"#,
         );
         assert!(e.contains("successThreshold"), "{e}");
+        let e = err(
+            PROBE_READINESS,
+            r#"{"exec":{"command":["a"]},"terminationGracePeriodSeconds":5}"#,
+        );
+        assert!(e.contains("terminationGracePeriodSeconds"), "{e}");
+        let a = one(
+            PROBE_LIVENESS,
+            r#"{"exec":{"command":["a"]},"terminationGracePeriodSeconds":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a.liveness.unwrap().termination_grace,
+            Some(Duration::from_secs(5))
+        );
         let e = err(PROBE_LIVENESS, r#"{"httpGet":{"port":"http"}}"#);
         assert!(e.contains("httpGet.port: named port"), "{e}");
         let e = err(

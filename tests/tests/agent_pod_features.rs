@@ -247,15 +247,18 @@ async fn liveness_exec_probe_failure_kills_the_container() {
     };
     let id = unique("liveness");
     // Healthy for about 2 s, then the probe's file goes; `sleep` as PID 1 ignores SIGTERM, so
-    // the kill needs the grace period's SIGKILL.
+    // the kill needs the grace period's SIGKILL. The probe's own grace period (1 s) wins over
+    // the container's (30 s).
     let spec = sh_spec(
         "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 1000",
         &[
             (
                 "io.eci.probe.liveness",
-                r#"{"exec":{"command":["cat","/tmp/healthy"]},"periodSeconds":1,"failureThreshold":2}"#.into(),
+                r#"{"exec":{"command":["cat","/tmp/healthy"]},"periodSeconds":1,"failureThreshold":2,
+                    "terminationGracePeriodSeconds":1}"#
+                    .into(),
             ),
-            ("io.eci.termination-grace-period-seconds", "1".into()),
+            ("io.eci.termination-grace-period-seconds", "30".into()),
         ],
     );
     let started = Instant::now();
@@ -293,6 +296,10 @@ async fn liveness_exec_probe_failure_kills_the_container() {
     assert!(
         elapsed >= Duration::from_secs(3),
         "killed too early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(25),
+        "the probe's grace period was not used: {elapsed:?}"
     );
     let failure = env
         .event(&mut seen, Duration::from_secs(5), |e| {

@@ -112,7 +112,9 @@ async fn probe_loop(ctx: &Ctx, kind: ProbeKind, probe: &Probe) {
                     ExitReason::LIVENESS_PROBE_FAILED,
                     format!("{} probe failed: {}", name(kind), outcome.message),
                 );
-                let grace = ctx.features.annotations.grace();
+                let grace = probe
+                    .termination_grace
+                    .unwrap_or_else(|| ctx.features.annotations.grace());
                 // The stop runs as its own task: it outlives this probe loop, which ends with
                 // the init's exit.
                 lifecycle::spawn_stop(ctx, libc::SIGTERM, grace, false);
