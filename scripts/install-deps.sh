@@ -9,6 +9,8 @@ packages=(
   # containers and images for the end-to-end tests
   containerd runc umoci skopeo docker-registry apache2-utils busybox-static
   containernetworking-plugins iproute2 kmod
+  # mkfs.ext4 for the agent's disk-volume test
+  e2fsprogs
   # python venv for the OpenAPI schema checker of eci/tests/openapi.rs
   python3-venv
   # guest kernel, initramfs and the qemu TCG tier
