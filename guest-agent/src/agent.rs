@@ -256,9 +256,7 @@ impl Agent {
                 .pod
                 .prepare(&req.container_id, &req.sandbox_id, &mut spec)?;
             let base_process = spec.process().clone().unwrap_or_default();
-            let has_netns = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|ns| {
-                ns.iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-            });
+            let has_netns = crate::pod::action::has_network_namespace(&spec);
             let created = Container::create(
                 &this.dirs,
                 &this.reaper,
@@ -272,16 +270,7 @@ impl Agent {
             match created {
                 Ok(c) => {
                     if has_netns {
-                        // A fresh network namespace has lo down; probes (127.0.0.1) and the
-                        // workload's own loopback traffic need it up, as CNI's loopback
-                        // plugin would do.
-                        let pid = c.init.pid;
-                        let up = crate::pod::action::in_netns_blocking(pid, || {
-                            crate::pid1::net::loopback_up().map_err(std::io::Error::other)
-                        });
-                        if let Err(e) = up {
-                            tracing::warn!(container = %c.id, error = %e, "bring up lo in the container's network namespace");
-                        }
+                        crate::pod::action::loopback_up(c.init.pid);
                     }
                     Ok((c, base_process, prepared))
                 }

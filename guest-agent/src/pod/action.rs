@@ -71,6 +71,29 @@ pub async fn run(target: &Target, exec_id: &str, handler: &Handler, timeout: Dur
     }
 }
 
+/// Whether the spec gives the container a network namespace (fresh or joined).
+pub fn has_network_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        })
+}
+
+/// Brings up `lo` in the network namespace of `pid` (blocking). A fresh namespace has it down;
+/// probes (127.0.0.1) and the workload's own loopback traffic need it up, as CNI's loopback
+/// plugin would do. Failure is logged: the container still runs.
+pub fn loopback_up(pid: i32) {
+    let up = in_netns_blocking(pid, || {
+        crate::pid1::net::loopback_up().map_err(std::io::Error::other)
+    });
+    if let Err(e) = up {
+        tracing::warn!(pid, error = %e, "bring up lo in the container's network namespace");
+    }
+}
+
 /// Runs `f` on a fresh thread inside the network namespace of `pid` and waits for it
 /// (blocking).
 pub fn in_netns_blocking<T: Send + 'static>(
