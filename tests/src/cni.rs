@@ -249,9 +249,17 @@ impl CriNetwork {
         self.dir.path()
     }
 
-    /// Host processes whose command line names this containerd's socket (its shims).
+    /// This containerd's shim processes (their command line names its socket; `eci serve`'s
+    /// does too, hence the binary name check).
     pub fn shim_processes(&self) -> Vec<u32> {
         processes_with(&self.containerd.socket.display().to_string())
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+                String::from_utf8_lossy(argv0).contains("containerd-shim")
+            })
+            .collect()
     }
 }
 

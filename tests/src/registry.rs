@@ -1,5 +1,6 @@
 //! A local OCI registry for end-to-end tests: docker-registry with htpasswd authentication on a
-//! free loopback port, killed (and its storage removed) on drop.
+//! free loopback port (of the host, or of a test's network namespace so that a containerd running
+//! there reaches it), killed (and its storage removed) on drop.
 
 use std::{
     io,
@@ -33,11 +34,54 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:<port>`, the host part of image references.
     pub addr: String,
+    /// The network namespace (name under /run/netns) it listens in; None: the host's.
+    netns: Option<String>,
     _dir: tempfile::TempDir,
 }
 
+/// `tool`, run in network namespace `netns` when given (nsenter --net).
+fn command_in(netns: Option<&str>, tool: &str) -> Command {
+    match netns {
+        Some(netns) => {
+            let mut command = Command::new("nsenter");
+            command
+                .arg(format!("--net=/run/netns/{netns}"))
+                .arg("--")
+                .arg(tool);
+            command
+        }
+        None => Command::new(tool),
+    }
+}
+
+/// Whether `addr` accepts TCP connections in network namespace `netns` (checked from a thread
+/// that enters it, so the test process stays where it is).
+fn listening(netns: Option<&str>, addr: &str) -> bool {
+    let netns = netns.map(|n| format!("/run/netns/{n}"));
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        if let Some(path) = netns {
+            let Ok(file) = std::fs::File::open(path) else {
+                return false;
+            };
+            if nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                return false;
+            }
+        }
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 impl Registry {
+    /// A registry on the host's loopback.
     pub fn start() -> io::Result<Self> {
+        Self::start_in(None)
+    }
+
+    /// A registry on the loopback of network namespace `netns` (None: the host's).
+    pub fn start_in(netns: Option<&str>) -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let htpasswd = Command::new("htpasswd")
             .args(["-Bbn", USER, PASSWORD])
@@ -60,7 +104,7 @@ impl Registry {
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
-        let child = Command::new("docker-registry")
+        let child = command_in(netns, "docker-registry")
             .arg("serve")
             .arg(&config_path)
             .stdout(Stdio::null())
@@ -70,10 +114,11 @@ impl Registry {
         let registry = Registry {
             child,
             addr,
+            netns: netns.map(str::to_owned),
             _dir: dir,
         };
         for _ in 0..200 {
-            if std::net::TcpStream::connect(&registry.addr).is_ok() {
+            if listening(netns, &registry.addr) {
                 return Ok(registry);
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -93,7 +138,7 @@ impl Registry {
     /// and returns that reference.
     pub fn push_oci_archive(&self, tar: &Path, repository: &str, tag: &str) -> io::Result<String> {
         let reference = format!("{}/{repository}:{tag}", self.addr);
-        let push = Command::new("skopeo")
+        let push = command_in(self.netns.as_deref(), "skopeo")
             .args([
                 "copy",
                 "--quiet",

@@ -168,8 +168,9 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
                 "image": BUSYBOX,
                 "cpu": 0.5,
                 "memory": 1,
+                // Shell builtins only: see second_container_starts_after_the_first_ran_programs.
                 "commands": ["sh", "-c",
-                    "echo line1; echo line2; cat /data/init.txt; cat /config/app.conf; exec sleep 3600"],
+                    "echo line1; echo line2; read l < /data/init.txt; echo $l; read l < /config/app.conf; echo $l; exec sleep 3600"],
                 "volumeMounts": [
                     {"name": "data", "mountPath": "/data"},
                     {"name": "config", "mountPath": "/config", "readOnly": true},
@@ -430,6 +431,46 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
     assert!(env.group_ids().is_empty());
 }
 
+/// A container created in a pod after another container of it ran two programs must start
+/// (found by the group test: with an init container and an emptyDir in the pod,
+/// `sh -c '/bin/true; /bin/true; exec sleep 3600'` in the first container made CreateContainer
+/// of the second fail in the agent with FAILED_PRECONDITION "failed to prepare rootfs"; with one
+/// program, or only shell builtins, it started).
+#[test]
+fn second_container_starts_after_the_first_ran_programs() {
+    let Some(env) = Env::start(EnvOptions::default()) else {
+        return;
+    };
+    let body = json!({
+        "name": "forks",
+        "cpu": 1,
+        "memory": 2,
+        "initContainers": [{
+            "name": "init",
+            "image": BUSYBOX,
+            "commands": ["sh", "-c", "echo ready > /data/ready"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        }],
+        "containers": [
+            {"name": "first", "image": BUSYBOX,
+             "commands": ["sh", "-c", "/bin/true; /bin/true; exec sleep 3600"],
+             "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+            {"name": "second", "image": BUSYBOX, "commands": ["sleep", "3600"],
+             "volumeMounts": [{"name": "data", "mountPath": "/shared"}]},
+        ],
+        "volumes": [{"name": "data", "emptyDir": {}}],
+    });
+    let id = env.create(&body);
+    env.wait_group(&id, "Running", Duration::from_secs(30), |g| {
+        g["status"] == "Running"
+            && g["containers"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().all(|c| c["state"] == "Running"))
+    });
+    env.delete(&id);
+    env.assert_containerd_empty();
+}
+
 /// A short restart back-off, so that restarts show within seconds.
 fn fast_backoff() -> EnvOptions {
     EnvOptions {
@@ -448,7 +489,7 @@ fn restart_policy_on_failure_restarts_and_never_fails() {
     let Some(env) = Env::start(fast_backoff()) else {
         return;
     };
-    let on_failure = env.create(&simple_group("crashy", "OnFailure", "sleep 0.5; exit 1"));
+    let on_failure = env.create(&simple_group("crashy", "OnFailure", "exit 1"));
     let never = env.create(&simple_group("once", "Never", "exit 1"));
     let succeeds = env.create(&simple_group("done", "OnFailure", "exit 0"));
 
@@ -603,7 +644,8 @@ fn image_cache_hit_skips_the_pull() {
     let Some(env) = Env::start(EnvOptions::default()) else {
         return;
     };
-    let registry = Registry::start().expect("start docker-registry");
+    // In containerd's network namespace: that is where pulls come from.
+    let registry = Registry::start_in(Some(&env.net.netns.name)).expect("start docker-registry");
     let image = registry
         .push_oci_archive(&image_two_tar(), "eci/cached", "1")
         .expect("push image two");

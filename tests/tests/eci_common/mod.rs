@@ -80,11 +80,17 @@ impl Env {
             .prefix("eci-e2e-")
             .tempdir()
             .unwrap();
+        // The fixture's conf dir already holds eci's conflist: serve finds it and writes none.
+        let mut serve_args = vec![
+            "--cni-conf-dir".to_owned(),
+            net.cni_conf_dir.display().to_string(),
+        ];
+        serve_args.extend(options.serve_args);
         let server = EciServer::start(EciServeOptions {
             binary: eci.clone(),
             containerd: net.socket().to_path_buf(),
             data_dir: tmp.path().join("data"),
-            extra_args: options.serve_args,
+            extra_args: serve_args,
             env: options.serve_env,
         })
         .expect("start eci serve");
@@ -182,14 +188,34 @@ impl Env {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "group {id} not {what} after {timeout:?}:\n{group:#}\nevents: {:#}\neci serve log:\n{}\ncontainerd log:\n{}",
+                    "group {id} not {what} after {timeout:?}:\n{group:#}\nevents: {:#}\neci serve log:\n{}\ncontainerd log:\n{}\n{}",
                     Value::Array(self.events(id)),
                     self.server.log_tail(),
-                    self.net.containerd.log_tail()
+                    self.net.containerd.log_tail(),
+                    self.agent_logs()
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The tails of the agent logs of every pod CRI knows (for failure messages).
+    pub fn agent_logs(&self) -> String {
+        let (sandboxes, _) = self.cri_lists();
+        let socket = self.net.socket().display().to_string();
+        sandboxes
+            .iter()
+            .map(|id| {
+                let log = eci_shim::paths::PodPaths::new(&socket, "k8s.io", id).agent_log();
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "agent log of pod {id}:\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Waits until the group and every container of it run.
