@@ -70,7 +70,15 @@ async fn probe_loop(ctx: &Ctx, kind: ProbeKind, probe: &Probe) {
         if kind != ProbeKind::READINESS && ctx.features.is_stopping() {
             return;
         }
+        let began = std::time::Instant::now();
         let outcome = action::run(&ctx.target, exec_id(kind), &probe.handler, probe.timeout).await;
+        tracing::debug!(
+            container = %ctx.features.id,
+            probe = name(kind),
+            ok = outcome.ok,
+            took_ms = began.elapsed().as_millis() as u64,
+            "probe ran"
+        );
         if outcome.ok {
             successes += 1;
             failures = 0;
