@@ -35,11 +35,8 @@ pub struct TermSize {
 /// command's exit code.
 pub async fn attach(uri: &str, stdin: bool, tty: bool) -> Result<i32, CliError> {
     let raw = if tty { RawMode::enter() } else { None };
-    let resizes = if tty && raw.is_some() {
-        Some(watch_terminal_size())
-    } else {
-        None
-    };
+    // With a tty the session always carries sizes (none when stdin is not a terminal).
+    let resizes = tty.then(watch_terminal_size);
     let input = stdin.then(tokio::io::stdin);
     let result = stream_exec(uri, input, std::io::stdout(), std::io::stderr(), resizes).await;
     drop(raw);
@@ -65,6 +62,9 @@ pub async fn stream_exec<R: AsyncRead + Unpin>(
     mut stderr: impl Write,
     mut resizes: Option<mpsc::UnboundedReceiver<TermSize>>,
 ) -> Result<i32, CliError> {
+    // A terminal session (it carries sizes) ends with the shell's exit, not with the end of
+    // stdin.
+    let tty = resizes.is_some();
     let stream_error =
         |e: &dyn std::fmt::Display| CliError::Other(format!("exec stream {uri}: {e}"));
     let mut request = ws_url(uri)
@@ -121,7 +121,7 @@ pub async fn stream_exec<R: AsyncRead + Unpin>(
                         stdin = None;
                         if v5 {
                             let _ = sink.send(Message::binary(vec![CLOSE, STDIN])).await;
-                        } else {
+                        } else if !tty {
                             // v4 has no way to close stdin: a command that reads to the end
                             // (cat) keeps waiting. Say so instead of hanging silently.
                             let _ = writeln!(
