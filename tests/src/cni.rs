@@ -272,6 +272,12 @@ impl Drop for CriNetwork {
             cri.remove_everything().await.map_err(|e| e.to_string())
         });
         self.containerd.stop();
+        // Shims exit on their own once their pods are gone (and remove their sockets then);
+        // SIGKILL is for the ones that do not.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.shim_processes().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for pid in self.shim_processes() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),

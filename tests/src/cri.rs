@@ -68,6 +68,20 @@ impl Cri {
             .collect())
     }
 
+    /// Ids of the containers CRI reports running.
+    pub async fn running_container_ids(&mut self) -> Result<Vec<String>, tonic::Status> {
+        Ok(self
+            .runtime
+            .list_containers(ListContainersRequest::default())
+            .await?
+            .into_inner()
+            .containers
+            .into_iter()
+            .filter(|c| c.state == k8s_cri::v1::ContainerState::ContainerRunning as i32)
+            .map(|c| c.id)
+            .collect())
+    }
+
     /// Stops and removes every container and pod sandbox (cleanup after a failed test, so that
     /// CNI releases addresses and containerd its shims).
     pub async fn remove_everything(&mut self) -> Result<(), tonic::Status> {
