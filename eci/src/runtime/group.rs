@@ -601,6 +601,17 @@ impl GroupWorker {
             }
             self.create_and_start(container, false).await?;
         }
+        if update.resized {
+            // CRI cannot resize a sandbox; the containers' own limits changed above.
+            self.event(
+                EventType::Normal,
+                "Resized",
+                &format!(
+                    "group size now {} vCPU / {} GiB; the pod sandbox keeps its size until it is recreated",
+                    update.spec.cpu, update.spec.memory
+                ),
+            );
+        }
         self.set_status(GroupStatus::Running);
         self.event(EventType::Normal, "Updated", "update applied");
         Ok(())
