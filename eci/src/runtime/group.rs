@@ -524,16 +524,16 @@ impl GroupWorker {
                 }
             ),
         );
-        if !policy::should_restart(self.spec.restart_policy, exit) {
-            return;
-        }
         let backoff = self.inner.config.backoff;
+        let policy = self.spec.restart_policy;
         let tracked = self.tracked.entry(container.name.clone()).or_default();
-        if started.is_some_and(|s| s.elapsed() >= backoff.reset_after) {
-            tracked.crashes = 0;
-        }
-        let delay = backoff.delay(tracked.crashes);
-        tracked.crashes += 1;
+        let ran_for = started.map(|s| s.elapsed());
+        let Some((delay, crashes)) =
+            policy::next_restart(policy, &backoff, exit, tracked.crashes, ran_for)
+        else {
+            return;
+        };
+        tracked.crashes = crashes;
         tracked.restart_at = Some(Instant::now() + delay);
         self.event(
             EventType::Warning,

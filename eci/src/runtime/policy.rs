@@ -67,6 +67,27 @@ pub fn should_restart(policy: RestartPolicy, exit_code: i32) -> bool {
     }
 }
 
+/// The restart of an app container that exited with `exit_code` after running `ran_for`, with
+/// `crashes` consecutive restarts before: `None` when the policy keeps it stopped, else the
+/// back-off delay and the new crash count (a long run resets the count first).
+pub fn next_restart(
+    policy: RestartPolicy,
+    backoff: &Backoff,
+    exit_code: i32,
+    crashes: u32,
+    ran_for: Option<Duration>,
+) -> Option<(Duration, u32)> {
+    if !should_restart(policy, exit_code) {
+        return None;
+    }
+    let crashes = if ran_for.is_some_and(|r| r >= backoff.reset_after) {
+        0
+    } else {
+        crashes
+    };
+    Some((backoff.delay(crashes), crashes.saturating_add(1)))
+}
+
 /// Whether a failed init container is retried (kubelet: unless the policy is Never).
 pub fn retry_init(policy: RestartPolicy) -> bool {
     policy != RestartPolicy::Never
@@ -126,6 +147,35 @@ mod tests {
         assert!(should_restart(OnFailure, 137));
         assert!(!should_restart(Never, 0) && !should_restart(Never, 1));
         assert!(retry_init(Always) && retry_init(OnFailure) && !retry_init(Never));
+    }
+
+    #[test]
+    fn crash_loop_backs_off_and_a_long_run_resets_it() {
+        use RestartPolicy::*;
+        let b = Backoff::default();
+        let short = Some(Duration::from_secs(1));
+        // A crash loop: 10 s, 20 s, 40 s ... as the crash count grows.
+        let mut crashes = 0;
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            let (delay, next) = next_restart(OnFailure, &b, 1, crashes, short).unwrap();
+            delays.push(delay.as_secs());
+            crashes = next;
+        }
+        assert_eq!(delays, [10, 20, 40, 80]);
+        // After ten minutes of running, the next failure starts over at 10 s.
+        let long = Some(Duration::from_secs(601));
+        assert_eq!(
+            next_restart(OnFailure, &b, 1, crashes, long),
+            Some((Duration::from_secs(10), 1))
+        );
+        // Clean exits under OnFailure and anything under Never stay stopped.
+        assert_eq!(next_restart(OnFailure, &b, 0, 3, short), None);
+        assert_eq!(next_restart(Never, &b, 1, 0, short), None);
+        assert_eq!(
+            next_restart(Always, &b, 0, 0, None),
+            Some((Duration::from_secs(10), 1))
+        );
     }
 
     #[test]
