@@ -41,14 +41,12 @@ pub const LABEL_CONTAINER_NAME: &str = "io.eci.container-name";
 pub const LABEL_INIT: &str = "io.eci.init";
 /// Kubernetes-style namespace of every eci pod's metadata.
 pub const POD_NAMESPACE: &str = "eci";
-/// Annotation prefix of pod-level volumes (issue 6).
-pub const VOLUME_ANNOTATION_PREFIX: &str = "io.eci.volume.";
-pub const GRACE_ANNOTATION: &str = "io.eci.termination-grace-period-seconds";
-pub const PROBE_LIVENESS: &str = "io.eci.probe.liveness";
-pub const PROBE_READINESS: &str = "io.eci.probe.readiness";
-pub const PROBE_STARTUP: &str = "io.eci.probe.startup";
-pub const LIFECYCLE_POST_START: &str = "io.eci.lifecycle.post-start";
-pub const LIFECYCLE_PRE_STOP: &str = "io.eci.lifecycle.pre-stop";
+// The pod-feature annotations (issue 6), as the agent's parser names them.
+pub use eci_protocol::annotations::{
+    POST_START as LIFECYCLE_POST_START, PRE_STOP as LIFECYCLE_PRE_STOP, PROBE_LIVENESS,
+    PROBE_READINESS, PROBE_STARTUP, TERMINATION_GRACE as GRACE_ANNOTATION,
+    VOLUME_PREFIX as VOLUME_ANNOTATION_PREFIX,
+};
 
 const CPU_PERIOD_US: i64 = 100_000;
 const GIB: f64 = (1u64 << 30) as f64;

@@ -206,3 +206,21 @@ fn image_names_and_credentials() {
     assert_eq!(auth.server, "https://127.0.0.1:5000");
     assert!(auth_for("busybox", &creds).is_none());
 }
+
+#[test]
+fn the_agents_parser_accepts_what_eci_generates() {
+    let spec = spec();
+    let layout = PodLayout::new(Path::new("/data"), "eci-1");
+    let sandbox =
+        eci_protocol::annotations::parse(&sandbox_config("eci-1", &spec, &layout).annotations)
+            .expect("sandbox annotations parse");
+    let names: Vec<&str> = sandbox.volumes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["cache", "conf"]);
+    assert_eq!(sandbox.grace(), std::time::Duration::from_secs(7));
+    let container =
+        container_config("eci-1", &spec, &spec.containers[0], false, 0, &layout).unwrap();
+    let parsed = eci_protocol::annotations::parse(&container.annotations)
+        .expect("container annotations parse");
+    assert!(parsed.liveness.is_some() && parsed.pre_stop.is_some());
+    assert!(parsed.readiness.is_none() && parsed.post_start.is_none());
+}
