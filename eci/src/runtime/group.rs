@@ -429,6 +429,13 @@ impl GroupWorker {
             if let Some(due) = tracked.restart_at {
                 if Instant::now() >= due {
                     if let Err(e) = self.restart_container(&container).await {
+                        // Try again later, backing off like a crash (e.g. the sandbox is gone).
+                        let backoff = self.inner.config.backoff;
+                        if let Some(t) = self.tracked.get_mut(&container.name) {
+                            let delay = backoff.delay(t.crashes);
+                            t.crashes = t.crashes.saturating_add(1);
+                            t.restart_at = Some(Instant::now() + delay);
+                        }
                         self.event(
                             EventType::Warning,
                             "Failed",
