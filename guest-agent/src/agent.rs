@@ -9,7 +9,7 @@ use crate::process::Process;
 use crate::reaper::Reaper;
 use crate::stdio::{self, ProcessLookup};
 use eci_protocol::agent::*;
-use eci_protocol::validate;
+use eci_protocol::validate::{self, ValidationError};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -553,6 +553,34 @@ impl Agent {
             self.pod.apply_kill_reason(&req.container_id, &mut resp);
         }
         Ok(resp)
+    }
+
+    /// RemoveProcess: forgets an exited exec so its id can be reused.
+    pub fn remove_process(&self, req: &ProcessRequest) -> Result<()> {
+        validate::process_request(req)?;
+        if req.exec_id.is_empty() {
+            return Err(ValidationError::new(
+                "exec_id",
+                "empty: the init process goes with RemoveContainer",
+            )
+            .into());
+        }
+        let c = self.container(&req.container_id)?;
+        let mut execs = c.execs.lock().expect("execs lock");
+        let process = execs
+            .get(&req.exec_id)
+            .ok_or_else(|| AgentError::NotFound {
+                what: "exec",
+                name: req.exec_id.clone(),
+            })?;
+        if process.exit_status().is_none() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "exec {:?} is still running",
+                req.exec_id
+            )));
+        }
+        execs.remove(&req.exec_id);
+        Ok(())
     }
 
     /// CloseStdin.

@@ -158,6 +158,13 @@ impl agent_ttrpc::Agent for AgentService {
         reply("ResizeTty", self.0.resize_tty(&req).map(|_| Empty::new()))
     }
 
+    async fn remove_process(&self, _: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        reply(
+            "RemoveProcess",
+            self.0.remove_process(&req).map(|_| Empty::new()),
+        )
+    }
+
     async fn stop_container(
         &self,
         _: &TtrpcContext,

@@ -126,6 +126,9 @@ fn ctr_task_exec_runs_in_the_container() {
     assert_eq!(out, "marker\n");
     let failing = ctd.ctr(&["task", "exec", "--exec-id", "e2", &id, "sh", "-c", "exit 3"]);
     assert_eq!(failing.status.code(), Some(3));
+    // ctr deletes an exec once it ended; its id can then be used again, as with runc.
+    let again = ctd.ctr_ok(&["task", "exec", "--exec-id", "e2", &id, "echo", "again"]);
+    assert_eq!(again, "again\n");
     kill_and_delete(&ctd, &id, &["-s", "SIGKILL"]);
     assert_nothing_left(&ctd, &[id]);
 }

@@ -164,6 +164,23 @@ impl TaskService {
             at: std::time::SystemTime::now(),
         });
         process.io.lock().await.take();
+        if !container.sandbox.is_dead() {
+            // The agent keeps an exec until told, so that its exit can be collected; forgetting
+            // it here lets the exec id be used again, as with runc.
+            let forget = ProcessRequest {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = container
+                .sandbox
+                .agent
+                .remove_process(ctx(AGENT_CALL), &forget)
+                .await
+            {
+                log::warn!("agent RemoveProcess {}/{}: {e}", req.id, req.exec_id);
+            }
+        }
         container
             .execs
             .lock()
