@@ -205,7 +205,7 @@ impl Controller {
                     "Recreated",
                     &format!(
                         "{} when eci serve restarted; recreating the group",
-                        if sandbox_ready {
+                        if sandbox_ready || record.sandbox_id.is_none() {
                             format!("interrupted while {}", record.status)
                         } else {
                             "pod sandbox gone".to_string()
