@@ -164,6 +164,12 @@ fn run_helper(
         .map_err(|e| AgentError::io("create the helper reply pipe", e))?;
     let stdio = |fd: Option<OwnedFd>| fd.map(Stdio::from).unwrap_or_else(Stdio::null);
     let reply_fd = reply_w.as_raw_fd();
+    // The agent's log (its stderr), for libcontainer's own error lines: its errors reach us only
+    // as their outermost message ("failed to prepare rootfs"), the cause is in its log.
+    let log = std::os::fd::AsFd::as_fd(&std::io::stderr())
+        .try_clone_to_owned()
+        .map_err(|e| AgentError::io("duplicate the log for the runtime helper", e))?;
+    let log_fd = log.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.arg(crate::helper::HELPER_FLAG)
         .arg(arg)
@@ -171,10 +177,11 @@ fn run_helper(
         .stdout(stdio(child.stdout))
         .stderr(stdio(child.stderr));
     // SAFETY: the closure runs between fork and exec and only calls dup2, which is
-    // async-signal-safe; it puts the reply pipe on fd 3 (without close-on-exec).
+    // async-signal-safe; it puts the reply pipe on fd 3 and the log on fd 4 (without
+    // close-on-exec; the helper marks fd 4 close-on-exec itself).
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::dup2(reply_fd, 3) < 0 {
+            if libc::dup2(reply_fd, 3) < 0 || libc::dup2(log_fd, crate::helper::LOG_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -185,6 +192,7 @@ fn run_helper(
         .map_err(|e| AgentError::io("start the runtime helper", e))?;
     drop(cmd);
     drop(reply_w);
+    drop(log);
     // Wait for the helper first: its container process inherited the reply pipe (clone keeps
     // fds) and holds it until exec, so the pipe gives no EOF. The helper wrote its whole reply
     // (well under the pipe's capacity) before exiting, and waiting for it also completes the

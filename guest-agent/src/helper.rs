@@ -10,7 +10,8 @@
 //! (a child subreaper) when the helper exits, so the agent waits for it as its own child.
 //!
 //! Interface: `eci-agent --runtime-helper <JSON HelperRequest>`; fds 0-2 are the container
-//! process's stdio (or /dev/null with a tty); fd 3 receives the JSON [`HelperReply`].
+//! process's stdio (or /dev/null with a tty); fd 3 receives the JSON [`HelperReply`]; fd 4
+//! ([`LOG_FD`]) is the agent's log.
 
 use crate::container::SeccompExecutor;
 use crate::error::error_chain;
@@ -20,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
+
+/// The helper's fd of the agent's log.
+pub const LOG_FD: i32 = 4;
 
 /// The argument that selects helper mode.
 pub const HELPER_FLAG: &str = "--runtime-helper";

@@ -35,9 +35,33 @@ fn log_writer() -> anyhow::Result<std::sync::Mutex<std::fs::File>> {
     Ok(std::sync::Mutex::new(std::fs::File::from(fd)))
 }
 
+/// The runtime helper's log: the agent's log on fd 4, kept out of the container's programs by
+/// close-on-exec. None when the fd is not open.
+fn helper_log() -> Option<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let fd = eci_agent::helper::LOG_FD;
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .ok()?;
+    // SAFETY: fd 4 is open (fcntl succeeded); the agent put its log there for this process and
+    // nothing else here uses it.
+    Some(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
     if argv.len() == 3 && argv[1] == eci_agent::helper::HELPER_FLAG {
+        if let Some(log) = helper_log() {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("ECI_AGENT_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                )
+                .with_writer(std::sync::Mutex::new(log))
+                .init();
+        }
         std::process::exit(eci_agent::helper::main(&argv[2]));
     }
     if std::process::id() == 1 {
