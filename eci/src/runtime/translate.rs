@@ -21,7 +21,9 @@ use std::{
 use base64::Engine as _;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxPodSandboxConfig, Mount, PodSandboxConfig, PodSandboxMetadata,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata,
 };
 
 use crate::model::{Container, ContainerGroupSpec, ImageRegistryCredential, Volume};
@@ -201,8 +203,23 @@ pub fn sandbox_config(
         annotations,
         linux: Some(LinuxPodSandboxConfig {
             sysctls,
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(namespace_options()),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// Kubernetes' defaults, which kubelet states explicitly (CRI's zero value would share the pod's
+/// PID namespace): network and IPC of the pod, a PID namespace per container.
+fn namespace_options() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }
@@ -327,7 +344,10 @@ pub fn container_config(
         tty: container.tty,
         linux: Some(LinuxContainerConfig {
             resources: Some(container_resources(container.cpu, container.memory)),
-            security_context: None,
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(namespace_options()),
+                ..Default::default()
+            }),
         }),
         ..Default::default()
     })

@@ -224,3 +224,21 @@ fn the_agents_parser_accepts_what_eci_generates() {
     assert!(parsed.liveness.is_some() && parsed.pre_stop.is_some());
     assert!(parsed.readiness.is_none() && parsed.post_start.is_none());
 }
+
+#[test]
+fn containers_get_their_own_pid_namespace_and_share_network_and_ipc() {
+    let spec = spec();
+    let layout = PodLayout::new(Path::new("/data"), "eci-1");
+    let expected = NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    let sandbox = sandbox_config("eci-1", &spec, &layout);
+    let sandbox_ns = sandbox.linux.unwrap().security_context.unwrap();
+    assert_eq!(sandbox_ns.namespace_options, Some(expected.clone()));
+    let app = container_config("eci-1", &spec, &spec.containers[0], false, 0, &layout).unwrap();
+    let app_ns = app.linux.unwrap().security_context.unwrap();
+    assert_eq!(app_ns.namespace_options, Some(expected));
+}
