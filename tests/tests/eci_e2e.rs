@@ -168,9 +168,11 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
                 "image": BUSYBOX,
                 "cpu": 0.5,
                 "memory": 1,
-                // Shell builtins only: see second_container_starts_after_the_first_ran_programs.
-                "commands": ["sh", "-c",
-                    "echo line1; echo line2; read l < /data/init.txt; echo $l; read l < /config/app.conf; echo $l; exec sleep 3600"],
+                "commands": [
+                    "sh",
+                    "-c",
+                    "echo line1; echo line2; cat /data/init.txt; cat /config/app.conf; exec sleep 3600"
+                ],
                 "volumeMounts": [
                     {"name": "data", "mountPath": "/data"},
                     {"name": "config", "mountPath": "/config", "readOnly": true},
@@ -434,8 +436,8 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
 /// A container created in a pod after another container of it ran two programs must start
 /// (found by the group test: with an init container and an emptyDir in the pod,
 /// `sh -c '/bin/true; /bin/true; exec sleep 3600'` in the first container made CreateContainer
-/// of the second fail in the agent with FAILED_PRECONDITION "failed to prepare rootfs"; with one
-/// program, or only shell builtins, it started).
+/// of the second fail in the agent with FAILED_PRECONDITION "failed to prepare rootfs"; fixed in
+/// eci's runtime by ed4c066, a PID namespace per container).
 #[test]
 fn second_container_starts_after_the_first_ran_programs() {
     let Some(env) = Env::start(EnvOptions::default()) else {
