@@ -18,7 +18,7 @@ build: deps
 	$(CARGO) build --workspace --all-targets --locked
 
 test: build kernel rootfs
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --no-fail-fast
 
 # Guest kernel (build/vmlinux, build/bzImage), cached outside the clone by kernel-config/build.sh.
 kernel: deps
