@@ -152,6 +152,7 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
     };
     let body = json!({
         "name": "web",
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "cpu": 1,
         "memory": 2,
         "restartPolicy": "Always",
@@ -445,6 +446,7 @@ fn second_container_starts_after_the_first_ran_programs() {
     };
     let body = json!({
         "name": "forks",
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "cpu": 1,
         "memory": 2,
         "initContainers": [{
@@ -751,6 +753,7 @@ fn image_cache_hit_skips_the_pull() {
 fn valid_request() -> Value {
     json!({
         "name": "valid",
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "cpu": 1,
         "memory": 2,
         "restartPolicy": "Always",

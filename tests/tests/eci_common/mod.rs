@@ -318,6 +318,10 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// Grace period of the tests' groups: their `sleep`s ignore SIGTERM, and stops (update, delete)
+/// would wait the default 30 s for each before SIGKILL.
+pub const GRACE_SECONDS: u64 = 2;
+
 /// A one-container group of busybox running `script`.
 pub fn simple_group(name: &str, restart_policy: &str, script: &str) -> Value {
     json!({
@@ -325,6 +329,7 @@ pub fn simple_group(name: &str, restart_policy: &str, script: &str) -> Value {
         "cpu": 1,
         "memory": 2,
         "restartPolicy": restart_policy,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "containers": [{
             "name": "main",
             "image": BUSYBOX,
