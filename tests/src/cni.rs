@@ -164,6 +164,9 @@ impl CriNetwork {
                     r#"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{ECI_HANDLER}]
       runtime_type = "{shim}"
+      # As eci/README.md says: the pod features' annotations must reach the shim.
+      pod_annotations = ["io.eci.*"]
+      container_annotations = ["io.eci.*"]
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{ECI_HANDLER}.options]
         ConfigPath = "{config}"
 "#,

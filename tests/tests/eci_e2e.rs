@@ -1084,3 +1084,76 @@ fn killed_and_restarted_server_keeps_and_reconciles_its_groups() {
     env.delete(&id);
     env.assert_containerd_empty();
 }
+
+/// The pod features reach the pod through eci: a group sysctl is set in the pod's network
+/// namespace, a postStart hook runs in the container, and a liveness probe that starts failing
+/// gets the container killed in the pod, after which restartPolicy Always brings it back.
+#[test]
+fn probes_hooks_and_sysctls_reach_the_pod() {
+    let Some(env) = Env::start(fast_backoff()) else {
+        return;
+    };
+    let body = json!({
+        "name": "probed",
+        "cpu": 1,
+        "memory": 2,
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "securityContext": {"sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "1234"}]},
+        "containers": [{
+            "name": "main",
+            "image": BUSYBOX,
+            "imagePullPolicy": "IfNotPresent",
+            "commands": ["sh", "-c", "touch /tmp/alive; exec sleep 3600"],
+            "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo hook > /tmp/post-start"]}}},
+            "livenessProbe": {
+                "exec": {"command": ["test", "-f", "/tmp/alive"]},
+                "initialDelaySeconds": 1,
+                "periodSeconds": 1,
+                "failureThreshold": 2
+            }
+        }],
+    });
+    let id = env.create(&body);
+    env.wait_running(&id);
+    let exec = |command: &[&str]| {
+        env.post(
+            &format!("/v1/containerGroups/{id}/containers/main/exec"),
+            &json!({ "command": command }),
+        )
+    };
+    let sysctl = exec(&["cat", "/proc/sys/net/ipv4/tcp_keepalive_time"]);
+    assert_eq!(
+        sysctl.body["stdout"], "1234\n",
+        "group sysctl: {}",
+        sysctl.text
+    );
+    let hook = wait_until(Duration::from_secs(10), || {
+        let out = exec(&["cat", "/tmp/post-start"]);
+        (out.body["stdout"] == "hook\n").then_some(())
+    });
+    assert!(hook.is_some(), "the postStart hook's file never appeared");
+    // Healthy: the probe keeps passing for a few periods.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        container(&env.group(&id), "main")["restartCount"],
+        0,
+        "a passing liveness probe does not restart"
+    );
+
+    let removed = exec(&["rm", "/tmp/alive"]);
+    assert_eq!(removed.body["exitCode"], 0, "{}", removed.text);
+    let group = env.wait_group(&id, "restarted by liveness", Duration::from_secs(60), |g| {
+        let main = container(g, "main");
+        main["restartCount"].as_u64() >= Some(1) && main["state"] == "Running"
+    });
+    assert_eq!(group["status"], "Running", "{group:#}");
+    let alive = exec(&["test", "-f", "/tmp/alive"]);
+    assert_eq!(
+        alive.body["exitCode"], 0,
+        "the restarted container is a fresh one: {}",
+        alive.text
+    );
+    env.delete(&id);
+    env.assert_containerd_empty();
+}
