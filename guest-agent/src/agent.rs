@@ -237,7 +237,7 @@ impl Agent {
         self: &Arc<Self>,
         req: CreateContainerRequest,
     ) -> Result<CreateContainerResponse> {
-        let mut spec = validate::create_container(&req)?;
+        let (mut spec, annotations) = validate::create_container(&req)?;
         let id = req.container_id.clone();
         {
             let containers = self.containers.lock().expect("containers lock");
@@ -254,7 +254,7 @@ impl Agent {
             let stdio = req.stdio.get_or_default().clone();
             let prepared = this
                 .pod
-                .prepare(&req.container_id, &req.sandbox_id, &mut spec)?;
+                .prepare(&req.container_id, &req.sandbox_id, &mut spec, annotations)?;
             let base_process = spec.process().clone().unwrap_or_default();
             let has_netns = crate::pod::action::has_network_namespace(&spec);
             let created = Container::create(

@@ -156,8 +156,10 @@ pub fn stdio(field: &str, stdio: &StdioConfig) -> Result {
     Ok(())
 }
 
-/// Checks a CreateContainer request and returns its parsed spec.
-pub fn create_container(req: &CreateContainerRequest) -> Result<Spec> {
+/// Checks a CreateContainer request and returns its parsed spec and `io.eci.*` annotations.
+pub fn create_container(
+    req: &CreateContainerRequest,
+) -> Result<(Spec, crate::annotations::PodAnnotations)> {
     id("container_id", &req.container_id)?;
     optional_id("sandbox_id", &req.sandbox_id)?;
     if !req.bundle.is_empty() && !req.bundle.starts_with('/') {
@@ -177,10 +179,11 @@ pub fn create_container(req: &CreateContainerRequest) -> Result<Spec> {
         ));
     }
     spec_sysctls("oci_spec_json.linux.sysctl", &spec)?;
-    if let Some(annotations) = spec.annotations() {
-        crate::annotations::parse(annotations)?;
-    }
-    Ok(spec)
+    let annotations = match spec.annotations() {
+        Some(a) => crate::annotations::parse(a)?,
+        None => Default::default(),
+    };
+    Ok((spec, annotations))
 }
 
 /// Sysctls that belong to a kernel namespace other than net (all `net.*` keys are in the
@@ -382,7 +385,7 @@ mod tests {
 
     #[test]
     fn create_accepts_minimal_spec() {
-        let spec = create_container(&create(&minimal_spec())).unwrap();
+        let (spec, _) = create_container(&create(&minimal_spec())).unwrap();
         assert_eq!(
             spec.process().as_ref().unwrap().args().as_ref().unwrap()[0],
             "/bin/true"

@@ -138,17 +138,7 @@ impl Drop for AgentGuard {
 
 impl Drop for LocalAgent {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::terminate(&mut self.child, Duration::from_secs(15));
     }
 }
 
@@ -165,4 +155,15 @@ pub fn default_spec(args: &[&str]) -> oci_spec::runtime::Spec {
     process.set_terminal(Some(false));
     process.set_env(Some(vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()]));
     spec
+}
+
+/// Why this machine cannot run the local-mode agent tests, or None when it can.
+pub fn missing() -> Option<String> {
+    if !crate::is_root() {
+        return Some("needs root (namespaces, cgroups, mounts)".into());
+    }
+    if crate::rootfs::static_busybox().is_none() {
+        return Some("static /bin/busybox missing (apt-get install busybox-static)".into());
+    }
+    None
 }

@@ -57,19 +57,21 @@ impl Cri {
 
     /// Ids of every container CRI knows.
     pub async fn container_ids(&mut self) -> Result<Vec<String>, tonic::Status> {
-        Ok(self
-            .runtime
-            .list_containers(ListContainersRequest::default())
-            .await?
-            .into_inner()
-            .containers
-            .into_iter()
-            .map(|c| c.id)
-            .collect())
+        self.container_ids_where(|_| true).await
     }
 
     /// Ids of the containers CRI reports running.
     pub async fn running_container_ids(&mut self) -> Result<Vec<String>, tonic::Status> {
+        self.container_ids_where(|c| {
+            c.state == k8s_cri::v1::ContainerState::ContainerRunning as i32
+        })
+        .await
+    }
+
+    async fn container_ids_where(
+        &mut self,
+        keep: impl Fn(&k8s_cri::v1::Container) -> bool,
+    ) -> Result<Vec<String>, tonic::Status> {
         Ok(self
             .runtime
             .list_containers(ListContainersRequest::default())
@@ -77,7 +79,7 @@ impl Cri {
             .into_inner()
             .containers
             .into_iter()
-            .filter(|c| c.state == k8s_cri::v1::ContainerState::ContainerRunning as i32)
+            .filter(|c| keep(c))
             .map(|c| c.id)
             .collect())
     }

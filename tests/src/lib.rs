@@ -21,3 +21,18 @@ pub mod rootfs;
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Stops `child` with SIGTERM, SIGKILL after `grace`, and reaps it.
+pub fn terminate(child: &mut std::process::Child, grace: std::time::Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -33,8 +33,8 @@ fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
 #[tokio::test]
 #[ignore = "benchmark: run with make bench-agent"]
 async fn bench_agent_vs_runc() {
-    if !eci_tests::is_root() || eci_tests::rootfs::static_busybox().is_none() {
-        eprintln!("SKIP bench: needs root and busybox-static");
+    if let Some(why) = eci_tests::agent::missing() {
+        eprintln!("SKIP bench: {why}");
         return;
     }
     let Ok(runc) = which("runc") else {

@@ -23,12 +23,8 @@ struct Env {
 
 /// The agent and a bundle, or None (after printing why) when the machine cannot run them.
 async fn env(test: &str) -> Option<Env> {
-    if !eci_tests::is_root() {
-        eprintln!("SKIP {test}: needs root (namespaces, cgroups, mounts)");
-        return None;
-    }
-    if eci_tests::rootfs::static_busybox().is_none() {
-        eprintln!("SKIP {test}: static /bin/busybox missing (apt-get install busybox-static)");
+    if let Some(why) = eci_tests::agent::missing() {
+        eprintln!("SKIP {test}: {why}");
         return None;
     }
     let agent = LocalAgent::start().await.expect("start eci-agent");

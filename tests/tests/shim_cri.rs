@@ -6,106 +6,24 @@ mod shim_common;
 
 use std::time::Duration;
 
-use eci_tests::{containerd::ContainerdOptions, images};
-use hyper_util::rt::TokioIo;
+use eci_tests::images;
 use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest,
 };
 use shim_common::*;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-/// CRI's NamespaceMode NODE: the pod uses the host network (no CNI needed).
-const NAMESPACE_MODE_NODE: i32 = 2;
-
-async fn cri_client(socket: std::path::PathBuf) -> RuntimeServiceClient<Channel> {
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to CRI");
-    RuntimeServiceClient::new(channel)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_pod_with_two_containers() {
     let tmp = tempfile::tempdir().unwrap();
-    let shim_config = tmp.path().join("shim.toml");
-    std::fs::write(
-        &shim_config,
-        "hypervisor = \"none\"\nlog_level = \"debug\"\n",
-    )
-    .unwrap();
-    let cni_dir = tmp.path().join("cni");
-    std::fs::create_dir_all(&cni_dir).unwrap();
-    let extra_config = format!(
-        r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.eci]
-      runtime_type = "{shim}"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.eci.options]
-        ConfigPath = "{config}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni}"
-"#,
-        pause = images::PAUSE_IMAGE,
-        shim = shim_binary().display(),
-        config = shim_config.display(),
-        cni = cni_dir.display(),
-    );
-    let options = ContainerdOptions {
-        cri: true,
-        extra_config,
-        namespace: Some("k8s.io".into()),
-        ..Default::default()
-    };
-    let Some(ctd) = containerd_with(options) else {
+    let Some((ctd, mut cri)) = cri_containerd(tmp.path()).await else {
         return;
     };
-    ctd.import_pause().expect("import pause");
-    let mut cri = cri_client(ctd.socket.clone()).await;
 
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let pod_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "pod".into(),
-            uid: unique("uid"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        // Host-network pods have no UTS namespace of their own, hence no hostname (as kubelet).
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NAMESPACE_MODE_NODE,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let pod_config = host_network_pod("pod", unique("uid"), &logs);
     let pod_id = cri
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(pod_config.clone()),

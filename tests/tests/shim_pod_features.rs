@@ -769,35 +769,14 @@ mod cri_pod {
     //! Two containers of one CRI pod share emptyDir volumes.
 
     use super::*;
-    use eci_tests::{containerd::ContainerdOptions, images};
-    use hyper_util::rt::TokioIo;
+    use eci_tests::images;
     use k8s_cri::v1::{
         runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-        ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-        LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceOption,
-        PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-        StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+        ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec, Mount,
+        RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+        StopPodSandboxRequest,
     };
-    use tonic::transport::{Channel, Endpoint, Uri};
-
-    /// CRI's NamespaceMode NODE: the pod uses the host network (no CNI needed).
-    const NAMESPACE_MODE_NODE: i32 = 2;
-
-    async fn cri_client(socket: std::path::PathBuf) -> RuntimeServiceClient<Channel> {
-        let channel = Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connect to CRI");
-        RuntimeServiceClient::new(channel)
-    }
+    use tonic::transport::Channel;
 
     async fn exec(
         cri: &mut RuntimeServiceClient<Channel>,
@@ -823,51 +802,10 @@ mod cri_pod {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn containers_of_a_cri_pod_share_empty_dirs() {
         let tmp = tempfile::tempdir().unwrap();
-        let shim_config = tmp.path().join("shim.toml");
-        std::fs::write(
-            &shim_config,
-            "hypervisor = \"none\"\nlog_level = \"debug\"\n",
-        )
-        .unwrap();
-        let cni_dir = tmp.path().join("cni");
-        std::fs::create_dir_all(&cni_dir).unwrap();
-        let extra_config = format!(
-            r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.eci]
-      runtime_type = "{shim}"
-      pod_annotations = ["io.eci.*"]
-      container_annotations = ["io.eci.*"]
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.eci.options]
-        ConfigPath = "{config}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni}"
-"#,
-            pause = images::PAUSE_IMAGE,
-            shim = shim_binary().display(),
-            config = shim_config.display(),
-            cni = cni_dir.display(),
-        );
-        let options = ContainerdOptions {
-            cri: true,
-            extra_config,
-            namespace: Some("k8s.io".into()),
-            ..Default::default()
-        };
-        let Some(ctd) = containerd_with(options) else {
+        let Some((ctd, mut cri)) = cri_containerd(tmp.path()).await else {
             return;
         };
         let _cleanup = CleanupOnPanic(&ctd);
-        ctd.import_pause().expect("import pause");
-        let mut cri = cri_client(ctd.socket.clone()).await;
 
         let uid = unique("uid");
         // Where kubelet would keep the pod's emptyDir "cache".
@@ -875,31 +813,12 @@ mod cri_pod {
             .path()
             .join(format!("pods/{uid}/volumes/kubernetes.io~empty-dir/cache"));
         std::fs::create_dir_all(&k8s_empty_dir).unwrap();
-        let pod_config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: "share".into(),
-                uid,
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            annotations: [(
-                "io.eci.volume.shared".to_owned(),
-                r#"{"emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}}"#.to_owned(),
-            )]
-            .into(),
-            log_directory: tmp.path().join("logs").display().to_string(),
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NAMESPACE_MODE_NODE,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut pod_config = host_network_pod("share", uid, &tmp.path().join("logs"));
+        pod_config.annotations = [(
+            "io.eci.volume.shared".to_owned(),
+            r#"{"emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}}"#.to_owned(),
+        )]
+        .into();
         let pod_id = cri
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod_config.clone()),

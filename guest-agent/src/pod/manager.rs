@@ -8,7 +8,7 @@ use crate::error::{AgentError, Result};
 use crate::reaper::Reaper;
 use eci_protocol::agent::{ProbeStatusResponse, StatsContainerResponse, WaitProcessResponse};
 use eci_protocol::annotations::PodAnnotations;
-use eci_protocol::validate::{sysctl_namespace, ValidationError};
+use eci_protocol::validate::sysctl_namespace;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -75,15 +75,17 @@ impl PodManager {
         *self.sysctls.lock().expect("sysctls lock") = sysctls;
     }
 
-    /// Before a container is created (blocking: mounts): parses its annotations, creates the
-    /// pod's volumes when it is the sandbox, rewrites its volume mounts, merges the pod
-    /// sysctls its namespaces can take, and makes it a member of its pod. Undo with
-    /// [`PodManager::release`].
-    pub fn prepare(&self, id: &str, sandbox_id: &str, spec: &mut Spec) -> Result<Prepared> {
-        let annotations = match spec.annotations() {
-            Some(a) => eci_protocol::annotations::parse(a).map_err(ValidationError::from)?,
-            None => PodAnnotations::default(),
-        };
+    /// Before a container is created (blocking: mounts): creates the pod's volumes when it is
+    /// the sandbox (from its `annotations`, parsed by the request's validation), rewrites its
+    /// volume mounts, merges the pod sysctls its namespaces can take, and makes it a member of
+    /// its pod. Undo with [`PodManager::release`].
+    pub fn prepare(
+        &self,
+        id: &str,
+        sandbox_id: &str,
+        spec: &mut Spec,
+        annotations: PodAnnotations,
+    ) -> Result<Prepared> {
         let sandbox = if sandbox_id.is_empty() {
             id
         } else {

@@ -131,3 +131,91 @@ pub fn assert_nothing_left(ctd: &containerd::Containerd, pod_ids: &[String]) {
     }
     panic!("left behind: {left:?}");
 }
+
+/// A private containerd whose CRI has the runtime handler `eci` (this shim in local mode, with
+/// the `io.eci.*` annotations passed on, as the README's config), the pause image imported, and
+/// a CRI runtime client; state under `tmp`. None (SKIP printed) when this machine cannot run it.
+pub async fn cri_containerd(
+    tmp: &std::path::Path,
+) -> Option<(
+    containerd::Containerd,
+    k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+)> {
+    let shim_config = tmp.join("shim.toml");
+    std::fs::write(
+        &shim_config,
+        "hypervisor = \"none\"\nlog_level = \"debug\"\n",
+    )
+    .unwrap();
+    let cni_dir = tmp.join("cni");
+    std::fs::create_dir_all(&cni_dir).unwrap();
+    let extra_config = format!(
+        r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.eci]
+      runtime_type = "{shim}"
+      pod_annotations = ["io.eci.*"]
+      container_annotations = ["io.eci.*"]
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.eci.options]
+        ConfigPath = "{config}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+"#,
+        pause = images::PAUSE_IMAGE,
+        shim = shim_binary().display(),
+        config = shim_config.display(),
+        cni = cni_dir.display(),
+    );
+    let options = containerd::ContainerdOptions {
+        cri: true,
+        extra_config,
+        namespace: Some("k8s.io".into()),
+        ..Default::default()
+    };
+    let ctd = containerd_with(options)?;
+    ctd.import_pause().expect("import pause");
+    let channel = eci_tests::cri::channel(ctd.socket.clone())
+        .await
+        .expect("connect to CRI");
+    let cri = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel);
+    Some((ctd, cri))
+}
+
+/// A host-network pod (CRI NamespaceMode NODE: no CNI needed) named `name` logging to
+/// `log_dir`. Host-network pods have no UTS namespace of their own, hence no hostname (as
+/// kubelet).
+pub fn host_network_pod(
+    name: &str,
+    uid: String,
+    log_dir: &std::path::Path,
+) -> k8s_cri::v1::PodSandboxConfig {
+    use k8s_cri::v1::*;
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid,
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
