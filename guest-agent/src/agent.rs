@@ -252,9 +252,9 @@ impl Agent {
         let this = self.clone();
         let result = blocking(move || {
             let stdio = req.stdio.get_or_default().clone();
-            let prepared = this
-                .pod
-                .prepare(&req.container_id, &req.sandbox_id, &mut spec, annotations)?;
+            let prepared =
+                this.pod
+                    .prepare(&req.container_id, &req.sandbox_id, &mut spec, annotations)?;
             let base_process = spec.process().clone().unwrap_or_default();
             let has_netns = crate::pod::action::has_network_namespace(&spec);
             let created = Container::create(
