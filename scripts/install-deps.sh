@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   # build
-  build-essential pkg-config protobuf-compiler libseccomp-dev
+  build-essential pkg-config protobuf-compiler libseccomp-dev libcap-ng-dev
   # containers and images for the end-to-end tests
   containerd runc umoci skopeo docker-registry apache2-utils busybox-static
   containernetworking-plugins iproute2 kmod
@@ -42,4 +42,13 @@ if [ ! -x "$openapi_venv/bin/openapi-spec-validator" ]; then
   mkdir -p "$(dirname "$openapi_venv")"
   /usr/bin/python3 -m venv "$openapi_venv"
   "$openapi_venv/bin/pip" install -q openapi-spec-validator
+fi
+
+# virtiofsd (the vhost-user-fs backend of VM pods), pinned, built once per machine.
+VIRTIOFSD_VERSION=1.14.0
+tools_root=/opt/eci-tools
+if [ "$("$tools_root/bin/virtiofsd" --version 2>/dev/null | awk '{print $2}')" != "$VIRTIOFSD_VERSION" ]; then
+  echo "install-deps: building virtiofsd $VIRTIOFSD_VERSION (cargo install --locked)"
+  CARGO_TARGET_DIR=/var/cache/eci/cargo-install cargo install --quiet --locked --root "$tools_root" \
+    virtiofsd --version "$VIRTIOFSD_VERSION"
 fi

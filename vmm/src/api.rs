@@ -62,6 +62,7 @@ pub fn device_kind_name(type_id: u32) -> &'static str {
         TYPE_BLOCK => "block",
         TYPE_RNG => "rng",
         TYPE_VSOCK => "vsock",
+        TYPE_FS => "fs",
         _ => "unknown",
     }
 }

@@ -143,6 +143,39 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
+/// A virtio-fs device whose filesystem server is a vhost-user backend (virtiofsd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The backend's vhost-user socket (it listens, the VMM connects).
+    pub socket: PathBuf,
+    /// The mount tag the guest uses (`mount -t virtiofs TAG DIR`), at most 36 bytes.
+    pub tag: String,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+    /// `SOCKET,tag=TAG`
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let socket = parts.next().unwrap_or_default();
+        if socket.is_empty() {
+            return Err("empty socket path".into());
+        }
+        let mut tag = None;
+        for opt in parts {
+            match opt.split_once('=') {
+                Some(("tag", v)) => tag = Some(v.to_string()),
+                _ => return Err(format!("unknown option `{opt}` (expected tag=TAG)")),
+            }
+        }
+        Ok(FsConfig {
+            socket: socket.into(),
+            tag: tag.ok_or("tag=TAG is required")?,
+        })
+    }
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -190,12 +223,17 @@ pub struct VmConfig {
     #[serde(default)]
     pub net: Vec<NetConfig>,
     #[serde(default)]
+    pub fs: Vec<FsConfig>,
+    #[serde(default)]
     pub rng: bool,
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
     /// Seccomp filters per thread and dropped capabilities after setup (default on).
     #[serde(default = "default_true")]
     pub seccomp: bool,
+    /// Enter this jail before anything else; every other path is then a path inside it.
+    #[serde(default)]
+    pub jail: Option<crate::jail::JailConfig>,
 }
 
 fn default_true() -> bool {
@@ -238,6 +276,9 @@ pub struct Cli {
     /// `TAP[,mac=MAC]`, repeatable.
     #[arg(long)]
     pub net: Vec<NetConfig>,
+    /// `SOCKET,tag=TAG`: virtio-fs through a vhost-user backend, repeatable.
+    #[arg(long)]
+    pub fs: Vec<FsConfig>,
     /// Add a virtio-rng device.
     #[arg(long)]
     pub rng: bool,
@@ -252,6 +293,14 @@ pub struct Cli {
 impl Cli {
     /// Merges the config file (if any) with the flags and validates the result.
     pub fn into_config(self) -> Result<VmConfig, ConfigError> {
+        let cfg = self.merge()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Merges the config file (if any) with the flags, without validating paths: with a jail,
+    /// they name files inside it, which exist only once the VMM entered it.
+    pub fn merge(self) -> Result<VmConfig, ConfigError> {
         let file_cfg = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -281,9 +330,11 @@ impl Cli {
             vsock: None,
             block: vec![],
             net: vec![],
+            fs: vec![],
             rng: false,
             api_sock: None,
             seccomp: true,
+            jail: None,
         });
         cfg.kernel = kernel;
         if let Some(v) = self.initrd {
@@ -315,6 +366,7 @@ impl Cli {
         }
         cfg.block.extend(self.block);
         cfg.net.extend(self.net);
+        cfg.fs.extend(self.fs);
         cfg.rng |= self.rng;
         if let Some(v) = self.api_sock {
             cfg.api_sock = Some(v);
@@ -322,7 +374,6 @@ impl Cli {
         if self.no_seccomp {
             cfg.seccomp = false;
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 }
@@ -390,6 +441,21 @@ impl VmConfig {
                 }
             }
         }
+        let mut tags = std::collections::HashSet::new();
+        for f in &self.fs {
+            if f.tag.is_empty()
+                || f.tag.len() > crate::devices::virtio::fs::TAG_LEN
+                || f.tag.contains('\0')
+            {
+                return Err(invalid("fs.tag", "must be 1..=36 bytes without NUL"));
+            }
+            if !tags.insert(&f.tag) {
+                return Err(invalid("fs.tag", format!("`{}` is used twice", f.tag)));
+            }
+            if f.socket.as_os_str().is_empty() {
+                return Err(invalid("fs.socket", "empty path"));
+            }
+        }
         Ok(())
     }
 }
@@ -455,6 +521,11 @@ mod tests {
             (&["--block", "/nonexistent/disk"], "`block.path`"),
             (&["--net", "tap0,mac=zz"], "`net.mac`"),
             (&["--net", "tap0,fd=999"], "`net.fd`"),
+            (
+                &["--fs", "/a,tag=0123456789012345678901234567890123456"],
+                "`fs.tag`",
+            ),
+            (&["--fs", "/a,tag=x", "--fs", "/b,tag=x"], "`fs.tag`"),
         ];
         for (args, field) in cases {
             let mut argv = vec!["eci-vmm", "--kernel", k];
@@ -490,6 +561,13 @@ mod tests {
         assert_eq!(n.fd, Some(7));
         assert!("tap1,fd=x".parse::<NetConfig>().is_err());
         assert!("tap1,foo=1".parse::<NetConfig>().is_err());
+        let f: FsConfig = "/run/fs.sock,tag=eci".parse().unwrap();
+        assert_eq!(
+            (f.socket.to_str(), f.tag.as_str()),
+            (Some("/run/fs.sock"), "eci")
+        );
+        assert!("/run/fs.sock".parse::<FsConfig>().is_err());
+        assert!("/run/fs.sock,tog=x".parse::<FsConfig>().is_err());
         assert_eq!(
             parse_mac("02:aa:bb:cc:dd:0f"),
             Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xf])

@@ -48,6 +48,9 @@ pub fn active_state(mem: &GuestMemoryMmap, n: usize) -> ActiveState {
         mem: mem.clone(),
         queues: (0..n).map(|i| queue_at(i as u64 * 0x1000)).collect(),
         interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"))),
+        queue_evts: (0..n)
+            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+            .collect(),
     }
 }
 

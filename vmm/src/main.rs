@@ -4,7 +4,11 @@ use eci_vmm::config::Cli;
 use eci_vmm::vmm::{Vm, VmExit};
 
 fn run() -> anyhow::Result<i32> {
-    let cfg = Cli::parse().into_config().context("configuration")?;
+    let cfg = Cli::parse().merge().context("configuration")?;
+    if let Some(jail) = &cfg.jail {
+        eci_vmm::jail::enter(jail).context("entering the jail")?;
+    }
+    cfg.validate().context("configuration")?;
     let mut vm = Vm::new(cfg).context("creating the VM")?;
     vm.attach_configured_devices().context("creating devices")?;
     let exit = vm.run().context("running the VM")?;

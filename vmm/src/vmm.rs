@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -51,7 +51,7 @@ pub enum VmmError {
         source: kvm_ioctls::Error,
     },
     #[error("allocating guest memory failed")]
-    Memory(#[source] vm_memory::mmap::FromRangesError),
+    Memory(#[from] crate::memory::MemoryError),
     #[error("vCPU setup failed")]
     Arch(#[from] arch::ArchError),
     #[error("boot setup failed")]
@@ -274,11 +274,7 @@ impl Vm {
             .create_pit2(pit)
             .map_err(kvm_step("KVM_CREATE_PIT2"))?;
 
-        let ranges: Vec<_> = ram_ranges(config.memory_mib << 20)
-            .into_iter()
-            .map(|(a, s)| (GuestAddress(a), s as usize))
-            .collect();
-        let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(VmmError::Memory)?;
+        let mem = crate::memory::create_guest_memory(config.memory_mib << 20, c"eci-guest-ram")?;
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -437,6 +433,11 @@ impl Vm {
                 None => open_tap(&n.tap).map_err(dev_err(format!("tap {}", n.tap)))?,
             };
             self.attach_virtio(Box::new(Net::new(tap, mac)))?;
+        }
+        for f in self.config.fs.clone() {
+            let dev = crate::devices::virtio::fs::Fs::connect(&f.socket, &f.tag)
+                .map_err(|e| dev_err(format!("virtio-fs {}", f.tag))(std::io::Error::other(e)))?;
+            self.attach_virtio(Box::new(dev))?;
         }
         if self.config.rng {
             self.attach_virtio(Box::new(Rng::default()))?;

@@ -170,3 +170,72 @@ fn info_reports_live_device_metrics() {
     let (status, err) = vmm.wait(DEADLINE);
     assert!(status.success(), "{err}");
 }
+
+/// `jail`: the VMM runs pivoted into a private tmpfs holding only its binds, in mount
+/// namespaces of its own; the caller's jail directory stays empty and unmounted.
+#[test]
+fn runs_inside_its_jail_with_only_its_binds() {
+    let Some(_kind) = kvm_or_skip("jail") else {
+        return;
+    };
+    if !nix_is_root() {
+        panic!("the jail test needs root (mount namespaces, pivot_root)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&sockets).unwrap();
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "kernel": "/kernel",
+            "memory_mib": 32,
+            "api_sock": "/sockets/api.sock",
+            "jail": {
+                "root": root,
+                "binds": [
+                    {"source": guest("ticker"), "target": "/kernel", "read_only": true},
+                    {"source": "/dev/kvm", "target": "/dev/kvm"},
+                    {"source": sockets, "target": "/sockets"},
+                ],
+            },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut vmm = RunningVmm::spawn(&["--config", cfg.to_str().unwrap()]);
+    vmm.wait_line("tick 1", DEADLINE);
+    let proc_root = format!("/proc/{}/root", vmm.pid());
+    let mut seen: Vec<String> = std::fs::read_dir(&proc_root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["dev", "kernel", "sockets"],
+        "the jail holds only its binds"
+    );
+    let own_ns = std::fs::read_link(format!("/proc/{}/ns/mnt", vmm.pid())).unwrap();
+    assert_ne!(own_ns, std::fs::read_link("/proc/self/ns/mnt").unwrap());
+    assert!(
+        std::fs::read_dir(&root).unwrap().next().is_none(),
+        "the caller's view of the jail root stays empty"
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(root.to_str().unwrap()), "{mountinfo}");
+    // The control socket was made inside the jail, in the bound directory the caller sees.
+    let mut s = wait_for_socket(&sockets.join("api.sock"));
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(call(&mut s, &mut r, r#"{"op":"shutdown"}"#)["ok"], true);
+    let (status, err) = vmm.wait(DEADLINE);
+    assert!(status.success(), "{err}");
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

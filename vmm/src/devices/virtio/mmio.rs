@@ -149,11 +149,16 @@ impl MmioTransport {
             self.status |= STATUS_NEEDS_RESET;
             return;
         };
+        let Ok(queue_evts) = self.queue_evts.iter().map(EventFd::try_clone).collect() else {
+            self.status |= STATUS_NEEDS_RESET;
+            return;
+        };
         self.device.ack_features(self.driver_features);
         let state = ActiveState {
             mem: self.mem.clone(),
             queues,
             interrupt: self.interrupt.clone(),
+            queue_evts,
         };
         match self.device.activate(state) {
             Ok(()) => {

@@ -8,6 +8,7 @@
 //! input fails the request or the device, never the VMM.
 
 pub mod blk;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -26,6 +27,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// Interrupt line of one device: the status register the driver reads and the irqfd.
 #[derive(Debug)]
@@ -65,6 +67,9 @@ pub struct ActiveState {
     pub mem: GuestMemoryMmap,
     pub queues: Vec<Queue>,
     pub interrupt: std::sync::Arc<Interrupt>,
+    /// The queues' notification eventfds (also the ioeventfds): for devices whose backend
+    /// takes notifications itself ([`VirtioDevice::takes_queue_notifications`]).
+    pub queue_evts: Vec<EventFd>,
 }
 
 impl ActiveState {
@@ -99,6 +104,11 @@ pub trait VirtioDevice: Send {
     /// Features the driver accepted (a subset of `features`).
     fn ack_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Whether the device's backend reads the queue notification eventfds itself (vhost-user);
+    /// the event loop then leaves them alone.
+    fn takes_queue_notifications(&self) -> bool {
+        false
+    }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError>;
     /// Returns the device to the inactive state (driver reset).

@@ -35,7 +35,11 @@ impl VirtioSubscriber {
 
 impl MutEventSubscriber for VirtioSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
+        let backend_takes_them = lock(&self.transport).device().takes_queue_notifications();
         for (i, e) in self.queue_evts.iter().enumerate() {
+            if backend_takes_them {
+                break;
+            }
             let _ = ops.add(Events::with_data(e, i as u32, EventSet::IN));
         }
         let _ = ops.add(Events::with_data(

@@ -1,0 +1,312 @@
+//! virtio-fs as a vhost-user frontend: the filesystem server is a separate process (virtiofsd)
+//! that maps guest memory itself and works the queues; this device only negotiates, hands over
+//! the memory table and the rings, and relays the backend's "used" notifications to the guest.
+//!
+//! The guest's queue notifications (ioeventfds) go straight to the backend as its kick fds; the
+//! backend's call fds come back to the event loop, which sets the virtio-mmio interrupt status
+//! before raising the interrupt (a virtio-mmio driver ignores an interrupt whose status is 0).
+//! The vhost-user handshake for the rings runs on the event loop thread
+//! ([`VirtioDevice::register_backend`]), never on a vCPU thread.
+
+use std::path::Path;
+
+use event_manager::{EventOps, Events};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::QueueT;
+use vm_memory::GuestMemoryBackend;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{
+    read_config_bytes, ActivateError, ActiveState, VirtioDevice, BACKEND_EVENT_BASE, TYPE_FS,
+};
+
+/// The high-priority queue plus one request queue.
+const QUEUE_SIZES: [u16; 2] = [1024, 1024];
+/// The tag field of virtio-fs's config space.
+pub const TAG_LEN: usize = 36;
+/// Virtio feature bits this frontend passes through from the backend: event index and indirect
+/// descriptors (both handled by the backend's queue code), notify-on-empty is not offered.
+const PASSTHROUGH_FEATURES: u64 = (1 << 28) | (1 << 29);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("tag must be 1..={TAG_LEN} bytes")]
+    Tag,
+    #[error("connecting to the vhost-user backend at {path}")]
+    Connect {
+        path: String,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("vhost-user {step}")]
+    Protocol {
+        step: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("the backend does not offer VIRTIO_F_VERSION_1")]
+    NoVersion1,
+}
+
+fn step(step: &'static str) -> impl FnOnce(vhost::Error) -> FsError {
+    move |source| FsError::Protocol { step, source }
+}
+
+/// The running part: what the guest handed over, and the backend's call fds.
+struct Active {
+    state: ActiveState,
+    calls: Vec<EventFd>,
+    /// Whether the rings were handed to the backend (on the event loop thread).
+    started: bool,
+}
+
+pub struct Fs {
+    frontend: Frontend,
+    config: [u8; TAG_LEN + 4],
+    /// Virtio features the backend offers (masked to what this frontend supports).
+    offered: u64,
+    acked: u64,
+    protocol: VhostUserProtocolFeatures,
+    active: Option<Active>,
+    /// Call fds of a reset device, removed from the event loop by `settle_backend`.
+    retired_calls: Vec<EventFd>,
+    /// Set when the backend failed after activation; the device stays inert until reset.
+    failed: Option<String>,
+}
+
+impl Fs {
+    /// Connects to the backend listening at `socket` and reads what it offers.
+    pub fn connect(socket: &Path, tag: &str) -> Result<Self, FsError> {
+        if tag.is_empty() || tag.len() > TAG_LEN {
+            return Err(FsError::Tag);
+        }
+        let mut frontend =
+            Frontend::connect(socket, QUEUE_SIZES.len() as u64).map_err(|source| {
+                FsError::Connect {
+                    path: socket.display().to_string(),
+                    source,
+                }
+            })?;
+        frontend.set_owner().map_err(step("SET_OWNER"))?;
+        let features = frontend.get_features().map_err(step("GET_FEATURES"))?;
+        if features & super::VIRTIO_F_VERSION_1 == 0 {
+            return Err(FsError::NoVersion1);
+        }
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            let offered = frontend
+                .get_protocol_features()
+                .map_err(step("GET_PROTOCOL_FEATURES"))?;
+            protocol =
+                offered & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK);
+            frontend
+                .set_protocol_features(protocol)
+                .map_err(step("SET_PROTOCOL_FEATURES"))?;
+        }
+        let mut config = [0u8; TAG_LEN + 4];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        let request_queues = (QUEUE_SIZES.len() - 1) as u32;
+        config[TAG_LEN..].copy_from_slice(&request_queues.to_le_bytes());
+        Ok(Fs {
+            frontend,
+            config,
+            offered: features & PASSTHROUGH_FEATURES,
+            acked: 0,
+            protocol,
+            active: None,
+            retired_calls: Vec::new(),
+            failed: None,
+        })
+    }
+
+    /// Hands the memory table and the rings to the backend.
+    fn start_backend(&mut self, active: &Active) -> Result<(), FsError> {
+        let mut features = self.acked | super::VIRTIO_F_VERSION_1;
+        if !self.protocol.is_empty() {
+            features |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        }
+        let fe = &mut self.frontend;
+        fe.set_features(features).map_err(step("SET_FEATURES"))?;
+        let mem = &active.state.mem;
+        let regions: Vec<VhostUserMemoryRegionInfo> = mem
+            .iter()
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
+            .collect::<Result<_, _>>()
+            .map_err(step("memory table (guest memory must be file-backed)"))?;
+        fe.set_mem_table(&regions).map_err(step("SET_MEM_TABLE"))?;
+        for (index, queue) in active.state.queues.iter().enumerate() {
+            let host = |addr: u64| {
+                mem.get_host_address(vm_memory::GuestAddress(addr))
+                    .map(|p| p as u64)
+                    .map_err(|_| step("ring address")(vhost::Error::InvalidGuestMemory))
+            };
+            let ring = VringConfigData {
+                queue_max_size: queue.max_size(),
+                queue_size: queue.size(),
+                flags: 0,
+                desc_table_addr: host(queue.desc_table())?,
+                used_ring_addr: host(queue.used_ring())?,
+                avail_ring_addr: host(queue.avail_ring())?,
+                log_addr: None,
+            };
+            fe.set_vring_num(index, queue.size())
+                .map_err(step("SET_VRING_NUM"))?;
+            fe.set_vring_addr(index, &ring)
+                .map_err(step("SET_VRING_ADDR"))?;
+            fe.set_vring_base(index, 0)
+                .map_err(step("SET_VRING_BASE"))?;
+            fe.set_vring_call(index, &active.calls[index])
+                .map_err(step("SET_VRING_CALL"))?;
+            fe.set_vring_kick(index, &active.state.queue_evts[index])
+                .map_err(step("SET_VRING_KICK"))?;
+        }
+        if !self.protocol.is_empty() {
+            for index in 0..active.state.queues.len() {
+                fe.set_vring_enable(index, true)
+                    .map_err(step("SET_VRING_ENABLE"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.offered
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features & self.offered;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn takes_queue_notifications(&self) -> bool {
+        true
+    }
+
+    fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError> {
+        state.check_queue_count(QUEUE_SIZES.len())?;
+        if state.queue_evts.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_SIZES.len(),
+                actual: state.queue_evts.len(),
+            });
+        }
+        let calls = (0..QUEUE_SIZES.len())
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<_, _>>()
+            .map_err(ActivateError::Backend)?;
+        self.active = Some(Active {
+            state,
+            calls,
+            started: false,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(active) = self.active.take() {
+            if active.started {
+                // GET_VRING_BASE stops each ring in the backend.
+                for index in 0..active.state.queues.len() {
+                    let _ = self.frontend.get_vring_base(index);
+                }
+                self.retired_calls = active.calls;
+            }
+        }
+        self.failed = None;
+    }
+
+    fn settle_backend(&mut self, ops: &mut EventOps) {
+        for (i, call) in self.retired_calls.drain(..).enumerate() {
+            let _ = ops.remove(Events::with_data(
+                &call,
+                BACKEND_EVENT_BASE + i as u32,
+                EventSet::IN,
+            ));
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn process_queue(&mut self, _index: usize, _ops: &mut EventOps) {
+        // The backend takes the notifications itself.
+    }
+
+    fn register_backend(&mut self, ops: &mut EventOps) {
+        let Some(mut active) = self.active.take() else {
+            return;
+        };
+        if !active.started {
+            match self.start_backend(&active) {
+                Ok(()) => active.started = true,
+                Err(e) => {
+                    let message = error_chain(&e);
+                    eprintln!("eci-vmm: virtio-fs: {message}");
+                    self.failed = Some(message);
+                    self.active = Some(active);
+                    return;
+                }
+            }
+        }
+        for (i, call) in active.calls.iter().enumerate() {
+            let _ = ops.add(Events::with_data(
+                call,
+                BACKEND_EVENT_BASE + i as u32,
+                EventSet::IN,
+            ));
+        }
+        self.active = Some(active);
+    }
+
+    fn process_backend(&mut self, events: Events, _ops: &mut EventOps) {
+        let Some(active) = self.active.as_ref() else {
+            return;
+        };
+        let index = events.data().wrapping_sub(BACKEND_EVENT_BASE) as usize;
+        if let Some(call) = active.calls.get(index) {
+            let _ = call.read();
+            active.state.interrupt.signal_used_queue();
+        }
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        let tag_len = self.config[..TAG_LEN]
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(TAG_LEN);
+        serde_json::json!({
+            "tag": String::from_utf8_lossy(&self.config[..tag_len]),
+            "started": self.active.as_ref().is_some_and(|a| a.started),
+            "error": self.failed,
+        })
+    }
+}
+
+/// `error: cause: cause...` for the log and the control socket.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
