@@ -26,6 +26,7 @@ pub mod stream {
 
 pub mod annotations;
 pub mod framing;
+pub mod sizes;
 pub mod validate;
 
 /// The protocol version this build speaks.
