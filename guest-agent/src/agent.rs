@@ -185,6 +185,16 @@ impl Agent {
         for key in keys {
             validate::sysctl("sysctls", key, &req.sysctls[key])?;
         }
+        if self.mode == Mode::Local && !req.storages.is_empty() {
+            return Err(ValidationError::new(
+                "storages",
+                "local mode mounts nothing for the pod: the agent sees the host's files",
+            )
+            .into());
+        }
+        if self.mode == Mode::Guest {
+            crate::storage::mount_all(&req.storages)?;
+        }
         if self.mode == Mode::Guest && !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname)
                 .map_err(|e| AgentError::io("set the hostname", e))?;

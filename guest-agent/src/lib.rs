@@ -21,6 +21,7 @@ pub mod seccomp;
 pub mod server;
 pub mod service;
 pub mod stdio;
+pub mod storage;
 
 pub use server::{serve, Config, Listen, ServeError};
 

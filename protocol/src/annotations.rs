@@ -31,6 +31,10 @@ pub const TERMINATION_GRACE: &str = "io.eci.termination-grace-period-seconds";
 pub const VOLUME_PREFIX: &str = "io.eci.volume.";
 /// Container mount sources of this scheme name a pod volume: `eci-volume://<name>`.
 pub const VOLUME_SOURCE_SCHEME: &str = "eci-volume://";
+/// Pod size: vCPUs of the pod's VM (a number, fractions allowed: `0.5`), set by eci.
+pub const VCPUS: &str = "io.eci.vcpus";
+/// Pod size: memory of the pod in MiB (the VM gets a fixed overhead on top), set by eci.
+pub const MEMORY_MIB: &str = "io.eci.memory-mib";
 
 /// Grace period when no annotation says otherwise (Kubernetes' default).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);

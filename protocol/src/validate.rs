@@ -40,6 +40,9 @@ impl ValidationError {
 
 type Result<T = ()> = std::result::Result<T, ValidationError>;
 
+mod sandbox;
+pub use sandbox::{absolute_path, storage};
+
 /// Checks a required id: non-empty, at most [`MAX_ID_LEN`] bytes, only `[A-Za-z0-9_.+-]`, and not
 /// `.` or `..` (ids become file names).
 pub fn id(field: &str, value: &str) -> Result {

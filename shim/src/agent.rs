@@ -1,15 +1,86 @@
-//! Client side of the agent API: the ttrpc connection and the stdio stream endpoint.
+//! Client side of the agent API: the ttrpc connection and the stdio stream endpoint, over the
+//! agent's unix sockets (local mode) or the VMM's hybrid vsock (VM mode: connect to the VMM's
+//! unix socket, send `CONNECT <port>\n`, read `OK <host port>\n`, then the stream is the guest
+//! port's).
 
-use std::{path::Path, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use eci_protocol::framing::tokio_io::{read_frame, write_frame};
 use eci_protocol::{
     agent::{PingRequest, PingResponse},
     agent_ttrpc::AgentClient,
     stream::{StreamAck, StreamHeader, StreamKind},
-    PROTOCOL_VERSION,
+    AGENT_API_VSOCK_PORT, AGENT_STREAM_VSOCK_PORT, PROTOCOL_VERSION,
 };
-use tokio::net::UnixStream;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::UnixStream,
+};
+
+/// Where the agent's API and stdio streams are reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Local mode: the unix sockets the agent listens on.
+    Unix { api: PathBuf, streams: PathBuf },
+    /// VM mode: the VMM's hybrid vsock socket; the agent listens on its vsock ports.
+    HybridVsock { uds: PathBuf },
+}
+
+/// Longest `OK <port>\n` answer to a hybrid vsock CONNECT.
+const HYBRID_REPLY_MAX: usize = 32;
+
+impl Endpoint {
+    /// A new connection to the agent's API (`stream` false) or stream endpoint.
+    pub async fn dial(&self, stream: bool) -> std::io::Result<UnixStream> {
+        match self {
+            Endpoint::Unix { api, streams } => {
+                UnixStream::connect(if stream { streams } else { api }).await
+            }
+            Endpoint::HybridVsock { uds } => {
+                let port = if stream {
+                    AGENT_STREAM_VSOCK_PORT
+                } else {
+                    AGENT_API_VSOCK_PORT
+                };
+                let mut conn = UnixStream::connect(uds).await?;
+                conn.write_all(format!("CONNECT {port}\n").as_bytes())
+                    .await?;
+                // Byte by byte: whatever follows the newline belongs to the guest's stream.
+                let mut reply = Vec::new();
+                loop {
+                    let byte = conn.read_u8().await?;
+                    if byte == b'\n' {
+                        break;
+                    }
+                    reply.push(byte);
+                    if reply.len() > HYBRID_REPLY_MAX {
+                        return Err(std::io::Error::other("hybrid vsock: reply too long"));
+                    }
+                }
+                if !reply.starts_with(b"OK ") {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        format!(
+                            "hybrid vsock CONNECT {port}: {}",
+                            String::from_utf8_lossy(&reply)
+                        ),
+                    ));
+                }
+                Ok(conn)
+            }
+        }
+    }
+
+    /// For messages: where the agent is expected.
+    pub fn describe(&self) -> String {
+        match self {
+            Endpoint::Unix { api, .. } => format!("unix://{}", api.display()),
+            Endpoint::HybridVsock { uds } => {
+                format!("hybrid vsock {} port {AGENT_API_VSOCK_PORT}", uds.display())
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -41,16 +112,17 @@ pub enum AgentError {
     },
 }
 
-/// Connects to the agent at `address`, retrying until it answers a ping or `give_up` says stop.
+/// Connects to the agent at `endpoint`, retrying until it answers a ping or `give_up` says stop.
 pub async fn connect(
-    address: &str,
+    endpoint: &Endpoint,
     wait: Duration,
     mut give_up: impl FnMut() -> bool,
 ) -> Result<(AgentClient, PingResponse), AgentError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        if let Ok(client) = ttrpc::asynchronous::Client::connect(address).await {
-            let client = AgentClient::new(client);
+        if let Ok(conn) = endpoint.dial(false).await {
+            let socket = ttrpc::asynchronous::transport::Socket::from(conn);
+            let client = AgentClient::new(ttrpc::asynchronous::Client::new(socket));
             let ping = PingRequest {
                 protocol_version: PROTOCOL_VERSION,
                 ..Default::default()
@@ -64,7 +136,7 @@ pub async fn connect(
         }
         if give_up() || tokio::time::Instant::now() >= deadline {
             return Err(AgentError::NotUp {
-                address: address.to_owned(),
+                address: endpoint.describe(),
                 waited: wait,
             });
         }
@@ -84,20 +156,20 @@ pub fn no_deadline() -> ttrpc::context::Context {
 
 /// Opens one stdio stream of a process: header frame out, ack frame in.
 pub async fn open_stream(
-    socket: &Path,
+    endpoint: &Endpoint,
     container_id: &str,
     exec_id: &str,
     kind: StreamKind,
 ) -> Result<UnixStream, AgentError> {
     let io_error = |source| AgentError::StreamIo {
-        path: socket.display().to_string(),
+        path: endpoint.describe(),
         source,
     };
     let frame_error = |source| AgentError::Frame {
-        path: socket.display().to_string(),
+        path: endpoint.describe(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).await.map_err(io_error)?;
+    let mut stream = endpoint.dial(true).await.map_err(io_error)?;
     let header = StreamHeader {
         container_id: container_id.to_owned(),
         exec_id: exec_id.to_owned(),
@@ -122,10 +194,7 @@ pub async fn open_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::UnixListener,
-    };
+    use tokio::net::UnixListener;
 
     async fn fake_endpoint(listener: UnixListener, ack: StreamAck) -> StreamHeader {
         let (mut conn, _) = listener.accept().await.unwrap();
@@ -145,7 +214,11 @@ mod tests {
             ..Default::default()
         };
         let server = tokio::spawn(fake_endpoint(listener, ack));
-        let mut stream = open_stream(&path, "c1", "e1", StreamKind::STDOUT)
+        let endpoint = Endpoint::Unix {
+            api: dir.path().join("api.sock"),
+            streams: path.clone(),
+        };
+        let mut stream = open_stream(&endpoint, "c1", "e1", StreamKind::STDOUT)
             .await
             .unwrap();
         let mut rest = String::new();
@@ -170,7 +243,11 @@ mod tests {
             ..Default::default()
         };
         let server = tokio::spawn(fake_endpoint(listener, ack));
-        let err = open_stream(&path, "c1", "", StreamKind::STDIN)
+        let endpoint = Endpoint::Unix {
+            api: dir.path().join("api.sock"),
+            streams: path.clone(),
+        };
+        let err = open_stream(&endpoint, "c1", "", StreamKind::STDIN)
             .await
             .unwrap_err()
             .to_string();
@@ -179,5 +256,63 @@ mod tests {
             "{err}"
         );
         server.await.unwrap();
+    }
+
+    /// A VMM's hybrid vsock socket: answers CONNECT to `open_port` with OK, closes otherwise,
+    /// then plays the agent's stream endpoint.
+    async fn fake_vmm(listener: UnixListener, open_port: u32) -> Option<StreamHeader> {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut line = Vec::new();
+        loop {
+            let b = conn.read_u8().await.unwrap();
+            if b == b'\n' {
+                break;
+            }
+            line.push(b);
+        }
+        if line != format!("CONNECT {open_port}").into_bytes() {
+            return None; // a refused port: the VMM closes the connection
+        }
+        conn.write_all(b"OK 1073741824\n").await.unwrap();
+        let header: StreamHeader = read_frame(&mut conn).await.unwrap();
+        let ack = StreamAck {
+            ok: true,
+            ..Default::default()
+        };
+        write_frame(&mut conn, &ack).await.unwrap();
+        conn.write_all(b"payload").await.unwrap();
+        Some(header)
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_connects_to_the_stream_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let listener = UnixListener::bind(&uds).unwrap();
+        let server = tokio::spawn(fake_vmm(listener, AGENT_STREAM_VSOCK_PORT));
+        let endpoint = Endpoint::HybridVsock { uds };
+        let mut stream = open_stream(&endpoint, "c1", "", StreamKind::STDOUT)
+            .await
+            .unwrap();
+        let mut rest = String::new();
+        stream.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "payload");
+        assert_eq!(server.await.unwrap().unwrap().container_id, "c1");
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_refusal_is_an_error_naming_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let listener = UnixListener::bind(&uds).unwrap();
+        // The guest listens on nothing but the API port: the stream CONNECT is refused.
+        let server = tokio::spawn(fake_vmm(listener, AGENT_API_VSOCK_PORT));
+        let endpoint = Endpoint::HybridVsock { uds: uds.clone() };
+        let err = open_stream(&endpoint, "c1", "", StreamKind::STDOUT)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(uds.to_str().unwrap()), "{err}");
+        assert!(server.await.unwrap().is_none());
     }
 }

@@ -41,10 +41,10 @@ pub enum ConfigError {
 pub enum HypervisorKind {
     /// Local mode: the agent runs on the host in fresh namespaces (container isolation only).
     #[serde(rename = "none")]
-    #[default]
     None,
-    /// A microVM per pod through `eci-vmm`.
+    /// A microVM per pod through `eci-vmm` (the default).
     #[serde(rename = "eci-vmm")]
+    #[default]
     EciVmm,
 }
 
@@ -57,30 +57,58 @@ pub struct PodSize {
 }
 
 impl Default for PodSize {
+    /// The smallest 1-vCPU size of the ECI size table.
     fn default() -> Self {
         Self {
             vcpus: 1,
-            memory_mib: 512,
+            memory_mib: 2048,
         }
     }
 }
 
+fn default_agent_timeout_secs() -> u64 {
+    60
+}
+
 /// The shim configuration file (`shim.toml`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShimConfig {
     pub hypervisor: HypervisorKind,
-    /// Guest kernel (VM mode).
+    /// Guest kernel (VM mode); default: `<prefix>/share/eci/vmlinux` beside the shim's prefix.
     pub kernel: Option<PathBuf>,
-    /// Guest initramfs (VM mode).
+    /// Guest initramfs (VM mode); default: `<prefix>/share/eci/initramfs.cpio.zst`.
     pub initrd: Option<PathBuf>,
-    /// `eci-agent` binary; default: next to the shim binary, then on PATH.
+    /// Extra guest kernel command line (VM mode), e.g. `loglevel=7`.
+    pub kernel_cmdline: Option<String>,
+    /// `eci-agent` binary (local mode); default: next to the shim binary, then on PATH.
     pub agent_path: Option<PathBuf>,
     /// `eci-vmm` binary; default: next to the shim binary, then on PATH.
     pub vmm_path: Option<PathBuf>,
+    /// `virtiofsd` binary; default: next to the shim binary, on PATH, /opt/eci-tools/bin.
+    pub virtiofsd_path: Option<PathBuf>,
+    /// How long a pod's agent may take to come up (VM boot included) before the create fails.
+    pub agent_timeout_secs: u64,
     pub default_pod_size: PodSize,
     /// error, warn, info, debug or trace.
     pub log_level: Option<String>,
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        Self {
+            hypervisor: HypervisorKind::default(),
+            kernel: None,
+            initrd: None,
+            kernel_cmdline: None,
+            agent_path: None,
+            vmm_path: None,
+            virtiofsd_path: None,
+            agent_timeout_secs: default_agent_timeout_secs(),
+            default_pod_size: PodSize::default(),
+            log_level: None,
+        }
+    }
 }
 
 impl ShimConfig {
@@ -118,6 +146,14 @@ impl ShimConfig {
         if self.default_pod_size.vcpus == 0 {
             return Err(invalid("default_pod_size.vcpus", "must be at least 1"));
         }
+        if self.agent_timeout_secs == 0 || self.agent_timeout_secs > 3600 {
+            return Err(invalid("agent_timeout_secs", "must be 1..=3600"));
+        }
+        if let Some(cmdline) = &self.kernel_cmdline {
+            if cmdline.contains(['\0', '\n']) {
+                return Err(invalid("kernel_cmdline", "must be one line"));
+            }
+        }
         if self.default_pod_size.memory_mib < 64 {
             return Err(invalid(
                 "default_pod_size.memory_mib",
@@ -137,6 +173,7 @@ impl ShimConfig {
             ("initrd", &self.initrd),
             ("agent_path", &self.agent_path),
             ("vmm_path", &self.vmm_path),
+            ("virtiofsd_path", &self.virtiofsd_path),
         ] {
             if let Some(p) = value {
                 if !p.is_absolute() {
@@ -187,16 +224,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_local_mode() {
+    fn defaults_are_vm_mode() {
         let config = ShimConfig::parse("", Path::new("x.toml")).unwrap();
-        assert_eq!(config.hypervisor, HypervisorKind::None);
+        assert_eq!(config.hypervisor, HypervisorKind::EciVmm);
+        assert_eq!(config, ShimConfig::default());
         assert_eq!(
             config.default_pod_size,
             PodSize {
                 vcpus: 1,
-                memory_mib: 512
+                memory_mib: 2048
             }
         );
+        assert_eq!(config.agent_timeout_secs, 60);
     }
 
     #[test]

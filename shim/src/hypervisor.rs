@@ -1,21 +1,25 @@
 //! The one interface between a pod and whatever runs its agent.
 //!
-//! [`Hypervisor::launch`] starts the sandbox (the agent on the host in local mode, a microVM
-//! through `eci-vmm` later) and says where the agent's API and stream endpoints are and which host
-//! process ends the sandbox when it exits. Everything else (containers, stdio, hooks) is the same
-//! for every hypervisor.
+//! [`Hypervisor::launch`] starts the sandbox (a microVM through `eci-vmm` in VM mode, see
+//! [`crate::vm`]; the agent on the host in local mode) and says where the agent's API and
+//! stream endpoints are and which host process ends the sandbox when it exits. Everything else
+//! (containers, stdio, hooks) is the same for every hypervisor.
 
 use std::{
     ffi::CString,
     os::{fd::AsRawFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use async_trait::async_trait;
+use eci_protocol::agent::StorageMount;
 use nix::sched::CloneFlags;
+use oci_spec::runtime::Spec;
 use tokio::sync::oneshot;
 
 use crate::{
+    agent::Endpoint,
     config::{HypervisorKind, ShimConfig},
     paths::PodPaths,
     reaper::ExitSubscription,
@@ -25,6 +29,15 @@ use crate::{
 pub enum SandboxError {
     #[error("hypervisor = \"{0}\" is not supported by this shim yet; use hypervisor = \"none\" (local mode)")]
     NotSupported(&'static str),
+    #[error("hypervisor = \"eci-vmm\" cannot run here: {0}; set hypervisor = \"none\" for local mode (container isolation only)")]
+    NoKvm(String),
+    #[error("guest image `{field}` not found ({}); set `{field}` in the shim config or install the images (make install)", path.as_ref().map_or("looked in <prefix>/share/eci".into(), |p| p.display().to_string()))]
+    GuestImage {
+        field: &'static str,
+        path: Option<PathBuf>,
+    },
+    #[error(transparent)]
+    Size(#[from] crate::vm::sizing::SizeError),
     #[error("cannot find `{name}` next to the shim binary or on PATH (set `{field}` in the shim config)")]
     BinaryNotFound {
         name: &'static str,
@@ -42,16 +55,30 @@ pub enum SandboxError {
     },
 }
 
+/// What a sandbox is started for: the pod's first container (its sandbox container under CRI).
+pub struct LaunchRequest<'a> {
+    pub pod_id: &'a str,
+    pub spec: &'a Spec,
+}
+
 /// A running sandbox.
 pub struct Launched {
     /// Host pid of the process whose exit ends the sandbox.
     pub pid: i32,
-    /// ttrpc address of the agent API (`unix://...`).
-    pub api_address: String,
-    /// Unix socket of the agent's stdio stream endpoint.
-    pub stream_socket: PathBuf,
-    /// Resolves with the sandbox process's exit status.
+    /// Where the agent's API and stdio streams are.
+    pub endpoint: Endpoint,
+    /// Resolves with the sandbox process's exit status, once everything it ran is gone.
     pub exited: oneshot::Receiver<i32>,
+}
+
+/// How the agent sees the pod's shared directory (container root filesystems, host binds).
+pub struct GuestShare {
+    /// The shared directory's path for the agent.
+    pub dir: PathBuf,
+    /// What the agent mounts to see it (SetupSandbox storages).
+    pub storages: Vec<StorageMount>,
+    /// Whether the agent's pids are host pids of a PID namespace the shim can map (local mode).
+    pub host_pids: bool,
 }
 
 #[async_trait]
@@ -60,10 +87,23 @@ pub trait Hypervisor: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Starts the pod's sandbox. The pod directory exists and is prepared.
-    async fn launch(&self, pod: &PodPaths) -> Result<Launched, SandboxError>;
+    async fn launch(
+        &self,
+        pod: &PodPaths,
+        request: &LaunchRequest<'_>,
+    ) -> Result<Launched, SandboxError>;
 
     /// What the shim says in its log when a pod starts.
     fn isolation_note(&self) -> &'static str;
+
+    /// How long the agent may take to answer its first ping.
+    fn agent_timeout(&self) -> Duration;
+
+    /// How the agent sees the pod's shared directory.
+    fn guest_share(&self, pod: &PodPaths) -> GuestShare;
+
+    /// What went on in the sandbox, for errors: the tails of its logs.
+    fn diagnostics(&self, pod: &PodPaths) -> String;
 }
 
 /// The hypervisor the configuration asks for.
@@ -79,7 +119,7 @@ pub fn from_config(config: &ShimConfig) -> Result<Box<dyn Hypervisor>, SandboxEr
             };
             Ok(Box::new(LocalAgent { agent }))
         }
-        HypervisorKind::EciVmm => Err(SandboxError::NotSupported("eci-vmm")),
+        HypervisorKind::EciVmm => Ok(Box::new(crate::vm::EciVmm::new(config)?)),
     }
 }
 
@@ -123,7 +163,27 @@ impl Hypervisor for LocalAgent {
          isolation only, not a VM sandbox"
     }
 
-    async fn launch(&self, pod: &PodPaths) -> Result<Launched, SandboxError> {
+    fn agent_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    fn guest_share(&self, pod: &PodPaths) -> GuestShare {
+        GuestShare {
+            dir: pod.shared_dir(),
+            storages: Vec::new(),
+            host_pids: true,
+        }
+    }
+
+    fn diagnostics(&self, pod: &PodPaths) -> String {
+        format!("agent log: {}", crate::vm::tail(&pod.agent_log(), 5))
+    }
+
+    async fn launch(
+        &self,
+        pod: &PodPaths,
+        _request: &LaunchRequest<'_>,
+    ) -> Result<Launched, SandboxError> {
         let spawn_error = |source| SandboxError::Spawn {
             binary: self.agent.clone(),
             source,
@@ -155,8 +215,10 @@ impl Hypervisor for LocalAgent {
         std::fs::write(pod.pid_file(), pid.to_string()).map_err(spawn_error)?;
         Ok(Launched {
             pid,
-            api_address: format!("unix://{}", api_socket.display()),
-            stream_socket,
+            endpoint: Endpoint::Unix {
+                api: api_socket,
+                streams: stream_socket,
+            },
             exited: subscription.watch(pid),
         })
     }
@@ -282,21 +344,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn eci_vmm_is_not_supported_yet() {
+    fn eci_vmm_says_why_it_cannot_run_on_this_host() {
         let config = ShimConfig {
             hypervisor: HypervisorKind::EciVmm,
             ..Default::default()
         };
-        let err = from_config(&config).err().unwrap().to_string();
-        assert!(
-            err.contains("eci-vmm") && err.contains("not supported"),
-            "{err}"
-        );
+        match crate::vm::kvm::check() {
+            // PVM or no KVM: refused at once, naming the reason and the way out.
+            Err(expected) => {
+                let err = from_config(&config).err().unwrap().to_string();
+                assert_eq!(err, expected.to_string());
+                assert!(err.contains("hypervisor = \"none\""), "{err}");
+            }
+            // A VMX/SVM host: the VM hypervisor is chosen (images permitting).
+            Ok(()) => match from_config(&config) {
+                Ok(h) => assert_eq!(h.name(), "eci-vmm"),
+                Err(e) => assert!(e.to_string().contains("not found"), "{e}"),
+            },
+        }
     }
 
     #[test]
     fn configured_agent_path_wins() {
         let config = ShimConfig {
+            hypervisor: HypervisorKind::None,
             agent_path: Some("/opt/agent".into()),
             ..Default::default()
         };

@@ -1,6 +1,7 @@
 //! containerd shim v2 for ECI pods (`io.containerd.eci.v2`).
 //!
-//! Owns: the containerd Task API of one pod, the pod's sandbox (through [`hypervisor`]), host
+//! Owns: the containerd Task API of one pod, the pod's sandbox (through [`hypervisor`]: a
+//! microVM per pod in [`vm`], or local mode), host
 //! OCI hooks, stdio plumbing, and every host resource of the pod (sockets, mounts, cgroups,
 //! directories). Must not touch: guest internals, except through the agent API.
 
@@ -19,5 +20,6 @@ pub mod reaper;
 pub mod sandbox;
 pub mod stdio;
 pub mod task;
+pub mod vm;
 
 pub use lifecycle::RUNTIME_ID;

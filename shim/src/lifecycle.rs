@@ -112,10 +112,14 @@ pub async fn cleanup(flags: &Flags) -> anyhow::Result<DeleteResponse> {
     let (pod_id, spec) = pod_of_bundle(&flags.id, &bundle);
     let pod = PodPaths::new(&flags.address, &flags.namespace, &pod_id);
     // Ask a live agent to drop the container first.
-    if pod.api_socket().exists() {
-        let address = format!("unix://{}", pod.api_socket().display());
+    let endpoint = pod.agent_endpoint();
+    let reachable = match &endpoint {
+        agent::Endpoint::Unix { api, .. } => api.exists(),
+        agent::Endpoint::HybridVsock { uds } => uds.exists(),
+    };
+    if reachable {
         if let Ok((client, _)) =
-            agent::connect(&address, Duration::from_millis(500), || false).await
+            agent::connect(&endpoint, Duration::from_millis(500), || false).await
         {
             let req = eci_protocol::agent::RemoveContainerRequest {
                 container_id: flags.id.clone(),
@@ -169,12 +173,32 @@ pub async fn cleanup(flags: &Flags) -> anyhow::Result<DeleteResponse> {
     })
 }
 
-/// Kills the pod's sandbox process recorded in the pod directory, if it is still ours.
-async fn kill_sandbox(pod: &PodPaths) {
-    let Some(pid) = std::fs::read_to_string(pod.pid_file())
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
+}
+
+/// Kills the pod's sandbox processes recorded in the pod directory, if they are still ours:
+/// local mode's namespace init, or VM mode's eci-vmm and virtiofsd.
+async fn kill_sandbox(pod: &PodPaths) {
+    let config = pod.vmm_config().display().to_string();
+    let shared = pod.shared_dir().display().to_string();
+    let candidates = [
+        (read_pid(&pod.pid_file()), "eci-vmm", config.as_str()),
+        (
+            read_pid(&pod.virtiofsd_pid_file()),
+            "virtiofsd",
+            shared.as_str(),
+        ),
+    ];
+    for (pid, program, needle) in candidates {
+        if let Some(pid) = pid.filter(|&p| crate::vm::process_is_ours(p, program, needle)) {
+            kill_and_wait(pid).await;
+        }
+    }
+    crate::vm::teardown(pod);
+    let Some(pid) = read_pid(&pod.pid_file()) else {
         return;
     };
     // The pid may have been reused: only kill the namespace init whose child is this pod's agent.
@@ -185,9 +209,12 @@ async fn kill_sandbox(pod: &PodPaths) {
         let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
         String::from_utf8_lossy(&cmdline).contains(&socket)
     });
-    if !ours {
-        return;
+    if ours {
+        kill_and_wait(pid).await;
     }
+}
+
+async fn kill_and_wait(pid: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

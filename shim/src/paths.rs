@@ -57,6 +57,55 @@ impl PodPaths {
         self.dir.join("sandbox.pid")
     }
 
+    /// VM mode: the hybrid vsock socket, the VMM's control socket and virtiofsd's socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    /// VM mode: the mount point of the VMM's jail (empty as the host sees it).
+    pub fn jail_dir(&self) -> PathBuf {
+        self.dir.join("jail")
+    }
+
+    /// VM mode: the guest's serial console.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("vmm.log")
+    }
+
+    pub fn virtiofsd_log(&self) -> PathBuf {
+        self.dir.join("virtiofsd.log")
+    }
+
+    pub fn vmm_config(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+
+    pub fn virtiofsd_pid_file(&self) -> PathBuf {
+        self.dir.join("virtiofsd.pid")
+    }
+
+    /// The VMM's host cgroup path.
+    pub fn vmm_cgroup_file(&self) -> PathBuf {
+        self.dir.join("vmm.cgroup")
+    }
+
+    /// Where a live agent of this pod would be reached (for the `delete` action).
+    pub fn agent_endpoint(&self) -> crate::agent::Endpoint {
+        let uds = self.socket_dir().join("vsock.sock");
+        if uds.exists() {
+            crate::agent::Endpoint::HybridVsock { uds }
+        } else {
+            crate::agent::Endpoint::Unix {
+                api: self.api_socket(),
+                streams: self.stream_socket(),
+            }
+        }
+    }
+
     pub fn shared_dir(&self) -> PathBuf {
         self.dir.join("shared")
     }

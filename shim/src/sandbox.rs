@@ -1,42 +1,51 @@
 //! One pod's sandbox: started on the pod's first create, stopped after its last delete.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use eci_protocol::{
     agent::{DestroySandboxRequest, SetupSandboxRequest},
     agent_ttrpc::AgentClient,
 };
+use oci_spec::runtime::Spec;
 use tokio::sync::watch;
 
 use crate::{
-    agent::{self, ctx},
+    agent::{self, ctx, Endpoint},
     config::ShimConfig,
     error::{rpc, ShimError},
-    hypervisor,
+    hypervisor::{self, Hypervisor, LaunchRequest},
     paths::PodPaths,
 };
-
-/// How long the agent may take to answer its first ping.
-const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Sandbox {
     pub id: String,
     pub paths: PodPaths,
     pub agent: AgentClient,
-    pub stream_socket: PathBuf,
-    /// Host pid of the process whose exit ends the sandbox.
+    pub endpoint: Endpoint,
+    /// Host pid of the process whose exit ends the sandbox (the VMM, or local mode's init).
     pub pid: i32,
+    /// The pod's shared directory as the agent sees it.
+    pub guest_share: PathBuf,
+    /// Whether agent pids map to host pids (local mode); in a VM every process is the VMM.
+    pub host_pids: bool,
+    hypervisor: Box<dyn Hypervisor>,
     /// The sandbox process's exit status once it exited.
     dead: watch::Receiver<Option<i32>>,
 }
 
 impl Sandbox {
-    /// Starts the sandbox of pod `id` with `config`, ready for containers.
+    /// Starts the sandbox of pod `id` with `config` for its first container `spec`, ready for
+    /// containers.
     pub async fn start(
         id: &str,
         paths: PodPaths,
         config: &ShimConfig,
         hostname: &str,
+        spec: &Spec,
     ) -> Result<Arc<Self>, ShimError> {
         let hypervisor = hypervisor::from_config(config)?;
         log::warn!("pod {id}: {}", hypervisor.isolation_note());
@@ -46,7 +55,8 @@ impl Sandbox {
                 path: paths.dir.clone(),
                 source,
             })?;
-        let launched = match hypervisor.launch(&paths).await {
+        let request = LaunchRequest { pod_id: id, spec };
+        let launched = match hypervisor.launch(&paths, &request).await {
             Ok(l) => l,
             Err(e) => {
                 let _ = paths.remove();
@@ -61,32 +71,38 @@ impl Sandbox {
         });
         let pid = launched.pid;
         let watch_dead = dead.clone();
-        let connected = agent::connect(&launched.api_address, AGENT_START_TIMEOUT, || {
+        let started = std::time::Instant::now();
+        let connected = agent::connect(&launched.endpoint, hypervisor.agent_timeout(), || {
             watch_dead.borrow().is_some()
         })
         .await;
+        let share = hypervisor.guest_share(&paths);
         let sandbox = match connected {
             Ok((client, pong)) => {
                 log::info!(
-                    "pod {id}: agent {} up in {} mode (pid {pid})",
+                    "pod {id}: agent {} up in {} mode after {:?} (pid {pid})",
                     pong.agent_version,
-                    pong.mode
+                    pong.mode,
+                    started.elapsed()
                 );
                 Arc::new(Self {
                     id: id.to_owned(),
                     paths,
                     agent: client,
-                    stream_socket: launched.stream_socket,
+                    endpoint: launched.endpoint,
                     pid,
+                    guest_share: share.dir.clone(),
+                    host_pids: share.host_pids,
+                    hypervisor,
                     dead,
                 })
             }
             Err(e) => {
-                let log_tail = agent_log_tail(&paths);
                 kill_and_reap(pid, dead).await;
+                let diagnostics = hypervisor.diagnostics(&paths);
                 let _ = paths.remove();
                 return Err(ShimError::Internal(format!(
-                    "{}; agent log: {log_tail}",
+                    "{}; {diagnostics}",
                     crate::error::chain(&e)
                 )));
             }
@@ -94,7 +110,8 @@ impl Sandbox {
         let setup = SetupSandboxRequest {
             sandbox_id: id.to_owned(),
             hostname: hostname.to_owned(),
-            shared_dir: sandbox.paths.shared_dir().display().to_string(),
+            shared_dir: share.dir.display().to_string(),
+            storages: share.storages,
             ..Default::default()
         };
         if let Err(e) = sandbox
@@ -110,6 +127,24 @@ impl Sandbox {
 
     pub fn is_dead(&self) -> bool {
         self.dead.borrow().is_some()
+    }
+
+    /// The agent's view of a host path in the pod's shared directory.
+    pub fn guest_path(&self, host: &Path) -> PathBuf {
+        match host.strip_prefix(self.paths.shared_dir()) {
+            Ok(rel) => self.guest_share.join(rel),
+            Err(_) => host.to_owned(),
+        }
+    }
+
+    /// Whether the agent sees the host's files only through the pod's share (VM mode).
+    pub fn is_vm(&self) -> bool {
+        !self.host_pids
+    }
+
+    /// What went on in the sandbox (log tails), for errors and the log.
+    pub fn diagnostics(&self) -> String {
+        self.hypervisor.diagnostics(&self.paths)
     }
 
     /// Resolves when the sandbox process exited.
@@ -154,16 +189,5 @@ async fn kill_and_reap(pid: i32, mut dead: watch::Receiver<Option<i32>>) {
         .is_err()
     {
         log::error!("sandbox process {pid} did not exit after SIGKILL");
-    }
-}
-
-fn agent_log_tail(paths: &PodPaths) -> String {
-    let text = std::fs::read_to_string(paths.agent_log()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    let tail = lines.into_iter().rev().collect::<Vec<_>>().join(" | ");
-    if tail.is_empty() {
-        "(empty)".to_owned()
-    } else {
-        tail
     }
 }

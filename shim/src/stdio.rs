@@ -115,7 +115,7 @@ impl ProcessIo {
     /// copying. Call between CreateContainer/ExecProcess and the start of the process.
     pub async fn attach(
         paths: &StdioPaths,
-        stream_socket: &Path,
+        endpoint: &agent::Endpoint,
         container_id: &str,
         exec_id: &str,
         namespace: &str,
@@ -128,8 +128,7 @@ impl ProcessIo {
             (StreamKind::STDERR, stderr_sink),
         ] {
             if let Some(mut sink) = sink {
-                let mut stream =
-                    agent::open_stream(stream_socket, container_id, exec_id, kind).await?;
+                let mut stream = agent::open_stream(endpoint, container_id, exec_id, kind).await?;
                 outputs.push(tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut stream, &mut sink).await;
                     let _ = sink.shutdown().await;
@@ -139,7 +138,7 @@ impl ProcessIo {
         let mut stdin_close = None;
         if config.stdin {
             let stream =
-                agent::open_stream(stream_socket, container_id, exec_id, StreamKind::STDIN).await?;
+                agent::open_stream(endpoint, container_id, exec_id, StreamKind::STDIN).await?;
             let (tx, rx) = oneshot::channel();
             stdin_close = Some(tx);
             tokio::spawn(copy_stdin(PathBuf::from(&paths.stdin), stream, rx));

@@ -60,6 +60,9 @@ pub fn restore_volume_sources(spec: &mut Spec) -> usize {
 
 pub struct Container {
     pub id: String,
+    /// The init process's pid as the agent reports it (in the guest, or the agent's PID
+    /// namespace in local mode).
+    pub agent_pid: u32,
     pub bundle: String,
     pub sandbox: Arc<Sandbox>,
     pub hooks: HostHooks,

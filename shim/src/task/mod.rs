@@ -95,7 +95,7 @@ impl TaskService {
             .pid;
         let io = ProcessIo::attach(
             &process.stdio,
-            &container.sandbox.stream_socket,
+            &container.sandbox.endpoint,
             &req.id,
             &req.exec_id,
             &self.pod.namespace,

@@ -162,6 +162,7 @@ impl Pod {
         self: &Arc<Self>,
         req: &CreateTaskRequest,
         hostname: &str,
+        spec: &oci_spec::runtime::Spec,
     ) -> Result<Arc<Sandbox>, ShimError> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
@@ -178,7 +179,7 @@ impl Pod {
         if let Some(level) = config.log_level.as_deref().and_then(|l| l.parse().ok()) {
             log::set_max_level(level);
         }
-        let sandbox = Sandbox::start(&self.pod_id, self.paths(), &config, hostname).await?;
+        let sandbox = Sandbox::start(&self.pod_id, self.paths(), &config, hostname, spec).await?;
         tokio::spawn(forward_agent_events(self.clone(), sandbox.clone()));
         tokio::spawn(release_after_sandbox_death(self.clone(), sandbox.clone()));
         *slot = Some(sandbox.clone());
@@ -218,7 +219,16 @@ impl Pod {
             ));
         }
         let hostname = spec.hostname().clone().unwrap_or_default();
-        let sandbox = self.sandbox_for(req, &hostname).await?;
+        if let Some(linux) = spec.linux_mut() {
+            if linux.cgroups_path().is_none() {
+                // As ctr and runc do: /<namespace>/<id>, so every container has its own.
+                linux.set_cgroups_path(Some(PathBuf::from(format!(
+                    "/{}/{}",
+                    self.namespace, req.id
+                ))));
+            }
+        }
+        let sandbox = self.sandbox_for(req, &hostname, &spec).await?;
         let hooks = HostHooks::take_from(&mut spec);
 
         // Root filesystem: containerd's mounts go under the pod's shared directory.
@@ -251,39 +261,30 @@ impl Pod {
                     agent_bundle.join("rootfs")
                 };
                 let mut root = root.clone();
-                root.set_path(rel);
+                root.set_path(sandbox.guest_path(&rel));
                 Some(root)
             }
             other => other.clone(),
         };
         spec.set_root(root_path);
-        let mut cgroups_path = None;
-        if let Some(linux) = spec.linux_mut() {
-            // CRI joins containers to the sandbox's namespaces by host /proc paths.
-            if let Some(namespaces) = linux.namespaces_mut() {
-                for ns in namespaces.iter_mut() {
-                    let translated = ns
-                        .path()
-                        .as_ref()
-                        .and_then(|p| p.to_str())
-                        .and_then(|p| pidmap::translate_ns_path(sandbox.pid, p));
-                    if let Some(path) = translated {
-                        ns.set_path(Some(PathBuf::from(path)));
-                    }
-                }
+        let adapted = if sandbox.is_vm() {
+            self.adapt_for_vm(&mut spec, &sandbox, &req.id)
+        } else {
+            translate_ns_paths(&mut spec, sandbox.pid);
+            Ok(())
+        };
+        if let Err(e) = adapted {
+            if let Some(dir) = &mounted_dir {
+                release_container_dir(dir);
             }
-            if linux.cgroups_path().is_none() {
-                // As ctr and runc do: /<namespace>/<id>, so every container has its own.
-                linux.set_cgroups_path(Some(PathBuf::from(format!(
-                    "/{}/{}",
-                    self.namespace, req.id
-                ))));
-            }
-            cgroups_path = linux
-                .cgroups_path()
-                .as_ref()
-                .map(|p| p.display().to_string());
+            self.stop_sandbox_if_unused().await;
+            return Err(e);
         }
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.display().to_string());
         let restored = restore_volume_sources(&mut spec);
         if restored > 0 {
             log::debug!("{}: {restored} eci-volume mount source(s) restored", req.id);
@@ -300,7 +301,7 @@ impl Pod {
         let agent_req = CreateContainerRequest {
             container_id: req.id.clone(),
             oci_spec_json: spec_json,
-            bundle: agent_bundle.display().to_string(),
+            bundle: sandbox.guest_path(&agent_bundle).display().to_string(),
             stdio: Some(stdio.config()).into(),
             sandbox_id: self.pod_id.clone(),
             ..Default::default()
@@ -322,6 +323,7 @@ impl Pod {
         let init = Arc::new(Process::new(&req.id, "", stdio, Vec::new()));
         let container = Arc::new(Container {
             id: req.id.clone(),
+            agent_pid: ns_pid,
             bundle: req.bundle.clone(),
             sandbox: sandbox.clone(),
             hooks,
@@ -336,14 +338,9 @@ impl Pod {
         init.set_pid(pid);
         log::debug!("container {} created by the agent (pid {pid})", req.id);
         let prepared = async {
-            let io = ProcessIo::attach(
-                &init.stdio,
-                &sandbox.stream_socket,
-                &req.id,
-                "",
-                &self.namespace,
-            )
-            .await?;
+            let io =
+                ProcessIo::attach(&init.stdio, &sandbox.endpoint, &req.id, "", &self.namespace)
+                    .await?;
             *init.io.lock().await = Some(io);
             let state = container.state("created", pid);
             hooks::run("prestart", &container.hooks.prestart, &state).await?;
@@ -506,8 +503,13 @@ impl Pod {
     }
 }
 
+/// The host pid containerd gets for the agent's `ns_pid`: in local mode the process itself; in
+/// a VM, whose processes the host cannot see, the VMM's (as Kata reports the hypervisor's).
 pub async fn host_pid(sandbox: &Sandbox, ns_pid: u32) -> u32 {
     let sandbox_pid = sandbox.pid;
+    if sandbox.is_vm() {
+        return sandbox_pid as u32;
+    }
     let found = tokio::task::spawn_blocking(move || pidmap::host_pid(sandbox_pid, ns_pid))
         .await
         .ok()
@@ -516,6 +518,53 @@ pub async fn host_pid(sandbox: &Sandbox, ns_pid: u32) -> u32 {
         log::warn!("no host pid for pid {ns_pid} of sandbox {sandbox_pid}");
         ns_pid
     })
+}
+
+/// Local mode: CRI joins containers to the sandbox's namespaces by host /proc paths, which the
+/// agent (in its own PID namespace) must see as its own pids.
+fn translate_ns_paths(spec: &mut oci_spec::runtime::Spec, sandbox_pid: i32) {
+    let Some(namespaces) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    else {
+        return;
+    };
+    for ns in namespaces.iter_mut() {
+        let translated = ns
+            .path()
+            .as_ref()
+            .and_then(|p| p.to_str())
+            .and_then(|p| pidmap::translate_ns_path(sandbox_pid, p));
+        if let Some(path) = translated {
+            ns.set_path(Some(PathBuf::from(path)));
+        }
+    }
+}
+
+impl Pod {
+    /// VM mode: namespaces as the guest sees them, and host binds through the pod's share.
+    fn adapt_for_vm(
+        &self,
+        spec: &mut oci_spec::runtime::Spec,
+        sandbox: &Sandbox,
+        container_id: &str,
+    ) -> Result<(), ShimError> {
+        let sandbox_agent_pid = self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .get(&self.pod_id)
+            .map(|c| c.agent_pid);
+        crate::vm::spec::adapt_namespaces(spec, sandbox.pid, sandbox_agent_pid)?;
+        let host_dir = sandbox.paths.container_dir(container_id);
+        let exposed =
+            crate::vm::share::expose_host_mounts(spec, &sandbox.paths.shared_dir(), &host_dir)?;
+        if exposed > 0 {
+            log::debug!("{container_id}: {exposed} host mount(s) exposed through the share");
+        }
+        Ok(())
+    }
 }
 
 fn release_container_dir(dir: &Path) {

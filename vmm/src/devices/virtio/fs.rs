@@ -55,10 +55,9 @@ fn step(step: &'static str) -> impl FnOnce(vhost::Error) -> FsError {
     move |source| FsError::Protocol { step, source }
 }
 
-/// The running part: what the guest handed over, and the backend's call fds.
+/// The running part: what the guest handed over.
 struct Active {
     state: ActiveState,
-    calls: Vec<EventFd>,
     /// Whether the rings were handed to the backend (on the event loop thread).
     started: bool,
 }
@@ -71,8 +70,11 @@ pub struct Fs {
     acked: u64,
     protocol: VhostUserProtocolFeatures,
     active: Option<Active>,
-    /// Call fds of a reset device, removed from the event loop by `settle_backend`.
-    retired_calls: Vec<EventFd>,
+    /// The backend's "used buffers" notifications, one per queue. Made at construction: the
+    /// device is activated on a vCPU thread, whose seccomp filter allows no new descriptors.
+    calls: Vec<EventFd>,
+    /// Whether `calls` are on the event loop.
+    calls_registered: bool,
     /// Set when the backend failed after activation; the device stays inert until reset.
     failed: Option<String>,
 }
@@ -106,6 +108,10 @@ impl Fs {
                 .set_protocol_features(protocol)
                 .map_err(step("SET_PROTOCOL_FEATURES"))?;
         }
+        let calls = (0..QUEUE_SIZES.len())
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<_, _>>()
+            .map_err(|e| step("call eventfd")(vhost::Error::IOError(e)))?;
         let mut config = [0u8; TAG_LEN + 4];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         let request_queues = (QUEUE_SIZES.len() - 1) as u32;
@@ -117,7 +123,8 @@ impl Fs {
             acked: 0,
             protocol,
             active: None,
-            retired_calls: Vec::new(),
+            calls,
+            calls_registered: false,
             failed: None,
         })
     }
@@ -158,7 +165,7 @@ impl Fs {
                 .map_err(step("SET_VRING_ADDR"))?;
             fe.set_vring_base(index, 0)
                 .map_err(step("SET_VRING_BASE"))?;
-            fe.set_vring_call(index, &active.calls[index])
+            fe.set_vring_call(index, &self.calls[index])
                 .map_err(step("SET_VRING_CALL"))?;
             fe.set_vring_kick(index, &active.state.queue_evts[index])
                 .map_err(step("SET_VRING_KICK"))?;
@@ -206,13 +213,8 @@ impl VirtioDevice for Fs {
                 actual: state.queue_evts.len(),
             });
         }
-        let calls = (0..QUEUE_SIZES.len())
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<Result<_, _>>()
-            .map_err(ActivateError::Backend)?;
         self.active = Some(Active {
             state,
-            calls,
             started: false,
         });
         Ok(())
@@ -225,20 +227,26 @@ impl VirtioDevice for Fs {
                 for index in 0..active.state.queues.len() {
                     let _ = self.frontend.get_vring_base(index);
                 }
-                self.retired_calls = active.calls;
             }
+        }
+        for call in &self.calls {
+            let _ = call.read();
         }
         self.failed = None;
     }
 
     fn settle_backend(&mut self, ops: &mut EventOps) {
-        for (i, call) in self.retired_calls.drain(..).enumerate() {
+        if !self.calls_registered {
+            return;
+        }
+        for (i, call) in self.calls.iter().enumerate() {
             let _ = ops.remove(Events::with_data(
-                &call,
+                call,
                 BACKEND_EVENT_BASE + i as u32,
                 EventSet::IN,
             ));
         }
+        self.calls_registered = false;
     }
 
     fn is_active(&self) -> bool {
@@ -265,24 +273,26 @@ impl VirtioDevice for Fs {
                 }
             }
         }
-        for (i, call) in active.calls.iter().enumerate() {
-            let _ = ops.add(Events::with_data(
-                call,
-                BACKEND_EVENT_BASE + i as u32,
-                EventSet::IN,
-            ));
+        if !self.calls_registered {
+            for (i, call) in self.calls.iter().enumerate() {
+                let _ = ops.add(Events::with_data(
+                    call,
+                    BACKEND_EVENT_BASE + i as u32,
+                    EventSet::IN,
+                ));
+            }
+            self.calls_registered = true;
         }
         self.active = Some(active);
     }
 
     fn process_backend(&mut self, events: Events, _ops: &mut EventOps) {
-        let Some(active) = self.active.as_ref() else {
-            return;
-        };
         let index = events.data().wrapping_sub(BACKEND_EVENT_BASE) as usize;
-        if let Some(call) = active.calls.get(index) {
+        if let Some(call) = self.calls.get(index) {
             let _ = call.read();
-            active.state.interrupt.signal_used_queue();
+            if let Some(active) = self.active.as_ref() {
+                active.state.interrupt.signal_used_queue();
+            }
         }
     }
 
