@@ -28,10 +28,25 @@ pub enum Endpoint {
 
 /// Longest `OK <port>\n` answer to a hybrid vsock CONNECT.
 const HYBRID_REPLY_MAX: usize = 32;
+/// How long one connection attempt may take: a VMM whose guest has not set up its vsock
+/// device yet holds the connection unanswered in its listen backlog.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Endpoint {
-    /// A new connection to the agent's API (`stream` false) or stream endpoint.
+    /// A new connection to the agent's API (`stream` false) or stream endpoint, given up after
+    /// [`DIAL_TIMEOUT`].
     pub async fn dial(&self, stream: bool) -> std::io::Result<UnixStream> {
+        tokio::time::timeout(DIAL_TIMEOUT, self.dial_once(stream))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{}: no answer within {DIAL_TIMEOUT:?}", self.describe()),
+                ))
+            })
+    }
+
+    async fn dial_once(&self, stream: bool) -> std::io::Result<UnixStream> {
         match self {
             Endpoint::Unix { api, streams } => {
                 UnixStream::connect(if stream { streams } else { api }).await

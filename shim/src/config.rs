@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 /// Where the shim looks for its configuration when the runtime options name none.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/eci/shim.toml";
+/// The environment variable naming the config file (containerd passes its environment to the
+/// shims it starts, so clients that cannot pass runtime options, e.g. nerdctl, can choose).
+pub const CONFIG_ENV: &str = "ECI_SHIM_CONFIG";
 
 /// Errors of loading the configuration; each names the field or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -122,11 +125,20 @@ impl ShimConfig {
         Ok(config)
     }
 
-    /// Loads the configuration from `explicit`, else from [`DEFAULT_CONFIG_PATH`] when it exists,
-    /// else the defaults. An explicit path that cannot be read is an error.
+    /// Loads the configuration from `explicit` (the runtime options' ConfigPath), else from
+    /// `$ECI_SHIM_CONFIG`, else from [`DEFAULT_CONFIG_PATH`] when it exists, else the defaults.
+    /// A path that is named but cannot be read is an error.
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        let path = match explicit {
-            Some(path) => path.to_owned(),
+        let from_env = std::env::var_os(CONFIG_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        Self::load_from(explicit, from_env)
+    }
+
+    /// [`Self::load`] with the environment's value given (a test seam).
+    fn load_from(explicit: Option<&Path>, from_env: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let path = match explicit.map(Path::to_owned).or(from_env) {
+            Some(path) => path,
             None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
             None => return Ok(Self::default()),
         };
@@ -291,6 +303,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("hypervisr"), "{err}");
+    }
+
+    #[test]
+    fn runtime_options_win_over_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("local.toml");
+        std::fs::write(&local, "hypervisor = \"none\"").unwrap();
+        let vm = dir.path().join("vm.toml");
+        std::fs::write(&vm, "hypervisor = \"eci-vmm\"").unwrap();
+        let from_env = ShimConfig::load_from(None, Some(local.clone())).unwrap();
+        assert_eq!(from_env.hypervisor, HypervisorKind::None);
+        let explicit = ShimConfig::load_from(Some(&vm), Some(local)).unwrap();
+        assert_eq!(explicit.hypervisor, HypervisorKind::EciVmm);
+        let err = ShimConfig::load_from(None, Some("/nonexistent/env.toml".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/env.toml"), "{err}");
     }
 
     #[test]

@@ -206,6 +206,7 @@ impl CriNetwork {
                 .iter()
                 .filter_map(|s| s.parent().map(Path::to_path_buf))
                 .collect(),
+            shim_config: None,
         })?;
         let network = Self {
             containerd,

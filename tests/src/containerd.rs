@@ -20,6 +20,9 @@ pub struct ContainerdOptions {
     pub extra_config: String,
     /// containerd namespace of `ctr` commands (default `eci-test`; CRI uses `k8s.io`).
     pub namespace: Option<String>,
+    /// The eci shim's config (TOML) for pods of this containerd, passed as `ECI_SHIM_CONFIG`;
+    /// None: local mode (`hypervisor = "none"`). Runtime options' ConfigPath still win.
+    pub shim_config: Option<String>,
     /// Network namespace (name under /run/netns) containerd runs in, so that what CNI makes
     /// (bridge, veths) lives there; None: the host's. Only the network namespace is entered
     /// (nsenter --net, not `ip netns exec`), so containerd's mounts stay visible to the test.
@@ -90,6 +93,14 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         path_env
             .push(std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
         let path_env = path_env.join(":");
+        let shim_config = dir.path().join("eci-shim.toml");
+        std::fs::write(
+            &shim_config,
+            options
+                .shim_config
+                .as_deref()
+                .unwrap_or("hypervisor = \"none\"\n"),
+        )?;
         let log = std::fs::File::create(dir.path().join("containerd.log"))?;
         let mut command = match &options.netns {
             Some(netns) => {
@@ -109,6 +120,7 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
             // (e.g. `eci-volume://name`): keep them in the temp dir, not in the test's.
             .current_dir(dir.path())
             .env("PATH", &path_env)
+            .env("ECI_SHIM_CONFIG", &shim_config)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -60,6 +60,29 @@ pub fn guest_images() -> GuestImages {
     images
 }
 
+/// The environment variable that puts the shim end-to-end tiers in VM mode (`eci-vmm`);
+/// `scripts/vm-tier` sets it where VMs boot. Unset: local mode.
+pub const TEST_HYPERVISOR_ENV: &str = "ECI_TEST_HYPERVISOR";
+
+/// Whether this test run drives VM pods (`ECI_TEST_HYPERVISOR=eci-vmm`).
+pub fn vm_mode() -> bool {
+    std::env::var(TEST_HYPERVISOR_ENV).as_deref() == Ok("eci-vmm")
+}
+
+/// The shim config of VM-mode tests: the images of `make kernel rootfs`, this build's eci-vmm,
+/// a boot deadline for emulated hosts; `extra` is appended (TOML lines).
+pub fn vm_shim_config(extra: &str) -> String {
+    let images = guest_images();
+    let vmm = crate::bins::require_workspace_binary("eci-vmm");
+    format!(
+        "hypervisor = \"eci-vmm\"\nkernel = \"{}\"\ninitrd = \"{}\"\nvmm_path = \"{}\"\n\
+         agent_timeout_secs = 600\nlog_level = \"debug\"\n{extra}",
+        images.vmlinux.display(),
+        images.initramfs.display(),
+        vmm.display()
+    )
+}
+
 /// The kind of KVM this test runs on, printed; panics when it cannot boot a Linux guest (a
 /// VM-tier test runs only where it can: `scripts/vm-tier` takes care of that).
 pub fn require_vm_kvm(test: &str) -> KvmKind {

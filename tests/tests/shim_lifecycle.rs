@@ -199,13 +199,25 @@ fn bad_runtime_options_give_clear_errors() {
         ctd.ctr(&["container", "delete", &id]);
         ids.push(id);
     }
+    // VM mode where no guest can boot (PVM, no KVM) or without guest images: refused at once,
+    // saying why, never a wait for a guest.
     let id = unique("vmm");
-    let config = write_config(tmp.path(), "hypervisor = \"eci-vmm\"\n");
+    let config = write_config(
+        tmp.path(),
+        "hypervisor = \"eci-vmm\"\nkernel = \"/nonexistent/eci/vmlinux\"\n",
+    );
+    let started = std::time::Instant::now();
     let out = run_true_with_runtime_config(&ctd, &config, &id);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
     assert!(
-        stderr.contains("eci-vmm") && stderr.contains("not supported"),
+        stderr.contains("eci-vmm")
+            && (stderr.contains("cannot run here") || stderr.contains("/nonexistent/eci/vmlinux")),
         "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "refused at once"
     );
     ctd.ctr(&["container", "delete", &id]);
     ids.push(id);

@@ -233,8 +233,24 @@ impl Pod {
 
         // Root filesystem: containerd's mounts go under the pod's shared directory.
         let mut mounted_dir = None;
-        let agent_bundle = if req.rootfs.is_empty() {
+        let agent_bundle = if req.rootfs.is_empty() && !sandbox.is_vm() {
             bundle.clone()
+        } else if req.rootfs.is_empty() {
+            // VM mode with a rootfs directory of the spec's own (`ctr run --config`, --rootfs):
+            // the guest reaches it through the share like a snapshot.
+            let dir = sandbox.paths.container_dir(&req.id);
+            let source = spec
+                .root()
+                .as_ref()
+                .map(|r| bundle.join(r.path()))
+                .ok_or_else(|| ShimError::InvalidArgument("OCI spec: `root` is missing".into()))?;
+            if let Err(e) = crate::vm::share::bind_rootfs(&source, &dir.join("rootfs")) {
+                release_container_dir(&dir);
+                self.stop_sandbox_if_unused().await;
+                return Err(e);
+            }
+            mounted_dir = Some(dir.clone());
+            dir
         } else {
             let dir = sandbox.paths.container_dir(&req.id);
             let rootfs = dir.join("rootfs");
@@ -254,8 +270,8 @@ impl Pod {
             dir
         };
         let root_path = match spec.root() {
-            Some(root) if !req.rootfs.is_empty() || root.path().is_relative() => {
-                let rel = if req.rootfs.is_empty() {
+            Some(root) if mounted_dir.is_some() || root.path().is_relative() => {
+                let rel = if mounted_dir.is_none() {
                     bundle.join(root.path())
                 } else {
                     agent_bundle.join("rootfs")

@@ -256,7 +256,7 @@ impl Hypervisor for EciVmm {
                 "--announce-submounts".into(),
                 "--inode-file-handles=never".into(),
                 "--thread-pool-size=0".into(),
-                "--log-level=error".into(),
+                "--log-level=info".into(),
             ],
             log: &pod.virtiofsd_log(),
             pass_fd: Some(listener.as_raw_fd()),
@@ -306,11 +306,15 @@ impl Hypervisor for EciVmm {
                     code.unwrap_or(255)
                 }
                 code = &mut fs => {
-                    log::error!("virtiofsd (pid {fs_pid}) exited with {code:?}: ending the pod's VM");
+                    log::error!(
+                        "virtiofsd (pid {fs_pid}) exited: {}; ending the pod's VM",
+                        exit_text(code.unwrap_or(255))
+                    );
                     process::kill(vmm_pid);
                     vmm.await.unwrap_or(255)
                 }
             };
+            log::info!("eci-vmm (pid {vmm_pid}) exited: {}", exit_text(code));
             teardown(&pod_paths);
             let _ = exited_tx.send(code);
         });
@@ -321,6 +325,15 @@ impl Hypervisor for EciVmm {
             },
             exited,
         })
+    }
+}
+
+/// An exit status as the shell reports it (128 + signal), said in words.
+fn exit_text(code: i32) -> String {
+    match code {
+        159 => "killed by SIGSYS (a seccomp filter refused a system call)".into(),
+        c if c > 128 => format!("killed by signal {}", c - 128),
+        c => format!("exit status {c}"),
     }
 }
 

@@ -27,6 +27,26 @@ pub fn guest_path(host_share: &Path, host: &Path) -> Option<PathBuf> {
     Some(Path::new(GUEST_SHARE_DIR).join(rel))
 }
 
+/// Binds a container's own rootfs directory (not a snapshot containerd mounted) at `target`.
+pub fn bind_rootfs(source: &Path, target: &Path) -> Result<(), ShimError> {
+    if !source.is_dir() {
+        return Err(ShimError::InvalidArgument(format!(
+            "root.path {}: not a directory",
+            source.display()
+        )));
+    }
+    std::fs::create_dir_all(target)
+        .map_err(ShimError::io(format!("create {}", target.display())))?;
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| ShimError::Internal(format!("bind rootfs {}: {e}", source.display())))
+}
+
 fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind")
         || m.options()

@@ -11,9 +11,15 @@ pub const ECI: &str = "io.containerd.eci.v2";
 pub const RUNC: &str = "io.containerd.runc.v2";
 
 /// A private containerd with the shim on its PATH and busybox imported, or None (SKIP printed)
-/// when this machine cannot run one.
+/// when this machine cannot run one. Its pods are VMs when `ECI_TEST_HYPERVISOR=eci-vmm`
+/// (scripts/vm-tier), else local mode.
 pub fn containerd_with_busybox() -> Option<containerd::Containerd> {
     containerd_with(containerd::ContainerdOptions::default())
+}
+
+/// Whether this run's pods are VMs.
+pub fn vm_mode() -> bool {
+    eci_tests::vm::vm_mode()
 }
 
 pub fn containerd_with(
@@ -22,6 +28,10 @@ pub fn containerd_with(
     if let Some(reason) = containerd::missing().or_else(images::missing_tools) {
         eprintln!("SKIP: {reason}");
         return None;
+    }
+    if vm_mode() && options.shim_config.is_none() {
+        eci_tests::vm::require_vm_kvm("shim tier in VM mode");
+        options.shim_config = Some(eci_tests::vm::vm_shim_config(""));
     }
     let shim = bins::require_workspace_binary("containerd-shim-eci-v2");
     bins::require_workspace_binary("eci-agent");
@@ -96,8 +106,9 @@ pub fn leftovers(ctd: &containerd::Containerd, pod_ids: &[String]) -> Vec<String
     }
     for id in pod_ids {
         let dir = pod_dir(ctd, id);
+        // The agent (local mode), or eci-vmm and virtiofsd (VM mode).
         for pid in processes_with(dir.to_str().unwrap()) {
-            left.push(format!("agent process {pid} of pod {id}"));
+            left.push(format!("sandbox process {pid} of pod {id}"));
         }
         if dir.exists() {
             left.push(format!("pod directory {}", dir.display()));
@@ -105,8 +116,8 @@ pub fn leftovers(ctd: &containerd::Containerd, pod_ids: &[String]) -> Vec<String
         for m in containerd::mounts_under(&dir) {
             left.push(format!("mount {}", m.display()));
         }
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let cgroup = hierarchy.path().join(&ctd.namespace).join(id);
+        let cgroups_path = format!("/{}/{id}", ctd.namespace);
+        for cgroup in eci_shim::cgroups::cgroup_dirs(&cgroups_path) {
             if cgroup.exists() {
                 left.push(format!("cgroup {}", cgroup.display()));
             }
@@ -122,7 +133,8 @@ pub fn leftovers(ctd: &containerd::Containerd, pod_ids: &[String]) -> Vec<String
 /// returns from the last delete before the shim process has exited.
 pub fn assert_nothing_left(ctd: &containerd::Containerd, pod_ids: &[String]) {
     let mut left = Vec::new();
-    for _ in 0..100 {
+    // A VM's end (VMM and virtiofsd exit, cgroup removal) takes longer than local mode's.
+    for _ in 0..600 {
         left = leftovers(ctd, pod_ids);
         if left.is_empty() {
             return;
