@@ -196,6 +196,10 @@ pub struct VmConfig {
     /// Seccomp filters per thread and dropped capabilities after setup (default on).
     #[serde(default = "default_true")]
     pub seccomp: bool,
+    /// PCI devices to pass through with VFIO: a BDF (`0000:01:00.0`, `01:00.0`) or a sysfs
+    /// device path; each must be bound to vfio-pci.
+    #[serde(default)]
+    pub vfio: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -247,6 +251,10 @@ pub struct Cli {
     /// Do not install seccomp filters or drop capabilities (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// A PCI device to pass through with VFIO: BDF or sysfs path, bound to vfio-pci.
+    /// Repeatable.
+    #[arg(long)]
+    pub vfio: Vec<String>,
 }
 
 impl Cli {
@@ -284,6 +292,7 @@ impl Cli {
             rng: false,
             api_sock: None,
             seccomp: true,
+            vfio: vec![],
         });
         cfg.kernel = kernel;
         if let Some(v) = self.initrd {
@@ -322,6 +331,7 @@ impl Cli {
         if self.no_seccomp {
             cfg.seccomp = false;
         }
+        cfg.vfio.extend(self.vfio);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -390,6 +400,14 @@ impl VmConfig {
                 }
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for v in &self.vfio {
+            let dir = crate::vfio::resolve_device(v, std::path::Path::new("/sys"))
+                .map_err(|e| invalid("vfio", e.to_string()))?;
+            if !seen.insert(std::fs::canonicalize(&dir).unwrap_or(dir)) {
+                return Err(invalid("vfio", format!("{v} is listed twice")));
+            }
+        }
         Ok(())
     }
 }
@@ -455,6 +473,11 @@ mod tests {
             (&["--block", "/nonexistent/disk"], "`block.path`"),
             (&["--net", "tap0,mac=zz"], "`net.mac`"),
             (&["--net", "tap0,fd=999"], "`net.fd`"),
+            (&["--vfio", "0000:00:1f.9"], "`vfio`"),
+            (
+                &["--vfio", "ff:1f.7"],
+                "`vfio`: VFIO device ff:1f.7: /sys/bus/pci",
+            ),
         ];
         for (args, field) in cases {
             let mut argv = vec!["eci-vmm", "--kernel", k];

@@ -4,6 +4,7 @@
 //! threads and the event loop, the control socket and the process's seccomp filters.
 //! Must not know about containers or the agent API.
 
+pub mod acpi;
 pub mod api;
 pub mod arch;
 pub mod boot;
@@ -15,4 +16,5 @@ pub mod layout;
 pub mod mptable;
 pub mod seccomp;
 pub mod vcpu;
+pub mod vfio;
 pub mod vmm;
