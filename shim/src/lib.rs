@@ -19,5 +19,6 @@ pub mod reaper;
 pub mod sandbox;
 pub mod stdio;
 pub mod task;
+pub mod vfio;
 
 pub use lifecycle::RUNTIME_ID;

@@ -403,6 +403,7 @@ impl VmConfig {
         let mut seen = std::collections::HashSet::new();
         for v in &self.vfio {
             let dir = crate::vfio::resolve_device(v, std::path::Path::new("/sys"))
+                .and_then(|dir| crate::vfio::check_assignable(&dir).map(|_| dir))
                 .map_err(|e| invalid("vfio", e.to_string()))?;
             if !seen.insert(std::fs::canonicalize(&dir).unwrap_or(dir)) {
                 return Err(invalid("vfio", format!("{v} is listed twice")));

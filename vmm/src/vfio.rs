@@ -138,7 +138,8 @@ fn link_name(p: &Path) -> Option<String> {
 }
 
 /// Checks the device is bound to vfio-pci and every other member of its IOMMU group is bound
-/// to vfio-pci or to no driver (bridges): the kernel's own condition for a viable group.
+/// to vfio-pci, a port or stub driver, or no driver (bridges): the kernel's own condition for
+/// a viable group.
 /// Returns the group number.
 pub fn check_assignable(device_dir: &Path) -> Result<u32> {
     let name = device_dir
@@ -167,7 +168,8 @@ pub fn check_assignable(device_dir: &Path) -> Result<u32> {
         let member = e.file_name().to_string_lossy().into_owned();
         match link_name(&e.path().join("driver")) {
             None => {}
-            Some(d) if d == VFIO_PCI_DRIVER => {}
+            // Ports and stubs do no DMA of their own; the kernel accepts them in a group.
+            Some(d) if [VFIO_PCI_DRIVER, "pcieport", "pci-stub"].contains(&d.as_str()) => {}
             Some(d) => {
                 return Err(VfioSetupError::GroupNotViable {
                     device: name,
