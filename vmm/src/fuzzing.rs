@@ -235,8 +235,20 @@ pub fn fuzz_pci_config(data: &[u8]) -> usize {
         "fuzz".into(),
         Box::new(backend),
         vec![
-            (0, Bar::new(BarKind::Mem32 { prefetchable: false }, 1 << 16, 0xe000_0000)),
-            (2, Bar::new(BarKind::Mem64 { prefetchable: true }, 1 << 16, 1 << 32)),
+            (
+                0,
+                Bar::new(
+                    BarKind::Mem32 {
+                        prefetchable: false,
+                    },
+                    1 << 16,
+                    0xe000_0000,
+                ),
+            ),
+            (
+                2,
+                Bar::new(BarKind::Mem64 { prefetchable: true }, 1 << 16, 1 << 32),
+            ),
             (4, Bar::new(BarKind::Io, 0x100, 0xc000)),
         ],
         vec![MappedArea {
