@@ -102,6 +102,15 @@ fn fixture() -> Fixture {
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::copy(vfio_edu_binary(), root.join("init")).unwrap();
+    // The kernel gives PID 1 /dev/console as stdio only when the node is in the initramfs.
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    let node = Command::new("mknod")
+        .args(["-m", "0600"])
+        .arg(root.join("dev/console"))
+        .args(["c", "5", "1"])
+        .status()
+        .expect("mknod");
+    assert!(node.success(), "mknod /dev/console (the test runs as root)");
     let initrd = dir.path().join("initrd.cpio");
     let cpio = Command::new("sh")
         .arg("-c")

@@ -103,7 +103,16 @@ fn madt(vcpus: u8) -> Vec<u8> {
     }
     // The same IOAPIC id as the MP table.
     madt.add_structure(IoApic::new(vcpus + 1, IOAPIC_START as u32, 0));
-    bytes(&madt)
+    let mut t = bytes(&madt);
+    // PCAT_COMPAT: the dual 8259 exists (KVM's irqchip has it). Without it Linux allocates no
+    // legacy IRQs, so ISA devices such as the serial port on IRQ 4 cannot get their interrupt.
+    // `acpi_tables` keeps the flags private: set the bit and fix the checksum here.
+    const MADT_FLAGS: usize = 40;
+    const PCAT_COMPAT: u8 = 1;
+    t[MADT_FLAGS] |= PCAT_COMPAT;
+    t[9] = 0;
+    t[9] = 0u8.wrapping_sub(t.iter().fold(0u8, |a, b| a.wrapping_add(*b)));
+    t
 }
 
 /// Every table with its guest address, RSDP first.
@@ -217,6 +226,7 @@ mod tests {
                 // 4 local APICs (8 bytes) and one IOAPIC (12 bytes) after the 44-byte header.
                 assert_eq!(t.len(), 44 + 4 * 8 + 12);
                 assert_eq!(t[44 + 4 * 8 + 2], 5, "IOAPIC id after the CPUs");
+                assert_eq!(t[40] & 1, 1, "PCAT_COMPAT: legacy IRQs for ISA devices");
             }
         }
         assert_eq!(sigs, ["FACP", "APIC", "MCFG"]);

@@ -26,6 +26,25 @@ use std::time::{Duration, Instant};
 
 use vfio_bindings::bindings::vfio::*;
 
+/// Output goes to the kernel log (and so to the serial console) when we are PID 1: the
+/// console tty may lack its interrupt in a guest with hardware-reduced ACPI, while the
+/// kernel's own console writes never need one.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::say_line(&format!($($arg)*))
+    };
+}
+
+fn say_line(line: &str) {
+    if std::process::id() == 1 {
+        if let Ok(mut k) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+            let _ = std::io::Write::write_all(&mut k, format!("{line}\n").as_bytes());
+            return;
+        }
+    }
+    println!("{line}");
+}
+
 const EDU_VENDOR: &str = "0x1234";
 const EDU_DEVICE: &str = "0x11e8";
 const REG_ID: usize = 0x00;
@@ -415,9 +434,9 @@ fn msi(dev: &Device, bar: &Bar) -> Result<String> {
 fn run() -> bool {
     let mut ok = true;
     let mut report = |check: &str, r: Result<String>| match r {
-        Ok(detail) => println!("vfio-edu: PASS {check}: {detail}"),
+        Ok(detail) => say!("vfio-edu: PASS {check}: {detail}"),
         Err(e) => {
-            println!("vfio-edu: FAIL {check}: {e}");
+            say!("vfio-edu: FAIL {check}: {e}");
             ok = false;
         }
     };
@@ -498,7 +517,21 @@ fn console_stdio() {
     }
 }
 
+/// Writes straight to a descriptor, bypassing std's stdout (whose errors would panic).
+fn raw_write(fd: i32, msg: &str) {
+    // SAFETY: writing a valid buffer of its length.
+    unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+}
+
 fn main() {
+    // A panic must be visible on the console even when stdout is in trouble.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("vfio-edu: PANIC {info}\n");
+        raw_write(2, &msg);
+        if let Ok(mut k) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+            let _ = std::io::Write::write_all(&mut k, msg.as_bytes());
+        }
+    }));
     let pid1 = std::process::id() == 1;
     if pid1 {
         mount("proc", "/proc", "proc");
@@ -507,12 +540,12 @@ fn main() {
         console_stdio();
     }
     let ok = run();
-    println!("vfio-edu: {}", if ok { "ALL PASS" } else { "FAILED" });
+    say!("vfio-edu: {}", if ok { "ALL PASS" } else { "FAILED" });
     // `vfio_edu.hold` on the kernel command line: keep the VM (and so the device) busy until
     // the host kills it, for the test of a device already in use.
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if cmdline.split_whitespace().any(|w| w == "vfio_edu.hold") {
-        println!("vfio-edu: holding the device");
+        say!("vfio-edu: holding the device");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
