@@ -222,7 +222,15 @@ fn device_in_use_and_not_bound_to_vfio_pci_are_refused() {
     let f = fixture();
     // A first VM that keeps the device after its checks.
     let (mut c, serial) = f.command("holder", &f.bdf, "vfio_edu.hold");
-    let mut holder = c.spawn().expect("eci-vmm starts");
+    /// Kills the holder VM however the test ends, so the device is never left held.
+    struct Holder(Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut holder = Holder(c.spawn().expect("eci-vmm starts"));
     let end = Instant::now() + VM_TIMEOUT;
     while !std::fs::read_to_string(&serial)
         .unwrap_or_default()
@@ -247,8 +255,7 @@ fn device_in_use_and_not_bound_to_vfio_pci_are_refused() {
         "{stderr}"
     );
     // Killing the holder (no clean shutdown) still releases the device.
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    drop(holder);
     assert_free(&f.bdf);
 
     // Not bound to vfio-pci: unbind, refuse, rebind (driver_override stays vfio-pci).

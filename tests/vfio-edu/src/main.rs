@@ -38,7 +38,8 @@ macro_rules! say {
 fn say_line(line: &str) {
     if std::process::id() == 1 {
         if let Ok(mut k) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-            let _ = std::io::Write::write_all(&mut k, format!("{line}\n").as_bytes());
+            // Level 2 (critical): printed on the console even with `quiet`.
+            let _ = std::io::Write::write_all(&mut k, format!("<2>{line}\n").as_bytes());
             return;
         }
     }
