@@ -43,6 +43,36 @@ impl From<crate::store::StoreError> for BackendError {
     }
 }
 
+/// Takes the GPUs a newly stored group `id` asks for from `pool` (recorded in the store and in
+/// `spec.gpu_devices`); on failure the group is removed again and the error names `gpu`.
+/// Every backend that creates groups calls this; deleting the group releases them.
+pub fn take_gpus(
+    store: &crate::store::Store,
+    id: &str,
+    spec: &mut crate::model::ContainerGroupSpec,
+    pool: &[String],
+) -> Result<(), BackendError> {
+    if spec.gpu == 0 {
+        return Ok(());
+    }
+    match store.allocate_gpus(id, pool, spec.gpu) {
+        Ok(taken) => {
+            spec.gpu_devices = taken;
+            Ok(())
+        }
+        Err(err) => {
+            let _ = store.delete_group(id);
+            Err(match err {
+                crate::store::StoreError::Exhausted(reason) => BackendError::Invalid {
+                    field: "gpu".into(),
+                    reason,
+                },
+                other => other.into(),
+            })
+        }
+    }
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Stores the group (status Scheduling or Pending, every container Waiting) and returns its

@@ -14,6 +14,8 @@ use crate::validate::{
 const QUOTA: Quota = Quota {
     vcpu_quota: 64.0,
     vcpu_used: 8.0,
+    gpu_quota: 0,
+    gpu_used: 0,
 };
 
 /// Decodes `data` as every request body the API takes and validates what decodes. Must never

@@ -59,6 +59,12 @@ pub struct CreateContainerGroupRequest {
     pub auto_match_image_cache: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_cache_id: Option<String>,
+    /// A GPU instance type (`ecs.gn6i-c4g1.xlarge`, ...): sets cpu, memory and gpu.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// GPUs (whole devices passed through to the group's VM) taken from the node's pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
 }
 
 /// The validated, normalised group: what the store keeps and the runtime drives.
@@ -90,6 +96,14 @@ pub struct ContainerGroupSpec {
     pub auto_match_image_cache: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_cache_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// GPUs the group holds.
+    #[serde(default)]
+    pub gpu: u32,
+    /// PCI addresses of the GPUs taken from the node's pool (set when the group is created).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_devices: Vec<String>,
 }
 
 impl ContainerGroupSpec {
@@ -769,6 +783,12 @@ pub struct Quota {
     pub vcpu_quota: f64,
     /// Sum of the normalised cpu of the groups not in a terminal state.
     pub vcpu_used: f64,
+    /// GPUs in the node's pool (`eci serve --gpu-pool`).
+    #[serde(default)]
+    pub gpu_quota: u32,
+    /// GPUs held by groups (until they are deleted).
+    #[serde(default)]
+    pub gpu_used: u32,
 }
 
 /// `POST` answers that create something.

@@ -18,7 +18,8 @@ use crate::model::{
 };
 
 /// Schema version written by this code; older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: GPU allocations (`gpus`).
+pub const SCHEMA_VERSION: i64 = 2;
 /// Events kept per image cache (the manual's limit).
 pub const MAX_IMAGE_CACHE_EVENTS: usize = 50;
 /// Events kept per group; older ones are dropped so the table cannot grow without bound.
@@ -42,6 +43,9 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// Not enough of a pooled resource (GPUs) is free.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -155,6 +159,10 @@ CREATE TABLE IF NOT EXISTS events (
     count INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_owner ON events(owner, seq);
+CREATE TABLE IF NOT EXISTS gpus (
+    bdf TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL REFERENCES groups(id) ON DELETE CASCADE
+);
 CREATE TABLE IF NOT EXISTS image_caches (
     id TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
@@ -373,6 +381,60 @@ impl Store {
     // ---- containers ---------------------------------------------------------------------
 
     /// The group's containers: init containers first, each kind in spec order.
+    /// Takes `count` GPUs of `pool` (PCI addresses, in order) that no group holds for group
+    /// `id`, and records them in its spec; all or nothing. Deleting the group releases them.
+    pub fn allocate_gpus(&self, id: &str, pool: &[String], count: u32) -> Result<Vec<String>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut taken = Vec::new();
+        for bdf in pool {
+            if taken.len() == count as usize {
+                break;
+            }
+            let held: bool = tx
+                .query_row("SELECT 1 FROM gpus WHERE bdf = ?1", [bdf], |_| Ok(true))
+                .optional()?
+                .unwrap_or(false);
+            if !held {
+                tx.execute(
+                    "INSERT INTO gpus (bdf, group_id) VALUES (?1, ?2)",
+                    params![bdf, id],
+                )?;
+                taken.push(bdf.clone());
+            }
+        }
+        if taken.len() < count as usize {
+            return Err(StoreError::Exhausted(format!(
+                "{count} GPU requested, {} free in the pool",
+                taken.len()
+            )));
+        }
+        let spec: String =
+            tx.query_row("SELECT spec FROM groups WHERE id = ?1", [id], |r| r.get(0))?;
+        let mut spec: ContainerGroupSpec = serde_json::from_str(&spec)?;
+        spec.gpu_devices = taken.clone();
+        tx.execute(
+            "UPDATE groups SET spec = ?1 WHERE id = ?2",
+            params![serde_json::to_string(&spec)?, id],
+        )?;
+        tx.commit()?;
+        Ok(taken)
+    }
+
+    /// The GPUs group `id` holds.
+    pub fn gpus_of(&self, id: &str) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT bdf FROM gpus WHERE group_id = ?1 ORDER BY bdf")?;
+        let rows = stmt.query_map([id], |r| r.get(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// GPUs held by all groups.
+    pub fn gpus_used(&self) -> Result<u32> {
+        let conn = self.lock();
+        Ok(conn.query_row("SELECT COUNT(*) FROM gpus", [], |r| r.get(0))?)
+    }
+
     pub fn containers(&self, group_id: &str) -> Result<Vec<ContainerRecord>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(

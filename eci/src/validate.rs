@@ -6,7 +6,10 @@
 //! share the name space of the app containers; a group with no cpu/memory anywhere gets
 //! 2 vCPU + 4 GiB; each init container must fit the group on its own (they run one at a time).
 
+mod gpu;
 mod sizes;
+
+pub use gpu::{GpuInstanceType, GPU_INSTANCE_TYPES};
 
 use std::collections::HashSet;
 
@@ -154,12 +157,73 @@ pub fn validate_create(
         }
     }
 
-    let (cpu, memory) = group_size(
-        &mut errors,
-        req.cpu,
-        req.memory,
-        &req.containers,
-        &req.init_containers,
+    let gpu_type = match &req.instance_type {
+        Some(name) => {
+            let t = gpu::lookup(name);
+            errors.check(
+                t.is_some(),
+                "instanceType",
+                format!(
+                    "unknown GPU instance type `{name}` (families {})",
+                    gpu::families().join(", ")
+                ),
+            );
+            t
+        }
+        None => None,
+    };
+    let (cpu, memory) = match gpu_type {
+        // A GPU type has its own size, outside the general size table.
+        Some(t) => {
+            for (field, given, want) in [("cpu", req.cpu, t.vcpu), ("memory", req.memory, t.memory)]
+            {
+                errors.check(
+                    given.is_none_or(|g| (g - want).abs() < 1e-9),
+                    field,
+                    format!("must be {want} for instance type {} (or left out)", t.name),
+                );
+            }
+            (Some(t.vcpu), Some(t.memory))
+        }
+        None => group_size(
+            &mut errors,
+            req.cpu,
+            req.memory,
+            &req.containers,
+            &req.init_containers,
+        ),
+    };
+    let gpus = match (gpu_type, req.gpu) {
+        (Some(t), Some(n)) => {
+            errors.check(
+                n == t.gpus,
+                "gpu",
+                format!(
+                    "must be {} for instance type {} (or left out)",
+                    t.gpus, t.name
+                ),
+            );
+            t.gpus
+        }
+        (Some(t), None) => t.gpus,
+        (None, n) => {
+            let n = n.unwrap_or(0);
+            errors.check(
+                n <= gpu::MAX_GPUS,
+                "gpu",
+                format!("must be 0..={}, got {n}", gpu::MAX_GPUS),
+            );
+            n
+        }
+    };
+    let gpus_free = quota.gpu_quota.saturating_sub(quota.gpu_used);
+    errors.check(
+        gpus <= gpus_free,
+        "gpu",
+        format!(
+            "{gpus} GPU exceeds the remaining GPU quota ({gpus_free} of {})",
+            quota.gpu_quota
+        ),
     );
     if let Some(cpu) = cpu {
         let available = quota.vcpu_quota - quota.vcpu_used;
@@ -237,6 +301,9 @@ pub fn validate_create(
             .unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS),
         auto_match_image_cache: req.auto_match_image_cache,
         image_cache_id: req.image_cache_id.clone(),
+        instance_type: req.instance_type.clone(),
+        gpu: gpus,
+        gpu_devices: vec![],
     };
     errors.finish(spec)
 }
@@ -889,7 +956,11 @@ pub fn validate_update(
         next.tags = tags.clone();
     }
     let spec = match validate_create(&next, quota) {
-        Ok(spec) => spec,
+        // The group keeps the GPUs it holds.
+        Ok(spec) => ContainerGroupSpec {
+            gpu_devices: current.gpu_devices.clone(),
+            ..spec
+        },
         Err(ValidationErrors(found)) => {
             errors.0.extend(found);
             return Err(ValidationErrors(errors.0));
@@ -920,6 +991,8 @@ pub fn spec_to_request(spec: &ContainerGroupSpec) -> CreateContainerGroupRequest
         termination_grace_period_seconds: Some(spec.termination_grace_period_seconds),
         auto_match_image_cache: spec.auto_match_image_cache,
         image_cache_id: spec.image_cache_id.clone(),
+        instance_type: spec.instance_type.clone(),
+        gpu: (spec.instance_type.is_none() && spec.gpu > 0).then_some(spec.gpu),
     }
 }
 

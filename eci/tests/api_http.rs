@@ -443,3 +443,73 @@ async fn image_cache_routes() {
     let (status, _) = h.get(&uri).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn gpu_groups_take_devices_from_the_pool_within_the_quota_and_release_them_on_delete() {
+    let h = Harness::with_gpus(256.0, &["0000:3b:00.0", "0000:86:00.0"]);
+    let (_, quota) = h.get("/v1/quota").await;
+    assert_eq!(
+        (quota["gpuQuota"].as_u64(), quota["gpuUsed"].as_u64()),
+        (Some(2), Some(0))
+    );
+    // A GPU instance type sets cpu, memory and gpu.
+    let a = h
+        .create(json!({
+            "name": "infer", "instanceType": "ecs.gn6i-c4g1.xlarge",
+            "containers": [{"name": "app", "image": "busybox"}]
+        }))
+        .await;
+    let (_, got) = h.get(&format!("/v1/containerGroups/{a}")).await;
+    assert_eq!(
+        (got["cpu"].as_f64(), got["memory"].as_f64()),
+        (Some(4.0), Some(15.0))
+    );
+    assert_eq!(got["spec"]["gpu"], 1);
+    assert_eq!(got["spec"]["gpuDevices"], json!(["0000:3b:00.0"]));
+    // Two more GPUs do not fit: 400 naming `gpu`, nothing created.
+    let (status, body) = h
+        .post(
+            "/v1/containerGroups",
+            json!({"name": "train", "gpu": 2, "containers": [{"name": "app", "image": "busybox"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "gpu");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("remaining GPU quota"),
+        "{body}"
+    );
+    // Errors name their field.
+    let (status, body) = h
+        .post(
+            "/v1/containerGroups",
+            json!({"name": "x", "instanceType": "ecs.gn9-nope", "containers": [{"name": "app", "image": "busybox"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["field"], "instanceType");
+    let b = h
+        .create(
+            json!({"name": "train", "gpu": 1, "containers": [{"name": "app", "image": "busybox"}]}),
+        )
+        .await;
+    let (_, got) = h.get(&format!("/v1/containerGroups/{b}")).await;
+    assert_eq!(got["spec"]["gpuDevices"], json!(["0000:86:00.0"]));
+    let (_, quota) = h.get("/v1/quota").await;
+    assert_eq!(quota["gpuUsed"].as_u64(), Some(2));
+    // Delete releases the device: a new group gets it.
+    let (status, _) = h
+        .request(Method::DELETE, &format!("/v1/containerGroups/{a}"), None)
+        .await;
+    assert!(status.is_success(), "{status}");
+    let c = h
+        .create(
+            json!({"name": "again", "gpu": 1, "containers": [{"name": "app", "image": "busybox"}]}),
+        )
+        .await;
+    let (_, got) = h.get(&format!("/v1/containerGroups/{c}")).await;
+    assert_eq!(got["spec"]["gpuDevices"], json!(["0000:3b:00.0"]));
+}

@@ -20,6 +20,7 @@ pub mod reaper;
 pub mod sandbox;
 pub mod stdio;
 pub mod task;
+pub mod vfio;
 pub mod vm;
 
 pub use lifecycle::RUNTIME_ID;

@@ -153,6 +153,12 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Resul
 /// The e820 map: low RAM below the EBDA, reserved EBDA/BIOS area, then RAM from 1 MiB
 /// (split around the MMIO hole).
 pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
+    e820_map_with(mem, &[])
+}
+
+/// The e820 map with `reserved` (start, size) ranges added, e.g. the PCI root's ECAM, which
+/// Linux uses only where the e820 map reserves it.
+pub fn e820_map_with(mem: &GuestMemoryMmap, reserved: &[(u64, u64)]) -> Vec<(u64, u64, u32)> {
     let mut map = vec![
         (0, EBDA_START, E820_RAM),
         (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
@@ -164,6 +170,7 @@ pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
             map.push((start, end - start, E820_RAM));
         }
     }
+    map.extend(reserved.iter().map(|(a, s)| (*a, *s, E820_RESERVED)));
     map
 }
 
@@ -188,6 +195,7 @@ pub fn configure_system(
     cmdline: &Cmdline,
     initrd: Option<InitrdPlacement>,
     vcpus: u8,
+    reserved: &[(u64, u64)],
 ) -> Result<()> {
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
         .map_err(BootError::CmdlineWrite)?;
@@ -198,8 +206,8 @@ pub fn configure_system(
         .len();
     mptable::setup_mptable(mem, vcpus, &irq_list()).map_err(BootError::MpTable)?;
     match kernel.entry {
-        EntryMode::Linux64 { .. } => write_zero_page(mem, kernel, cmdline_len, initrd),
-        EntryMode::Pvh { .. } => write_pvh_info(mem, cmdline_len, initrd),
+        EntryMode::Linux64 { .. } => write_zero_page(mem, kernel, cmdline_len, initrd, reserved),
+        EntryMode::Pvh { .. } => write_pvh_info(mem, cmdline_len, initrd, reserved),
     }
 }
 
@@ -212,6 +220,7 @@ fn write_zero_page(
     kernel: &LoadedKernel,
     cmdline_len: usize,
     initrd: Option<InitrdPlacement>,
+    reserved: &[(u64, u64)],
 ) -> Result<()> {
     let mut params = boot_params::default();
     if let Some(hdr) = kernel.setup_header {
@@ -228,7 +237,7 @@ fn write_zero_page(
         params.hdr.ramdisk_image = i.addr as u32;
         params.hdr.ramdisk_size = i.size as u32;
     }
-    let map = e820_map(mem);
+    let map = e820_map_with(mem, reserved);
     if map.len() > params.e820_table.len() {
         return Err(BootError::E820Full);
     }
@@ -249,6 +258,7 @@ fn write_pvh_info(
     mem: &GuestMemoryMmap,
     cmdline_len: usize,
     initrd: Option<InitrdPlacement>,
+    reserved: &[(u64, u64)],
 ) -> Result<()> {
     let _ = cmdline_len;
     let mut start_info = hvm_start_info {
@@ -258,7 +268,7 @@ fn write_pvh_info(
         memmap_paddr: MEMMAP_START,
         ..Default::default()
     };
-    let memmap: Vec<hvm_memmap_table_entry> = e820_map(mem)
+    let memmap: Vec<hvm_memmap_table_entry> = e820_map_with(mem, reserved)
         .into_iter()
         .map(|(addr, size, type_)| hvm_memmap_table_entry {
             addr,
@@ -319,7 +329,7 @@ mod tests {
             addr: 0x3000000,
             size: 4096,
         };
-        configure_system(&m, &kernel, &cmdline, Some(initrd), 2).unwrap();
+        configure_system(&m, &kernel, &cmdline, Some(initrd), 2, &[]).unwrap();
         let p: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!(p.e820_entries, 3);
         let e2 = p.e820_table[2];
@@ -350,7 +360,7 @@ mod tests {
             addr: 0x3000000,
             size: 100,
         };
-        configure_system(&m, &kernel, &cmdline, Some(initrd), 1).unwrap();
+        configure_system(&m, &kernel, &cmdline, Some(initrd), 1, &[]).unwrap();
         let si: hvm_start_info = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(si.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(si.memmap_entries, 3);

@@ -234,6 +234,10 @@ pub struct VmConfig {
     /// Enter this jail before anything else; every other path is then a path inside it.
     #[serde(default)]
     pub jail: Option<crate::jail::JailConfig>,
+    /// PCI devices to pass through with VFIO: a BDF (`0000:01:00.0`, `01:00.0`) or a sysfs
+    /// device path; each must be bound to vfio-pci.
+    #[serde(default)]
+    pub vfio: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -288,6 +292,10 @@ pub struct Cli {
     /// Do not install seccomp filters or drop capabilities (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// A PCI device to pass through with VFIO: BDF or sysfs path, bound to vfio-pci.
+    /// Repeatable.
+    #[arg(long)]
+    pub vfio: Vec<String>,
 }
 
 impl Cli {
@@ -335,6 +343,7 @@ impl Cli {
             api_sock: None,
             seccomp: true,
             jail: None,
+            vfio: vec![],
         });
         cfg.kernel = kernel;
         if let Some(v) = self.initrd {
@@ -374,6 +383,7 @@ impl Cli {
         if self.no_seccomp {
             cfg.seccomp = false;
         }
+        cfg.vfio.extend(self.vfio);
         Ok(cfg)
     }
 }
@@ -456,6 +466,15 @@ impl VmConfig {
                 return Err(invalid("fs.socket", "empty path"));
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for v in &self.vfio {
+            let dir = crate::vfio::resolve_device(v, std::path::Path::new("/sys"))
+                .and_then(|dir| crate::vfio::check_assignable(&dir).map(|_| dir))
+                .map_err(|e| invalid("vfio", e.to_string()))?;
+            if !seen.insert(std::fs::canonicalize(&dir).unwrap_or(dir)) {
+                return Err(invalid("vfio", format!("{v} is listed twice")));
+            }
+        }
         Ok(())
     }
 }
@@ -526,6 +545,11 @@ mod tests {
                 "`fs.tag`",
             ),
             (&["--fs", "/a,tag=x", "--fs", "/b,tag=x"], "`fs.tag`"),
+            (&["--vfio", "0000:00:1f.9"], "`vfio`"),
+            (
+                &["--vfio", "ff:1f.7"],
+                "`vfio`: VFIO device ff:1f.7: /sys/bus/pci",
+            ),
         ];
         for (args, field) in cases {
             let mut argv = vec!["eci-vmm", "--kernel", k];

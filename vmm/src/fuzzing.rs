@@ -166,6 +166,145 @@ pub fn fuzz_mmio_registers(data: &[u8]) -> u32 {
     t.status()
 }
 
+/// A passed-through device for [`fuzz_pci_config`]: its configuration space (and so its
+/// capability list) comes from the input; BAR and interrupt calls do nothing.
+struct FuzzBackend(Vec<u8>);
+
+impl crate::devices::pci::passthrough::PassthroughBackend for FuzzBackend {
+    fn config_read(&self, reg: usize, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = self.0.get(reg + i).copied().unwrap_or(0xff);
+        }
+    }
+    fn config_write(&self, _reg: usize, _data: &[u8]) {}
+    fn bar_read(&self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn bar_write(&self, _bar: usize, _offset: u64, _data: &[u8]) {}
+    fn enable_msi(&self, _vectors: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn disable_msi(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn enable_msix(&self, _vectors: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn disable_msix(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct NoSlots;
+impl crate::devices::pci::passthrough::MemorySlots for NoSlots {
+    fn set_slot(&self, _: u32, _: u64, _: u64, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct NoRoutes;
+impl crate::devices::pci::msi::IrqRouting for NoRoutes {
+    fn set_msi_routes(
+        &self,
+        _: &[(u32, crate::devices::pci::msi::MsiMessage)],
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Drives the PCI root with guest accesses: the first 4 KiB of input are the passed-through
+/// device's configuration space (a hostile capability list included); then each 8-byte record
+/// is (kind u8, address u32 LE, value u16 LE, size-and-direction u8): kind selects the
+/// 0xcf8/0xcfc ports, ECAM, or the BAR windows (memory and I/O). Returns how many accesses a
+/// device claimed.
+pub fn fuzz_pci_config(data: &[u8]) -> usize {
+    use crate::devices::bus::BusDevice;
+    use crate::devices::pci::bars::{Bar, BarKind};
+    use crate::devices::pci::msi::GsiRouter;
+    use crate::devices::pci::passthrough::{
+        find_capabilities, vectors_needed, MappedArea, PassthroughDevice,
+    };
+    use crate::devices::pci::{
+        AddressSpace, PciBarWindow, PciConfigIo, PciConfigMmio, PciRoot, CONFIG_SPACE_SIZE,
+    };
+    let split = data.len().min(CONFIG_SPACE_SIZE);
+    let backend = FuzzBackend(data[..split].to_vec());
+    let router = Arc::new(std::sync::Mutex::new(GsiRouter::new(Arc::new(NoRoutes))));
+    let vectors = vectors_needed(&find_capabilities(&backend));
+    let Ok(gsis) = crate::devices::bus::lock(&router).allocate(vectors) else {
+        return 0;
+    };
+    let Ok(dev) = PassthroughDevice::new(
+        "fuzz".into(),
+        Box::new(backend),
+        vec![
+            (
+                0,
+                Bar::new(
+                    BarKind::Mem32 {
+                        prefetchable: false,
+                    },
+                    1 << 16,
+                    0xe000_0000,
+                ),
+            ),
+            (
+                2,
+                Bar::new(BarKind::Mem64 { prefetchable: true }, 1 << 16, 1 << 32),
+            ),
+            (4, Bar::new(BarKind::Io, 0x100, 0xc000)),
+        ],
+        vec![MappedArea {
+            bar: 0,
+            offset: 0,
+            size: 0x1000,
+            host_addr: 0,
+            slot: 40,
+        }],
+        Arc::new(NoSlots),
+        router,
+        gsis,
+    ) else {
+        return 0;
+    };
+    let root = Arc::new(std::sync::Mutex::new(PciRoot::default()));
+    if crate::devices::bus::lock(&root).add(Box::new(dev)).is_err() {
+        return 0;
+    }
+    let mut ports = PciConfigIo::new(root.clone());
+    let mut ecam = PciConfigMmio::new(root.clone());
+    let mut mem = PciBarWindow::new(root.clone(), AddressSpace::Memory, 0);
+    let mut io = PciBarWindow::new(root, AddressSpace::Io, 0);
+    let mut claimed = 0;
+    for rec in data[split..].chunks_exact(8) {
+        let addr = u32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]) as u64;
+        let value = u16::from_le_bytes([rec[5], rec[6]]) as u32 * 0x0001_0001;
+        let size = [1usize, 2, 4, 8][(rec[7] & 3) as usize];
+        let write = rec[7] & 0x80 != 0;
+        let bytes = value.to_le_bytes().repeat(2);
+        let mut buf = [0u8; 8];
+        let (dev, offset): (&mut dyn BusDevice, u64) = match rec[0] % 5 {
+            0 => (&mut ports, addr % 8),
+            // Point the address register at slot 1 or the host bridge, any register.
+            1 => {
+                let a = 0x8000_0000u32 | (addr as u32 & 0x0000_18fc);
+                ports.write(0, &a.to_le_bytes());
+                (&mut ports, 4 + addr % 4)
+            }
+            2 => (&mut ecam, addr % (1 << 20)),
+            3 => (&mut mem, 0xe000_0000 + addr % (1 << 17)),
+            _ => (&mut io, 0xc000 + addr % 0x200),
+        };
+        if write {
+            dev.write(offset, &bytes[..size]);
+        } else {
+            dev.read(offset, &mut buf[..size]);
+            claimed += (buf[..size] != [0xff; 8][..size]) as usize;
+        }
+    }
+    claimed
+}
+
 /// A block device the fuzz body can still reach after handing it to the transport.
 struct SharedBlock(Arc<std::sync::Mutex<crate::devices::virtio::blk::Block>>);
 
@@ -304,6 +443,29 @@ mod tests {
             d.extend_from_slice(&input);
             fuzz_mmio_registers(&d);
         }
+    }
+
+    #[test]
+    fn pci_config_survives_random_accesses() {
+        for input in random_inputs(0x9c1_c0f1, 200) {
+            fuzz_pci_config(&input);
+        }
+        // A device with MSI and MSI-X capabilities, then random accesses.
+        let mut base = vec![0u8; 4096];
+        base[0..4].copy_from_slice(&0x11e8_1234u32.to_le_bytes());
+        base[0x06] = 0x10;
+        base[0x34] = 0x40;
+        base[0x40..0x44].copy_from_slice(&[0x05, 0x60, 0x8a, 0x01]);
+        base[0x60..0x64].copy_from_slice(&[0x11, 0x00, 0x07, 0x00]);
+        base[0x64..0x68].copy_from_slice(&0x0000_8000u32.to_le_bytes());
+        base[0x68..0x6c].copy_from_slice(&0x0000_c000u32.to_le_bytes());
+        let mut claimed = 0;
+        for input in random_inputs(0xbad_c0de, 100) {
+            let mut d = base.clone();
+            d.extend_from_slice(&input);
+            claimed += fuzz_pci_config(&d);
+        }
+        assert!(claimed > 0, "the accesses reach the device");
     }
 
     #[test]

@@ -32,6 +32,23 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Largest number of virtio-mmio devices (IRQs 5..=23 of the IOAPIC).
 pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// PCI root (only with a PCI device): the 32-bit BAR window, ECAM for bus 0 (reserved in the
+/// e820 map, as Linux requires before it uses MMCONFIG), the I/O BAR window. The 64-bit BAR
+/// window starts above RAM and 4 GiB (`devices::pci::bars::mmio64_start`).
+pub const PCI_MMIO32_START: u64 = 0xe000_0000;
+pub const PCI_MMIO32_SIZE: u64 = 0x1000_0000;
+pub const PCI_ECAM_START: u64 = 0xf000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+pub const PCI_IO_START: u64 = 0xc000;
+pub const PCI_IO_SIZE: u64 = 0x4000;
+/// Ports 0xcf8..0xcff: PCI configuration mechanism #1.
+pub const PCI_CONFIG_PORT: u64 = 0xcf8;
+pub const PCI_CONFIG_PORT_LEN: u64 = 8;
+/// ACPI tables (RSDP first) in the BIOS area, inside the reserved range below 1 MiB.
+pub const ACPI_TABLES_START: u64 = 0xe_0000;
+pub const ACPI_TABLES_END: u64 = 0x10_0000;
+/// First KVM memory slot for BAR mappings (RAM uses the slots below).
+pub const BAR_SLOT_BASE: u32 = 32;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM's private pages for VMX (TSS and identity map), inside the MMIO hole.

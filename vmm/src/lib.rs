@@ -4,6 +4,7 @@
 //! threads and the event loop, the control socket and the process's seccomp filters.
 //! Must not know about containers or the agent API.
 
+pub mod acpi;
 pub mod api;
 pub mod arch;
 pub mod boot;
@@ -17,4 +18,5 @@ pub mod memory;
 pub mod mptable;
 pub mod seccomp;
 pub mod vcpu;
+pub mod vfio;
 pub mod vmm;

@@ -119,17 +119,71 @@ fn ioctl_only(requests: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> {
         .collect()
 }
 
+/// `_IO(';', 100 + n)`: the VFIO ioctls (linux/vfio.h).
+const fn vfio_io(n: u32) -> u64 {
+    use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE};
+    ioctl_expr(_IOC_NONE, b';' as u32, 100 + n, 0)
+}
+/// `_IOW(KVMIO, nr, T)` (linux/kvm.h).
+const fn kvm_iow<T>(nr: u32) -> u64 {
+    use vmm_sys_util::ioctl::{ioctl_expr, _IOC_WRITE};
+    ioctl_expr(_IOC_WRITE, 0xae, nr, std::mem::size_of::<T>() as u32)
+}
+const VFIO_GROUP_UNSET_CONTAINER: u64 = vfio_io(5);
+const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
+const VFIO_DEVICE_RESET: u64 = vfio_io(11);
+const KVM_SET_USER_MEMORY_REGION: u64 = kvm_iow::<kvm_bindings::kvm_userspace_memory_region>(0x46);
+const KVM_SET_GSI_ROUTING: u64 = kvm_iow::<kvm_bindings::kvm_irq_routing>(0x6a);
+const KVM_SET_DEVICE_ATTR: u64 = kvm_iow::<kvm_bindings::kvm_device_attr>(0xe1);
+
+/// What a vCPU thread does for VFIO devices: configuration space and trapped BAR accesses
+/// (pread/pwrite on the device), MSI/MSI-X changes (VFIO_DEVICE_SET_IRQS, KVM_SET_GSI_ROUTING)
+/// and BAR relocation (KVM_SET_USER_MEMORY_REGION).
+const VCPU_VFIO_SYSCALLS: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64];
+const VCPU_VFIO_IOCTLS: &[u64] = &[
+    VFIO_DEVICE_SET_IRQS,
+    KVM_SET_GSI_ROUTING,
+    KVM_SET_USER_MEMORY_REGION,
+];
+/// What the event-loop thread does for VFIO when the VM ends: disable interrupts, reset the
+/// device, release the group (vfio-ioctls reads the group link in sysfs to find it).
+const EVENT_LOOP_VFIO_SYSCALLS: &[i64] = &[libc::SYS_readlink, libc::SYS_readlinkat];
+const EVENT_LOOP_VFIO_IOCTLS: &[u64] = &[
+    VFIO_DEVICE_SET_IRQS,
+    VFIO_DEVICE_RESET,
+    VFIO_GROUP_UNSET_CONTAINER,
+    KVM_SET_DEVICE_ATTR,
+];
+
 /// Filter for vCPU threads: KVM_RUN and the exits' device work (serial output, eventfds).
 pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
+    vcpu_filter_for(false)
+}
+
+/// The vCPU filter, with what VFIO devices need when `vfio`.
+pub fn vcpu_filter_for(vfio: bool) -> Result<BpfProgram, SeccompError> {
     let mut cond = BTreeMap::new();
-    cond.insert(libc::SYS_ioctl, ioctl_only(&[KVM_RUN])?);
-    build(&[], cond)
+    let mut ioctls = vec![KVM_RUN];
+    if vfio {
+        ioctls.extend_from_slice(VCPU_VFIO_IOCTLS);
+    }
+    cond.insert(libc::SYS_ioctl, ioctl_only(&ioctls)?);
+    build(if vfio { VCPU_VFIO_SYSCALLS } else { &[] }, cond)
 }
 
 /// Filter for the event-loop thread. Unix sockets only.
 pub fn event_loop_filter() -> Result<BpfProgram, SeccompError> {
+    event_loop_filter_for(false)
+}
+
+/// The event-loop filter, with what VFIO teardown needs when `vfio`.
+pub fn event_loop_filter_for(vfio: bool) -> Result<BpfProgram, SeccompError> {
     let mut cond = BTreeMap::new();
-    cond.insert(libc::SYS_ioctl, ioctl_only(&[FIONBIO])?);
+    let mut ioctls = vec![FIONBIO];
+    if vfio {
+        ioctls.extend_from_slice(EVENT_LOOP_VFIO_IOCTLS);
+    }
+    cond.insert(libc::SYS_ioctl, ioctl_only(&ioctls)?);
     cond.insert(
         libc::SYS_socket,
         vec![SeccompRule::new(vec![SeccompCondition::new(
@@ -139,7 +193,11 @@ pub fn event_loop_filter() -> Result<BpfProgram, SeccompError> {
             libc::AF_UNIX as u64,
         )?])?],
     );
-    build(EVENT_LOOP, cond)
+    let mut extra = EVENT_LOOP.to_vec();
+    if vfio {
+        extra.extend_from_slice(EVENT_LOOP_VFIO_SYSCALLS);
+    }
+    build(&extra, cond)
 }
 
 pub fn apply(filter: &BpfProgram) -> Result<(), SeccompError> {
@@ -174,6 +232,19 @@ mod tests {
     fn filters_compile() {
         assert!(!vcpu_filter().unwrap().is_empty());
         assert!(!event_loop_filter().unwrap().is_empty());
+        assert!(vcpu_filter_for(true).unwrap().len() > vcpu_filter().unwrap().len());
+        assert!(event_loop_filter_for(true).unwrap().len() > event_loop_filter().unwrap().len());
+    }
+
+    #[test]
+    fn ioctl_numbers_match_the_bindings() {
+        // The values in linux/vfio.h and linux/kvm.h on x86_64.
+        assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
+        assert_eq!(VFIO_DEVICE_RESET, 0x3b6f);
+        assert_eq!(VFIO_GROUP_UNSET_CONTAINER, 0x3b69);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
+        assert_eq!(KVM_SET_DEVICE_ATTR, 0x4018_aee1);
     }
 
     #[test]

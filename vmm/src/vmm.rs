@@ -26,6 +26,9 @@ use crate::boot;
 use crate::config::{SerialOutput, VmConfig};
 use crate::devices::bus::{lock, Bus};
 use crate::devices::legacy::*;
+use crate::devices::pci::bars::BarAllocator;
+use crate::devices::pci::msi::GsiRouter;
+use crate::devices::pci::{AddressSpace, PciBarWindow, PciConfigIo, PciConfigMmio, PciRoot};
 use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::net::{open_tap, tap_from_fd, Net};
@@ -37,6 +40,7 @@ use crate::devices::EventFdTrigger;
 use crate::layout::*;
 use crate::seccomp;
 use crate::vcpu::{self, Vcpu, VcpuEvent, VcpuLinks, VcpuMessage};
+use crate::vfio::{self, KvmRouting, KvmSlots, VfioContext, VfioDevices};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -68,6 +72,10 @@ pub enum VmmError {
     Seccomp(#[source] seccomp::SeccompError),
     #[error("spawning a thread failed")]
     Thread(#[source] std::io::Error),
+    #[error("VFIO passthrough setup failed")]
+    Vfio(#[from] vfio::VfioSetupError),
+    #[error("writing the ACPI tables failed")]
+    Acpi(#[from] crate::acpi::AcpiError),
 }
 
 type Result<T> = std::result::Result<T, VmmError>;
@@ -218,6 +226,15 @@ pub struct Vm {
     virtio_slots: Vec<(u64, u32)>,
     /// Devices for the control socket's `info`.
     devices: Vec<DeviceInfo>,
+    /// The PCI root, when VFIO devices are configured.
+    pci: Option<PciState>,
+}
+
+/// What the VM holds for its PCI root.
+struct PciState {
+    vfio: VfioDevices,
+    /// The 64-bit BAR window (start, end exclusive), for the ACPI host bridge.
+    mmio64: (u64, u64),
 }
 
 fn serial_output(cfg: &SerialOutput) -> Result<Box<dyn Write + Send>> {
@@ -321,6 +338,7 @@ impl Vm {
             subscribers: vec![Arc::new(Mutex::new(console_input))],
             virtio_slots: Vec::new(),
             devices: Vec::new(),
+            pci: None,
         })
     }
 
@@ -442,6 +460,82 @@ impl Vm {
         if self.config.rng {
             self.attach_virtio(Box::new(Rng::default()))?;
         }
+        self.attach_vfio_devices()
+    }
+
+    /// Puts the configured VFIO devices on a PCI root: configuration ports and ECAM, and the
+    /// BAR windows whose trapped accesses reach the devices.
+    pub fn attach_vfio_devices(&mut self) -> Result<()> {
+        if self.config.vfio.is_empty() {
+            return Ok(());
+        }
+        let ram_end = self
+            .mem
+            .iter()
+            .map(|r| r.start_addr().raw_value() + r.len())
+            .max()
+            .unwrap_or(0);
+        let phys_bits = vfio::phys_address_bits(&arch::supported_cpuid(&self.kvm)?);
+        let mut allocator = BarAllocator::new(
+            (PCI_IO_START, PCI_IO_SIZE),
+            (PCI_MMIO32_START, PCI_MMIO32_SIZE),
+            ram_end,
+            phys_bits,
+        );
+        let mmio64 = allocator.mmio64_window();
+        let dup = || vfio::dup_vm_fd(&self.kvm, &self.vm_fd).map_err(dev_err("VM descriptor"));
+        let router = Arc::new(Mutex::new(GsiRouter::new(Arc::new(KvmRouting(dup()?)))));
+        let mut next_slot = BAR_SLOT_BASE;
+        let (devices, functions) = vfio::setup(
+            &self.config.vfio,
+            VfioContext {
+                kvm: &self.kvm,
+                vm: &self.vm_fd,
+                mem: &self.mem,
+                allocator: &mut allocator,
+                router,
+                slots: Arc::new(KvmSlots(dup()?)),
+                next_slot: &mut next_slot,
+            },
+        )?;
+        let root = Arc::new(Mutex::new(PciRoot::default()));
+        for f in functions {
+            lock(&root)
+                .add(Box::new(f))
+                .map_err(|e| dev_err("PCI root")(std::io::Error::other(e)))?;
+        }
+        let overlap = |e| dev_err("PCI root")(std::io::Error::other(e));
+        self.pio
+            .insert(
+                Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+                PCI_CONFIG_PORT,
+                PCI_CONFIG_PORT_LEN,
+            )
+            .map_err(overlap)?;
+        let io_window = PciBarWindow::new(root.clone(), AddressSpace::Io, PCI_IO_START);
+        self.pio
+            .insert(Arc::new(Mutex::new(io_window)), PCI_IO_START, PCI_IO_SIZE)
+            .map_err(overlap)?;
+        self.mmio
+            .insert(
+                Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+                PCI_ECAM_START,
+                PCI_ECAM_SIZE,
+            )
+            .map_err(overlap)?;
+        for (start, end) in [
+            (PCI_MMIO32_START, PCI_MMIO32_START + PCI_MMIO32_SIZE),
+            mmio64,
+        ] {
+            let w = PciBarWindow::new(root.clone(), AddressSpace::Memory, start);
+            self.mmio
+                .insert(Arc::new(Mutex::new(w)), start, end - start)
+                .map_err(overlap)?;
+        }
+        self.pci = Some(PciState {
+            vfio: devices,
+            mmio64,
+        });
         Ok(())
     }
 
@@ -453,7 +547,28 @@ impl Vm {
             None => None,
         };
         let cmdline = boot::build_cmdline(&self.config.cmdline, &self.virtio_slots)?;
-        boot::configure_system(&self.mem, &kernel, &cmdline, initrd, self.config.vcpus)?;
+        let mut reserved = Vec::new();
+        if let Some(pci) = &self.pci {
+            crate::acpi::write_tables(
+                &self.mem,
+                &crate::acpi::AcpiConfig {
+                    vcpus: self.config.vcpus,
+                    ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
+                    io: (PCI_IO_START, PCI_IO_SIZE),
+                    mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
+                    mmio64: (pci.mmio64.0, pci.mmio64.1 - pci.mmio64.0),
+                },
+            )?;
+            reserved.push((PCI_ECAM_START, PCI_ECAM_SIZE));
+        }
+        boot::configure_system(
+            &self.mem,
+            &kernel,
+            &cmdline,
+            initrd,
+            self.config.vcpus,
+            &reserved,
+        )?;
         Ok(kernel.entry)
     }
 
@@ -547,9 +662,10 @@ impl Vm {
         // filter once they run.
         let filters = if self.config.seccomp {
             seccomp::drop_capabilities().map_err(VmmError::Seccomp)?;
+            let vfio = self.pci.is_some();
             Some((
-                seccomp::vcpu_filter().map_err(VmmError::Seccomp)?,
-                seccomp::event_loop_filter().map_err(VmmError::Seccomp)?,
+                seccomp::vcpu_filter_for(vfio).map_err(VmmError::Seccomp)?,
+                seccomp::event_loop_filter_for(vfio).map_err(VmmError::Seccomp)?,
             ))
         } else {
             None
@@ -596,6 +712,9 @@ impl Vm {
             }
         };
         lock(&handles).join();
+        if let Some(pci) = &self.pci {
+            pci.vfio.shutdown();
+        }
         res
     }
 }

@@ -151,6 +151,10 @@ pub struct ServeArgs {
     /// Most vCPUs all live groups may use together.
     #[arg(long, default_value_t = 64.0)]
     pub vcpu_quota: f64,
+    /// This node's GPUs for `gpu` groups: PCI addresses (bound to vfio-pci), comma-separated
+    /// or repeated. Their number is the GPU quota.
+    #[arg(long, value_delimiter = ',')]
+    pub gpu_pool: Vec<String>,
     /// Write the default CNI bridge config here unless the directory already holds one
     /// (containerd's CRI `conf_dir`, usually /etc/cni/net.d).
     #[arg(long)]

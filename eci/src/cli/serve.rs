@@ -37,6 +37,18 @@ pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
     })?;
     let mut config = RuntimeConfig::new(args.data_dir.clone(), args.containerd.clone());
     config.runtime_handler = args.runtime_handler.clone();
+    for bdf in &args.gpu_pool {
+        let ok = bdf.len() == 12
+            && bdf.as_bytes()[4] == b':'
+            && bdf.as_bytes()[7] == b':'
+            && bdf.as_bytes()[10] == b'.';
+        if !ok {
+            return Err(CliError::Usage(format!(
+                "--gpu-pool: `{bdf}` is not a PCI address (DDDD:BB:DD.F)"
+            )));
+        }
+    }
+    config.gpu_pool = args.gpu_pool.clone();
     let controller = Controller::new(store.clone(), config);
     // Groups of an earlier run come back first; containerd being down is not fatal (the
     // runtime retries), so a failed reconcile is logged and serving goes on.
@@ -51,7 +63,8 @@ pub async fn run(args: ServeArgs) -> Result<i32, CliError> {
         .map_err(|e| failed("listening socket", e))?;
     eprintln!("eci: listening on {addr}");
     tracing::info!(%addr, data_dir = %args.data_dir.display(), containerd = %args.containerd.display(), "serving the ECI API");
-    let state = AppState::new(store, Arc::new(controller), args.vcpu_quota);
+    let state = AppState::new(store, Arc::new(controller), args.vcpu_quota)
+        .with_gpu_quota(args.gpu_pool.len() as u32);
     server::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| failed("server", e))?;

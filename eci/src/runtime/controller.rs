@@ -51,6 +51,9 @@ pub struct RuntimeConfig {
     pub backoff: Backoff,
     /// How often workers poll CRI for container states.
     pub poll_interval: Duration,
+    /// `eci serve --gpu-pool`: PCI addresses of this node's GPUs (bound to vfio-pci), taken
+    /// by groups in order and passed to their pods as `io.eci.vfio`.
+    pub gpu_pool: Vec<String>,
 }
 
 impl RuntimeConfig {
@@ -63,6 +66,7 @@ impl RuntimeConfig {
             runtime_handler: "eci".into(),
             backoff: Backoff::from_env(),
             poll_interval: Duration::from_millis(500),
+            gpu_pool: Vec::new(),
         }
     }
 }
@@ -302,10 +306,17 @@ impl Backend for Controller {
         if let Some(cache_id) = &spec.image_cache_id {
             images::check_cache_usable(&self.inner.store, cache_id, &spec)?;
         }
+        let mut spec = spec;
         let id = self
             .inner
             .store
             .insert_group(&spec, GroupStatus::Scheduling)?;
+        crate::backend::take_gpus(
+            &self.inner.store,
+            &id,
+            &mut spec,
+            &self.inner.config.gpu_pool,
+        )?;
         self.spawn_worker(&id, spec, Start::Fresh);
         Ok(id)
     }

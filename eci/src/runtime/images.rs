@@ -292,6 +292,9 @@ mod tests {
             termination_grace_period_seconds: 30,
             auto_match_image_cache: false,
             image_cache_id: None,
+            instance_type: None,
+            gpu: 0,
+            gpu_devices: vec![],
         };
         assert_eq!(
             images_with_policy(&spec),

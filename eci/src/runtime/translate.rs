@@ -43,6 +43,9 @@ pub const LABEL_CONTAINER_NAME: &str = "io.eci.container-name";
 pub const LABEL_INIT: &str = "io.eci.init";
 /// Kubernetes-style namespace of every eci pod's metadata.
 pub const POD_NAMESPACE: &str = "eci";
+/// The pod's passed-through PCI devices (GPUs), as the shim reads them.
+pub const VFIO_ANNOTATION: &str = "io.eci.vfio";
+
 // The pod-feature annotations (issue 6), as the agent's parser names them.
 pub use eci_protocol::annotations::{
     POST_START as LIFECYCLE_POST_START, PRE_STOP as LIFECYCLE_PRE_STOP, PROBE_LIVENESS,
@@ -180,6 +183,10 @@ pub fn sandbox_config(
         GRACE_ANNOTATION.into(),
         spec.termination_grace_period_seconds.to_string(),
     );
+    if !spec.gpu_devices.is_empty() {
+        // The shim passes these through to the VM (shim/src/vfio.rs).
+        annotations.insert(VFIO_ANNOTATION.into(), spec.gpu_devices.join(","));
+    }
     let sysctls = spec
         .security_context
         .iter()

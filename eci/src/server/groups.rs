@@ -172,6 +172,7 @@ pub async fn update_group(
     let mut quota: Quota = state.quota()?;
     if !record.status.is_terminal() {
         quota.vcpu_used -= record.spec.cpu;
+        quota.gpu_used = quota.gpu_used.saturating_sub(record.spec.gpu);
     }
     let update = validate_update(&record.spec, &request, &quota)?;
     state.backend.update_group(&id, update).await?;

@@ -27,17 +27,26 @@ pub struct AppState {
     pub backend: Arc<dyn Backend>,
     /// `--vcpu-quota`: the sum of the normalised cpu of live groups may not exceed it.
     pub vcpu_quota: f64,
+    /// GPUs in the node's pool.
+    pub gpu_quota: u32,
     /// Serialises quota check + create, so two concurrent creates cannot both use the last
     /// vCPUs.
     admission: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
+    /// With a GPU pool of `gpus` devices.
+    pub fn with_gpu_quota(mut self, gpus: u32) -> Self {
+        self.gpu_quota = gpus;
+        self
+    }
+
     pub fn new(store: Store, backend: Arc<dyn Backend>, vcpu_quota: f64) -> Self {
         AppState {
             store,
             backend,
             vcpu_quota,
+            gpu_quota: 0,
             admission: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -46,6 +55,8 @@ impl AppState {
         Ok(Quota {
             vcpu_quota: self.vcpu_quota,
             vcpu_used: self.store.vcpu_used()?,
+            gpu_quota: self.gpu_quota,
+            gpu_used: self.store.gpus_used()?,
         })
     }
 }

@@ -16,6 +16,8 @@ fn spec(name: &str, tags: &[(&str, &str)]) -> ContainerGroupSpec {
         &Quota {
             vcpu_quota: 1000.0,
             vcpu_used: 0.0,
+            gpu_quota: 0,
+            gpu_used: 0,
         },
     )
     .unwrap()
@@ -303,4 +305,35 @@ fn image_cache_lookup_update_and_expiry() {
     assert!(store.delete_image_cache(&old).unwrap());
     assert!(store.get_image_cache(&old).unwrap().is_none());
     assert_eq!(store.list_image_caches().unwrap().len(), 2);
+}
+
+#[test]
+fn gpus_are_taken_in_pool_order_all_or_nothing_and_released_with_the_group() {
+    let store = Store::open_in_memory().unwrap();
+    let pool: Vec<String> = ["0000:3b:00.0", "0000:86:00.0", "0000:af:00.0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let a = store
+        .insert_group(&spec("a", &[]), GroupStatus::Pending)
+        .unwrap();
+    assert_eq!(store.allocate_gpus(&a, &pool, 2).unwrap(), pool[..2]);
+    assert_eq!(
+        store.group(&a).unwrap().unwrap().spec.gpu_devices,
+        pool[..2]
+    );
+    let b = store
+        .insert_group(&spec("b", &[]), GroupStatus::Pending)
+        .unwrap();
+    let err = store.allocate_gpus(&b, &pool, 2).unwrap_err();
+    assert!(matches!(err, StoreError::Exhausted(_)), "{err}");
+    assert_eq!(
+        store.gpus_of(&b).unwrap(),
+        Vec::<String>::new(),
+        "nothing taken on failure"
+    );
+    assert_eq!(store.gpus_used().unwrap(), 2);
+    store.delete_group(&a).unwrap();
+    assert_eq!(store.gpus_used().unwrap(), 0);
+    assert_eq!(store.allocate_gpus(&b, &pool, 3).unwrap(), pool);
 }

@@ -4,6 +4,8 @@ use crate::model::*;
 const QUOTA: Quota = Quota {
     vcpu_quota: 100.0,
     vcpu_used: 0.0,
+    gpu_quota: 0,
+    gpu_used: 0,
 };
 
 fn container(name: &str) -> Container {
@@ -223,6 +225,8 @@ fn vcpu_quota() {
     let quota = Quota {
         vcpu_quota: 10.0,
         vcpu_used: 7.0,
+        gpu_quota: 0,
+        gpu_used: 0,
     };
     let err = validate_create(&req, &quota).unwrap_err();
     assert_eq!(err.fields(), ["cpu"]);
@@ -230,6 +234,8 @@ fn vcpu_quota() {
     let quota = Quota {
         vcpu_quota: 10.0,
         vcpu_used: 6.0,
+        gpu_quota: 0,
+        gpu_used: 0,
     };
     validate_create(&req, &quota).unwrap();
 }
@@ -560,4 +566,41 @@ fn image_cache_rules() {
         validate_image_cache_update(&patch).unwrap_err().fields(),
         ["retentionDays"]
     );
+}
+
+#[test]
+fn gpu_instance_types_set_the_size_and_gpu_count() {
+    let quota = Quota {
+        vcpu_quota: 100.0,
+        vcpu_used: 0.0,
+        gpu_quota: 4,
+        gpu_used: 1,
+    };
+    let mut req = request();
+    req.instance_type = Some("ecs.gn7i-c16g1.4xlarge".into());
+    let spec = validate_create(&req, &quota).unwrap();
+    assert_eq!((spec.cpu, spec.memory, spec.gpu), (16.0, 60.0, 1));
+    // Contradicting the type names the field.
+    req.cpu = Some(8.0);
+    req.gpu = Some(2);
+    let fields: Vec<String> = validate_create(&req, &quota)
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(fields, ["cpu", "gpu"]);
+    // A plain GPU count, within the quota and the per-group limit.
+    let mut req = request();
+    req.gpu = Some(3);
+    assert_eq!(validate_create(&req, &quota).unwrap().gpu, 3);
+    req.gpu = Some(4);
+    let err = validate_create(&req, &quota).unwrap_err();
+    assert_eq!(err.0[0].field, "gpu");
+    assert!(err.0[0].reason.contains("3 of 4"), "{}", err.0[0].reason);
+    req.gpu = Some(9);
+    assert!(validate_create(&req, &quota).is_err());
+    req.gpu = None;
+    req.instance_type = Some("ecs.g7.large".into());
+    assert_eq!(rejected(&req), ["instanceType"]);
 }

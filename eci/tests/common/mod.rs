@@ -40,6 +40,8 @@ pub struct Recorder {
     pub calls: Mutex<Vec<Call>>,
     /// When set, the next call fails with this error.
     pub fail_next: Mutex<Option<BackendError>>,
+    /// The node's GPUs, taken as the real runtime takes them.
+    pub gpu_pool: Vec<String>,
 }
 
 impl Recorder {
@@ -56,7 +58,10 @@ impl Recorder {
 impl Backend for Recorder {
     async fn create_group(&self, spec: ContainerGroupSpec) -> Result<String, BackendError> {
         self.record(Call::Create(spec.clone()))?;
-        Ok(self.store.insert_group(&spec, GroupStatus::Pending)?)
+        let id = self.store.insert_group(&spec, GroupStatus::Pending)?;
+        let mut spec = spec;
+        eci::backend::take_gpus(&self.store, &id, &mut spec, &self.gpu_pool)?;
+        Ok(id)
     }
     async fn delete_group(&self, id: &str) -> Result<(), BackendError> {
         self.record(Call::Delete(id.into()))?;
@@ -139,14 +144,22 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(vcpu_quota: f64) -> Self {
+        Self::with_gpus(vcpu_quota, &[])
+    }
+
+    /// With a node GPU pool of these PCI addresses.
+    pub fn with_gpus(vcpu_quota: f64, pool: &[&str]) -> Self {
+        let gpu_pool: Vec<String> = pool.iter().map(|s| s.to_string()).collect();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let backend = Arc::new(Recorder {
             store: store.clone(),
             calls: Mutex::new(Vec::new()),
             fail_next: Mutex::new(None),
+            gpu_pool: gpu_pool.clone(),
         });
-        let state = AppState::new(store.clone(), backend.clone(), vcpu_quota);
+        let state = AppState::new(store.clone(), backend.clone(), vcpu_quota)
+            .with_gpu_quota(gpu_pool.len() as u32);
         Harness {
             app: router(state),
             backend,

@@ -2,6 +2,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod pci;
 pub mod virtio;
 
 use vmm_sys_util::eventfd::EventFd;
