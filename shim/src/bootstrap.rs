@@ -89,7 +89,10 @@ pub fn read_start(
 }
 
 /// `stdin` as bootstrap params, or None when it is empty or legacy runtime options.
-fn bootstrap_params(stdin: &[u8], flags: &Flags) -> Result<Option<BootstrapParams>, BootstrapError> {
+fn bootstrap_params(
+    stdin: &[u8],
+    flags: &Flags,
+) -> Result<Option<BootstrapParams>, BootstrapError> {
     if stdin.is_empty() {
         return Ok(None);
     }
@@ -214,7 +217,11 @@ mod tests {
             BootstrapResult::parse_from_bytes(&encode_reply(req.reply, "unix:///s").unwrap())
                 .unwrap();
         assert_eq!(
-            (result.version, result.address.as_str(), result.protocol.as_str()),
+            (
+                result.version,
+                result.address.as_str(),
+                result.protocol.as_str()
+            ),
             (3, "unix:///s", "ttrpc")
         );
     }
@@ -230,6 +237,9 @@ mod tests {
         let err = read_start(&flags(), &params.write_to_bytes().unwrap(), None, None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("k8s.io/other") && err.contains("k8s.io/pod"), "{err}");
+        assert!(
+            err.contains("k8s.io/other") && err.contains("k8s.io/pod"),
+            "{err}"
+        );
     }
 }
