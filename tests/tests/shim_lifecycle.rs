@@ -340,3 +340,37 @@ fn create_runtime_hook_runs_on_the_host_with_state() {
     );
     assert_nothing_left(&ctd, &[id, bad_id, slow_id]);
 }
+
+/// `ECI_SHIM_CONFIG` in containerd's environment reaches the shims it starts: a bad file named
+/// there fails `ctr run` with its name, and the runtime options' path still wins over it.
+#[test]
+fn shim_config_from_containerds_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("env-shim.toml");
+    std::fs::write(&bad, "hypervisor = \"kvm\"\n").unwrap();
+    let Some(ctd) = containerd_with(eci_tests::containerd::ContainerdOptions {
+        env: vec![("ECI_SHIM_CONFIG".into(), bad.display().to_string())],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let id = unique("envcfg");
+    let out = ctd.ctr(&["run", "--rm", "--runtime", ECI, BUSYBOX_IMAGE, &id, "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad ECI_SHIM_CONFIG must fail");
+    assert!(
+        stderr.contains("env-shim.toml") && stderr.contains("hypervisor"),
+        "error must name the file and field: {stderr}"
+    );
+    ctd.ctr(&["container", "delete", &id]);
+
+    let good = write_config(tmp.path(), &shim_config_base());
+    let id2 = unique("envcfg");
+    let out = run_true_with_runtime_config(&ctd, &good, &id2);
+    assert!(
+        out.status.success(),
+        "the runtime options' config wins over ECI_SHIM_CONFIG: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left(&ctd, &[id, id2]);
+}
