@@ -272,10 +272,14 @@ impl Container {
             linux.set_cgroups_path(Some(path.clone()));
             path
         };
-        // Hooks other than startContainer run on the host, by the shim; only startContainer
-        // hooks run in the container's namespaces, hence here.
+        // prestart, createRuntime, poststart and poststop hooks run in the runtime's namespaces
+        // on the host, by the shim. createContainer and startContainer hooks run in the
+        // container's namespaces, hence here: libcontainer runs them in the container's init,
+        // createContainer before pivot_root (its path resolves in the agent's mount namespace)
+        // and startContainer after it (the container's).
         if let Some(hooks) = spec.hooks().as_ref() {
             let mut kept = oci_spec::runtime::Hooks::default();
+            kept.set_create_container(hooks.create_container().clone());
             kept.set_start_container(hooks.start_container().clone());
             spec.set_hooks(Some(kept));
         }
