@@ -225,6 +225,8 @@ pub struct ContainerdOptions {
     pub extra_config: String,
     /// Environment of containerd (hence of its shims) besides `ECI_SHIM_CONFIG`.
     pub env: Vec<(String, String)>,
+    /// The containerd build; None: [`Version::from_env`].
+    pub version: Option<Version>,
     /// containerd namespace of `ctr` commands (default `eci-test`; CRI uses `k8s.io`).
     pub namespace: Option<String>,
     /// Network namespace (name under /run/netns) containerd runs in, so that what CNI makes
@@ -276,7 +278,7 @@ impl Containerd {
             .prefix("eci-ctd-")
             .tempdir_in("/tmp")?;
         let socket = dir.path().join("c.sock");
-        let version = Version::from_env();
+        let version = options.version.unwrap_or_else(Version::from_env);
         let (disabled, cri) = match &options.cri {
             Some(cri) => (String::new(), cri.render(version)),
             None => (
