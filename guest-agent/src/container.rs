@@ -57,12 +57,20 @@ impl StateDirs {
 /// The workload executor: the spec's OCI seccomp profile is compiled and installed right before
 /// the program is executed (in the container process), then libcontainer's default executor runs
 /// it. The agent compiled the profile once already to refuse a bad one at create.
-#[derive(Clone)]
-pub struct SeccompExecutor;
+#[derive(Clone, Default)]
+pub struct SeccompExecutor {
+    /// The container's profile, for exec'd processes: libcontainer gives their executor a spec
+    /// rebuilt without `linux.seccomp`.
+    pub exec_profile: Option<oci_spec::runtime::LinuxSeccomp>,
+}
 
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
-        if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        let profile = self
+            .exec_profile
+            .as_ref()
+            .or_else(|| spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()));
+        if let Some(profile) = profile {
             let filters = seccomp::compile(profile)
                 .map_err(|e| ExecutorError::Other(format!("compile seccomp filter: {e}")))?;
             seccomp::install(&filters)
@@ -398,7 +406,10 @@ impl Container {
             &self.dirs,
             child,
             console.as_ref().map(ConsoleSocket::path).as_deref(),
-            HelperOp::Exec { process_json },
+            HelperOp::Exec {
+                process_json,
+                seccomp: self.seccomp_profile()?,
+            },
         )?;
         let ends = match console {
             Some(c) => c.receive(stdio_cfg)?,
@@ -413,6 +424,13 @@ impl Container {
         ));
         reaper.register(process.clone());
         Ok(process)
+    }
+
+    /// The container's seccomp profile, from the agent's copy of its bundle.
+    fn seccomp_profile(&self) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
+        let spec = Spec::load(self.bundle.join("config.json"))
+            .map_err(|e| AgentError::runtime("read the container's config.json", e))?;
+        Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
     }
 
     /// Freezes or thaws every process. Blocking.
