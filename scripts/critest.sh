@@ -64,16 +64,34 @@ in_ns ip link set lo up
 # A busybox rootfs with the users and groups cri-tools' test images define.
 build_rootfs() {
   local rootfs=$1
-  mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,root,run,var,www}
+  mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,root,run,var/run,www}
   chmod 1777 "$rootfs/tmp"
   cp "$(command -v busybox)" "$rootfs/bin/busybox"
   busybox --list-full | while read -r applet; do
     [ "$applet" = bin/busybox ] || [ -e "$rootfs/$applet" ] || ln -s /bin/busybox "$rootfs/$applet"
   done
   printf '%s\n' root:x:0:0:root:/root:/bin/sh www-data:x:33:33:www-data:/var/www:/bin/false \
-    default-user:x:1000:1000::/home/default-user:/bin/sh >"$rootfs/etc/passwd"
-  printf '%s\n' root:x:0: www-data:x:33: default-user:x:1000: \
+    default-user:x:1000:1000::/home/default-user:/bin/sh nobody:x:65534:65534:nobody:/:/bin/false \
+    >"$rootfs/etc/passwd"
+  printf '%s\n' root:x:0: www-data:x:33: default-user:x:1000: nogroup:x:65534: \
     group-defined-in-image:x:50000:default-user >"$rootfs/etc/group"
+  # Debian's busybox-static lacks two applets the upstream busybox image has and specs call.
+  cat >"$rootfs/bin/pgrep" <<'SH'
+#!/bin/sh
+# pgrep PATTERN: pids of the processes whose name contains PATTERN.
+found=1
+for dir in /proc/[0-9]*; do
+  read -r name <"$dir/comm" 2>/dev/null || continue
+  case "$name" in *"$1"*) echo "${dir#/proc/}"; found=0 ;; esac
+done
+exit $found
+SH
+  cat >"$rootfs/bin/ipcs" <<'SH'
+#!/bin/sh
+# ipcs -m: the IPC namespace's shared memory segments (key, id, ...), as /proc lists them.
+cat /proc/sysvipc/shm
+SH
+  chmod 755 "$rootfs/bin/pgrep" "$rootfs/bin/ipcs"
   echo '<html><body>eci critest web server</body></html>' >"$rootfs/www/index.html"
 }
 
@@ -89,10 +107,26 @@ build_images() {
     --config.cmd sh
   umoci config --image "$layout:base" --tag pause --clear=config.cmd \
     --config.cmd sh --config.cmd -c --config.cmd "trap 'exit 0' TERM INT; while :; do sleep 1 & wait \$!; done"
-  umoci config --image "$layout:base" --tag web --clear=config.cmd \
-    --config.cmd httpd --config.cmd -f --config.cmd -p --config.cmd 80 --config.cmd -h --config.cmd /www
-  umoci config --image "$layout:base" --tag hostnet-web --clear=config.cmd \
-    --config.cmd httpd --config.cmd -f --config.cmd -p --config.cmd 12003 --config.cmd -h --config.cmd /www
+  # The nginx and httpd stand-ins: busybox httpd under a script named nginx that, as nginx,
+  # writes /var/run/nginx.pid and has "master process" in its command line, and logs a line
+  # naming httpd (what the specs look for).
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx/nginx" <<'SH'
+#!/bin/sh
+# nginx stand-in: nginx PORT [ARGS...] serves /www on PORT with busybox httpd.
+echo $$ >/var/run/nginx.pid
+echo "httpd listening on $1"
+trap 'exit 0' TERM INT
+httpd -f -p "$1" -h /www &
+wait
+SH
+  chmod 755 "$work/nginx/nginx"
+  local port
+  for port in 80 12003; do
+    umoci config --image "$layout:base" --tag "web-$port" --clear=config.cmd \
+      --config.cmd /usr/sbin/nginx --config.cmd "$port" --config.cmd "master process"
+    umoci insert --image "$layout:web-$port" "$work/nginx/nginx" /usr/sbin/nginx
+  done
   # image-test: busybox plus a file named after the image, so that each is a different image.
   local name
   for name in test-image-latest test-image-tag test-image-1 test-image-2 test-image-3 \
@@ -153,11 +187,11 @@ echo "== building critest's test images offline (umoci, busybox-static)"
 build_images >/dev/null
 start_registry
 k8s=e2e-test-images cri=k8s-staging-cri-tools
-push base "$k8s/busybox:1.29-2" pause:3.9 "$cri/test-image-tags:1" "$cri/test-image-tags:2" \
-  "$cri/test-image-tags:3"
+push base "$k8s/busybox:1.29-2" pause:3.9
+push test-image-tags "$cri/test-image-tags:1" "$cri/test-image-tags:2" "$cri/test-image-tags:3"
 push pause pause:3.10
-push web "$k8s/nginx:1.14-2" "$k8s/httpd:2.4.39-4"
-push hostnet-web "$cri/hostnet-nginx-amd64:latest"
+push web-80 "$k8s/nginx:1.14-2" "$k8s/httpd:2.4.39-4"
+push web-12003 "$cri/hostnet-nginx-amd64:latest"
 push nonewprivs "$k8s/nonewprivs:1.3"
 push test-image-latest "$cri/test-image-latest:latest"
 push test-image-tag "$cri/test-image-tag:test" "$cri/test-image-tag:all"
