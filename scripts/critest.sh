@@ -67,8 +67,9 @@ build_rootfs() {
   mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,root,run,var/run,www}
   chmod 1777 "$rootfs/tmp"
   cp "$(command -v busybox)" "$rootfs/bin/busybox"
+  # Hard links, as in the upstream busybox image (masking /bin/ls must not mask every applet).
   busybox --list-full | while read -r applet; do
-    [ "$applet" = bin/busybox ] || [ -e "$rootfs/$applet" ] || ln -s /bin/busybox "$rootfs/$applet"
+    [ "$applet" = bin/busybox ] || [ -e "$rootfs/$applet" ] || ln "$rootfs/bin/busybox" "$rootfs/$applet"
   done
   printf '%s\n' root:x:0:0:root:/root:/bin/sh www-data:x:33:33:www-data:/var/www:/bin/false \
     default-user:x:1000:1000::/home/default-user:/bin/sh nobody:x:65534:65534:nobody:/:/bin/false \
@@ -130,7 +131,7 @@ SH
   # image-test: busybox plus a file named after the image, so that each is a different image.
   local name
   for name in test-image-latest test-image-tag test-image-1 test-image-2 test-image-3 \
-    test-image-tags; do
+    test-image-tags pause-3.9; do
     echo "$name" >"$work/$name"
     umoci config --image "$layout:base" --tag "$name"
     umoci insert --image "$layout:$name" "$work/$name" "/$name"
@@ -187,7 +188,8 @@ echo "== building critest's test images offline (umoci, busybox-static)"
 build_images >/dev/null
 start_registry
 k8s=e2e-test-images cri=k8s-staging-cri-tools
-push base "$k8s/busybox:1.29-2" pause:3.9
+push base "$k8s/busybox:1.29-2"
+push pause-3.9 pause:3.9
 push test-image-tags "$cri/test-image-tags:1" "$cri/test-image-tags:2" "$cri/test-image-tags:3"
 push pause pause:3.10
 push web-80 "$k8s/nginx:1.14-2" "$k8s/httpd:2.4.39-4"
