@@ -20,6 +20,8 @@
 #   CRITEST_KEEP=1                 keep the work directory (logs, report) for a look
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. scripts/lib.sh
 
 # The number of specs that pass in local mode on containerd 2.x (README: "critest"); a lower
 # count fails the run.
@@ -64,13 +66,8 @@ in_ns ip link set lo up
 # A busybox rootfs with the users and groups cri-tools' test images define.
 build_rootfs() {
   local rootfs=$1
-  mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,root,run,var/run,www}
-  chmod 1777 "$rootfs/tmp"
-  cp "$(command -v busybox)" "$rootfs/bin/busybox"
-  # Hard links, as in the upstream busybox image (masking /bin/ls must not mask every applet).
-  busybox --list-full | while read -r applet; do
-    [ "$applet" = bin/busybox ] || [ -e "$rootfs/$applet" ] || ln "$rootfs/bin/busybox" "$rootfs/$applet"
-  done
+  busybox_rootfs "$rootfs"
+  mkdir -p "$rootfs/www"
   printf '%s\n' root:x:0:0:root:/root:/bin/sh www-data:x:33:33:www-data:/var/www:/bin/false \
     default-user:x:1000:1000::/home/default-user:/bin/sh nobody:x:65534:65534:nobody:/:/bin/false \
     >"$rootfs/etc/passwd"
@@ -228,19 +225,9 @@ cat >"$work/net.d/10-critest.conflist" <<JSON
   ]
 }
 JSON
-cat >"$work/config.toml" <<TOML
-version = 3
-root = "$work/root"
-state = "$work/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "$sock"
-[ttrpc]
-  address = "$sock.ttrpc"
-[debug]
-  address = "$sock.debug"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$work/opt"
+{
+  containerd_config 3 "$work" "$sock" io.containerd.tracing.processor.v1.otlp
+  cat <<TOML
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
 [plugins."io.containerd.cri.v1.images".pinned_images]
@@ -263,6 +250,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   bin_dirs = ["/usr/lib/cni"]
   conf_dir = "$work/net.d"
 TOML
+} >"$work/config.toml"
 echo "== starting containerd $("$tools/containerd" --version | awk '{print $3}') (default runtime: eci, $(head -1 "$shim_config"))"
 (cd "$work" && PATH="$bin_dir:$tools:$PATH" in_ns "$tools/containerd" --config "$work/config.toml" \
   >"$work/containerd.log" 2>&1) &

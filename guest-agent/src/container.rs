@@ -234,6 +234,18 @@ fn run_helper(
     }
 }
 
+/// How long Start waits for the container's init to execute its program (startContainer hooks
+/// run before that, with their own timeouts).
+const START_EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The file process `pid` executes (device and inode), None once it is gone.
+fn executable_of(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 impl Container {
     /// Creates the container; its init process waits for [`Container::start`].
     /// Blocking: call from a blocking thread.
@@ -364,13 +376,29 @@ impl Container {
                 self.id
             )));
         }
-        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
-        self.runtime
-            .lock()
-            .expect("runtime")
-            .start()
-            .map_err(lc_err("start the container"))?;
+        let pid = self.init.pid;
+        let before_exec = executable_of(pid);
+        {
+            let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+            self.runtime
+                .lock()
+                .expect("runtime")
+                .start()
+                .map_err(lc_err("start the container"))?;
+        }
         *state = State::Running;
+        drop(state);
+        // libcontainer returns once it told the init to go on; the init then runs the
+        // startContainer hooks and executes the program. Start returns after that, as runc's,
+        // so that the shim's poststart hooks run after the program was executed (OCI order).
+        let deadline = std::time::Instant::now() + START_EXEC_WAIT;
+        while before_exec.is_some() && executable_of(pid) == before_exec {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(id = %self.id, "the container's program did not start within {START_EXEC_WAIT:?}");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         Ok(())
     }
 

@@ -412,6 +412,21 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         cmd
     }
 
+    /// `ctr events` against this containerd, by Debian's ctr 1.6 whatever the containerd: ctr
+    /// 2.x skips events whose payload type it was not built with ("cannot unmarshal an event
+    /// from Any"), such as the google.protobuf.Struct of the shim's /eci/* events.
+    pub fn events_command(&self) -> Command {
+        let mut events = Command::new(Version::V1_6.tool("ctr"));
+        events
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .arg("events")
+            .stdin(Stdio::null());
+        events
+    }
+
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_command(args).output().expect("run ctr")
     }

@@ -203,7 +203,7 @@ fn kill_and_delete(ctd: &eci_tests::containerd::Containerd, id: &str, kill_flags
 /// A running `ctr events`, given a moment to subscribe before the caller acts.
 fn subscribe_events(ctd: &eci_tests::containerd::Containerd) -> std::process::Child {
     let events = ctd
-        .ctr_command(&["events"])
+        .events_command()
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
