@@ -170,7 +170,9 @@ storage:
 http:
   addr: $registry
 YAML
-  in_ns docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+  # nsenter execs the program: $! is the registry's pid, for cleanup to kill.
+  nsenter --net="/run/netns/$netns" -- docker-registry serve "$work/registry.yml" \
+    >"$work/registry.log" 2>&1 &
   registry_pid=$!
   for _ in $(seq 200); do
     in_ns bash -c "exec 3<>/dev/tcp/${registry%:*}/${registry#*:}" 2>/dev/null && return 0
@@ -252,8 +254,8 @@ JSON
 TOML
 } >"$work/config.toml"
 echo "== starting containerd $("$tools/containerd" --version | awk '{print $3}') (default runtime: eci, $(head -1 "$shim_config"))"
-(cd "$work" && PATH="$bin_dir:$tools:$PATH" in_ns "$tools/containerd" --config "$work/config.toml" \
-  >"$work/containerd.log" 2>&1) &
+(cd "$work" && PATH="$bin_dir:$tools:$PATH" exec nsenter --net="/run/netns/$netns" -- \
+  "$tools/containerd" --config "$work/config.toml" >"$work/containerd.log" 2>&1) &
 containerd_pid=$!
 for _ in $(seq 600); do
   in_ns "$tools/crictl" --runtime-endpoint "unix://$sock" info >/dev/null 2>&1 && break
