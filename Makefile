@@ -17,8 +17,20 @@ deps:
 build: deps
 	$(CARGO) build --workspace --all-targets --locked
 
+# Every tier against Debian's containerd 1.6, then the containerd-dependent tiers again against
+# containerd 2.x (ECI_CONTAINERD selects the build; the nerdctl tier always uses 2.x).
+CONTAINERD_TIERS := --test shim_ctr --test shim_lifecycle --test shim_cri --test shim_registry \
+	--test shim_pod_features --test eci_e2e
 test: build kernel rootfs
-	$(CARGO) test --workspace --locked --no-fail-fast
+	ECI_CONTAINERD=1.6 $(CARGO) test --workspace --locked --no-fail-fast
+	ECI_CONTAINERD=2 $(CARGO) test -p eci-tests --locked --no-fail-fast $(CONTAINERD_TIERS)
+
+# The CRI conformance suite (critest) against containerd 2.x with eci as the default runtime,
+# offline; fails below CRITEST_MIN_PASSED passing specs (see README, "critest").
+CRITEST_MIN_PASSED ?= 92
+.PHONY: critest
+critest: build
+	BIN_DIR=$(TARGET_DIR)/debug CRITEST_MIN_PASSED=$(CRITEST_MIN_PASSED) scripts/critest.sh
 
 # Guest kernel (build/vmlinux, build/bzImage), cached outside the clone by kernel-config/build.sh.
 kernel: deps

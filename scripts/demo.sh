@@ -13,6 +13,8 @@
 # dir removed on exit, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. scripts/lib.sh
 
 mode=${1:-demo}
 runs=${RUNS:-30}
@@ -64,15 +66,7 @@ build_image() {
   umoci init --layout "$layout"
   umoci new --image "$layout:latest"
   umoci unpack --image "$layout:latest" "$bundle" >/dev/null
-  local rootfs=$bundle/rootfs
-  mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,root,run,var}
-  chmod 1777 "$rootfs/tmp"
-  cp /bin/busybox "$rootfs/bin/busybox"
-  /bin/busybox --list-full | while read -r applet; do
-    [ "$applet" = bin/busybox ] || [ -e "$rootfs/$applet" ] || ln -s /bin/busybox "$rootfs/$applet"
-  done
-  printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
-  printf 'root:x:0:\n' >"$rootfs/etc/group"
+  busybox_rootfs "$bundle/rootfs"
   umoci repack --image "$layout:latest" "$bundle"
   umoci config --image "$layout:latest" --config.cmd sh --config.env PATH=/usr/sbin:/usr/bin:/sbin:/bin
   umoci gc --layout "$layout"
@@ -80,20 +74,7 @@ build_image() {
 }
 
 start_containerd() {
-  cat >"$work/config.toml" <<TOML
-version = 2
-root = "$work/root"
-state = "$work/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
-[grpc]
-  address = "$sock"
-[ttrpc]
-  address = "$sock.ttrpc"
-[debug]
-  address = "$sock.debug"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$work/opt"
-TOML
+  containerd_config 2 "$work" "$sock" io.containerd.grpc.v1.cri >"$work/config.toml"
   PATH="$bin_dir:$PATH" containerd --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
   containerd_pid=$!
   for _ in $(seq 200); do

@@ -168,6 +168,11 @@ impl ContainerCgroup {
                 max_usage_bytes: s.memory.memory.max_usage,
                 oom_kill_count: self.oom.read(),
                 swap_usage_bytes: s.memory.memswap.usage.saturating_sub(s.memory.memory.usage),
+                kernel_bytes: if self.v2 {
+                    s.memory.stats.get("kernel_stack").copied().unwrap_or(0)
+                } else {
+                    s.memory.kernel.usage
+                },
                 ..Default::default()
             })
             .into(),

@@ -57,12 +57,20 @@ impl StateDirs {
 /// The workload executor: the spec's OCI seccomp profile is compiled and installed right before
 /// the program is executed (in the container process), then libcontainer's default executor runs
 /// it. The agent compiled the profile once already to refuse a bad one at create.
-#[derive(Clone)]
-pub struct SeccompExecutor;
+#[derive(Clone, Default)]
+pub struct SeccompExecutor {
+    /// The container's profile, for exec'd processes: libcontainer gives their executor a spec
+    /// rebuilt without `linux.seccomp`.
+    pub exec_profile: Option<oci_spec::runtime::LinuxSeccomp>,
+}
 
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
-        if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        let profile = self
+            .exec_profile
+            .as_ref()
+            .or_else(|| spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()));
+        if let Some(profile) = profile {
             let filters = seccomp::compile(profile)
                 .map_err(|e| ExecutorError::Other(format!("compile seccomp filter: {e}")))?;
             seccomp::install(&filters)
@@ -226,6 +234,18 @@ fn run_helper(
     }
 }
 
+/// How long Start waits for the container's init to execute its program (startContainer hooks
+/// run before that, with their own timeouts).
+const START_EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The file process `pid` executes (device and inode), None once it is gone.
+fn executable_of(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 impl Container {
     /// Creates the container; its init process waits for [`Container::start`].
     /// Blocking: call from a blocking thread.
@@ -272,10 +292,14 @@ impl Container {
             linux.set_cgroups_path(Some(path.clone()));
             path
         };
-        // Hooks other than startContainer run on the host, by the shim; only startContainer
-        // hooks run in the container's namespaces, hence here.
+        // prestart, createRuntime, poststart and poststop hooks run in the runtime's namespaces
+        // on the host, by the shim. createContainer and startContainer hooks run in the
+        // container's namespaces, hence here: libcontainer runs them in the container's init,
+        // createContainer before pivot_root (its path resolves in the agent's mount namespace)
+        // and startContainer after it (the container's).
         if let Some(hooks) = spec.hooks().as_ref() {
             let mut kept = oci_spec::runtime::Hooks::default();
+            kept.set_create_container(hooks.create_container().clone());
             kept.set_start_container(hooks.start_container().clone());
             spec.set_hooks(Some(kept));
         }
@@ -352,13 +376,29 @@ impl Container {
                 self.id
             )));
         }
-        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
-        self.runtime
-            .lock()
-            .expect("runtime")
-            .start()
-            .map_err(lc_err("start the container"))?;
+        let pid = self.init.pid;
+        let before_exec = executable_of(pid);
+        {
+            let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+            self.runtime
+                .lock()
+                .expect("runtime")
+                .start()
+                .map_err(lc_err("start the container"))?;
+        }
         *state = State::Running;
+        drop(state);
+        // libcontainer returns once it told the init to go on; the init then runs the
+        // startContainer hooks and executes the program. Start returns after that, as runc's,
+        // so that the shim's poststart hooks run after the program was executed (OCI order).
+        let deadline = std::time::Instant::now() + START_EXEC_WAIT;
+        while before_exec.is_some() && executable_of(pid) == before_exec {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(id = %self.id, "the container's program did not start within {START_EXEC_WAIT:?}");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         Ok(())
     }
 
@@ -394,7 +434,10 @@ impl Container {
             &self.dirs,
             child,
             console.as_ref().map(ConsoleSocket::path).as_deref(),
-            HelperOp::Exec { process_json },
+            HelperOp::Exec {
+                process_json,
+                seccomp: self.seccomp_profile()?,
+            },
         )?;
         let ends = match console {
             Some(c) => c.receive(stdio_cfg)?,
@@ -409,6 +452,13 @@ impl Container {
         ));
         reaper.register(process.clone());
         Ok(process)
+    }
+
+    /// The container's seccomp profile, from the agent's copy of its bundle.
+    fn seccomp_profile(&self) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
+        let spec = Spec::load(self.bundle.join("config.json"))
+            .map_err(|e| AgentError::runtime("read the container's config.json", e))?;
+        Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
     }
 
     /// Freezes or thaws every process. Blocking.

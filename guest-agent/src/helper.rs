@@ -40,6 +40,10 @@ pub enum HelperOp {
     Exec {
         /// The process document.
         process_json: PathBuf,
+        /// The container's seccomp profile: libcontainer rebuilds an exec's spec without
+        /// `linux.seccomp`, so the helper hands it to the executor itself.
+        #[serde(default)]
+        seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     },
 }
 
@@ -77,7 +81,12 @@ fn run(req: &HelperRequest) -> Result<i32, String> {
     let mut b = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(&req.runtime_root)
         .map_err(|e| error_chain(&e))?
-        .with_executor(SeccompExecutor)
+        .with_executor(SeccompExecutor {
+            exec_profile: match &req.op {
+                HelperOp::Exec { seccomp, .. } => seccomp.clone(),
+                HelperOp::Create { .. } => None,
+            },
+        })
         .with_console_socket(req.console_socket.as_ref());
     if req.pass_stdio {
         let io = |fd| dup_stdio(fd).map_err(|e| format!("duplicate stdio: {e}"));
@@ -96,7 +105,7 @@ fn run(req: &HelperRequest) -> Result<i32, String> {
                 .map(|p| p.as_raw())
                 .ok_or_else(|| "created container has no init pid".to_string())
         }
-        HelperOp::Exec { process_json } => b
+        HelperOp::Exec { process_json, .. } => b
             .as_tenant()
             .with_process(Some(process_json))
             .with_detach(true)

@@ -2,18 +2,19 @@
 //!
 //! containerd hands the shim its runtime options in every create request: CRI's
 //! `runtimeoptions.v1.Options` (`ConfigPath` in containerd's runtime config) or `ctr run
-//! --runtime-config-path`. Without a path the shim reads [`DEFAULT_CONFIG_PATH`] when it exists
-//! and uses built-in defaults otherwise.
+//! --runtime-config-path`. Without a path there the shim takes [`CONFIG_ENV`] (containerd passes
+//! its environment to the shims it starts, so clients that cannot pass runtime options, such as
+//! nerdctl, get a mode too), then [`DEFAULT_CONFIG_PATH`] when it exists, then built-in defaults.
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::protobuf::{well_known_types::any::Any, CodedInputStream};
 use serde::Deserialize;
 
-/// Where the shim looks for its configuration when the runtime options name none.
+/// Where the shim looks for its configuration when neither the runtime options nor
+/// [`CONFIG_ENV`] name one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/eci/shim.toml";
-/// The environment variable naming the config file (containerd passes its environment to the
-/// shims it starts, so clients that cannot pass runtime options, e.g. nerdctl, can choose).
+/// Environment variable naming the configuration file when the runtime options name none.
 pub const CONFIG_ENV: &str = "ECI_SHIM_CONFIG";
 
 /// Errors of loading the configuration; each names the field or file at fault.
@@ -125,21 +126,26 @@ impl ShimConfig {
         Ok(config)
     }
 
-    /// Loads the configuration from `explicit` (the runtime options' ConfigPath), else from
-    /// `$ECI_SHIM_CONFIG`, else from [`DEFAULT_CONFIG_PATH`] when it exists, else the defaults.
-    /// A path that is named but cannot be read is an error.
+    /// Loads the configuration from `explicit` (the runtime options' path), else from the file
+    /// [`CONFIG_ENV`] names, else from [`DEFAULT_CONFIG_PATH`] when it exists, else the defaults.
+    /// A named file that cannot be read is an error.
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        let from_env = std::env::var_os(CONFIG_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
-        Self::load_from(explicit, from_env)
+        let from_env = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty());
+        Self::load_from(
+            explicit,
+            from_env.as_deref().map(Path::new),
+            Path::new(DEFAULT_CONFIG_PATH),
+        )
     }
 
-    /// [`Self::load`] with the environment's value given (a test seam).
-    fn load_from(explicit: Option<&Path>, from_env: Option<PathBuf>) -> Result<Self, ConfigError> {
-        let path = match explicit.map(Path::to_owned).or(from_env) {
-            Some(path) => path,
-            None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
+    fn load_from(
+        explicit: Option<&Path>,
+        from_env: Option<&Path>,
+        default_path: &Path,
+    ) -> Result<Self, ConfigError> {
+        let path = match explicit.or(from_env) {
+            Some(path) => path.to_owned(),
+            None if default_path.exists() => default_path.to_owned(),
             None => return Ok(Self::default()),
         };
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
@@ -306,28 +312,42 @@ mod tests {
     }
 
     #[test]
-    fn runtime_options_win_over_the_environment() {
-        let dir = tempfile::tempdir().unwrap();
-        let local = dir.path().join("local.toml");
-        std::fs::write(&local, "hypervisor = \"none\"").unwrap();
-        let vm = dir.path().join("vm.toml");
-        std::fs::write(&vm, "hypervisor = \"eci-vmm\"").unwrap();
-        let from_env = ShimConfig::load_from(None, Some(local.clone())).unwrap();
-        assert_eq!(from_env.hypervisor, HypervisorKind::None);
-        let explicit = ShimConfig::load_from(Some(&vm), Some(local)).unwrap();
-        assert_eq!(explicit.hypervisor, HypervisorKind::EciVmm);
-        let err = ShimConfig::load_from(None, Some("/nonexistent/env.toml".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/nonexistent/env.toml"), "{err}");
-    }
-
-    #[test]
     fn missing_explicit_file_is_an_error() {
         let err = ShimConfig::load(Some(Path::new("/nonexistent/eci.toml")))
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/eci.toml"), "{err}");
+    }
+
+    #[test]
+    fn options_path_then_environment_then_default_file_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, level: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("log_level = \"{level}\"\n")).unwrap();
+            path
+        };
+        let options = write("options.toml", "error");
+        let env = write("env.toml", "warn");
+        let default = write("default.toml", "debug");
+        let level = |explicit: Option<&Path>, env: Option<&Path>, default: &Path| {
+            ShimConfig::load_from(explicit, env, default)
+                .unwrap()
+                .log_level
+        };
+        assert_eq!(
+            level(Some(&options), Some(&env), &default).as_deref(),
+            Some("error")
+        );
+        assert_eq!(level(None, Some(&env), &default).as_deref(), Some("warn"));
+        assert_eq!(level(None, None, &default).as_deref(), Some("debug"));
+        let absent = dir.path().join("absent.toml");
+        assert_eq!(level(None, None, &absent), None);
+        // A file the environment names must exist, as one the options name.
+        let err = ShimConfig::load_from(None, Some(&absent), &default)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absent.toml"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! directories). Must not touch: guest internals, except through the agent API.
 
 pub mod agent;
+pub mod bootstrap;
 pub mod cgroups;
 pub mod config;
 pub mod error;

@@ -1,9 +1,9 @@
 //! The shim binary's actions: `start` (find or spawn the pod's shim server), `delete` (clean up
 //! after a shim that is gone), and the server itself ([`serve`]).
 //!
-//! `start` is answered here rather than by the shim library because containerd 1.6 reads the
-//! plain address from stdout (and stderr: it uses the combined output), while the library answers
-//! in the JSON of containerd 2.x; containerd 2.x accepts the plain address as well.
+//! `start` is answered here rather than by the shim library because containerd 1.6 reads a
+//! plain address from stdout (and stderr: it uses the combined output), while the library
+//! answers it in JSON; [`bootstrap`] answers each containerd in its own form.
 
 use std::{
     io::Read,
@@ -18,16 +18,19 @@ use anyhow::Context as _;
 use containerd_shim::{
     asynchronous::{monitor::monitor_notify_by_pid, publisher::RemotePublisher, ExitSignal},
     protos::{shim::shim::DeleteResponse, shim_async::create_task},
-    Flags, Task,
+    Flags, StartOpts, Task,
 };
 
 use crate::{
-    agent, cgroups,
+    agent, bootstrap, cgroups,
     paths::{self, PodPaths},
     task::{pod_id_of, Pod, TaskService},
 };
 
 pub const RUNTIME_ID: &str = "io.containerd.eci.v2";
+
+/// containerd's TTRPC address (events), which `start` passes on to the server.
+const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
 
 /// The pod of the container in `bundle` (CRI annotations), or the container itself.
 fn pod_of_bundle(id: &str, bundle: &Path) -> (String, Option<oci_spec::runtime::Spec>) {
@@ -44,40 +47,53 @@ fn is_serving(address: &str) -> bool {
     UnixStream::connect(socket_path(address)).is_ok()
 }
 
-/// `start`: returns the ttrpc address of the pod's shim server, starting the server when the
-/// pod has none yet.
-pub fn start(flags: &Flags) -> anyhow::Result<String> {
+/// `start`: finds or spawns the pod's shim server and returns the reply containerd expects
+/// (see [`bootstrap`]), given what containerd wrote to stdin.
+pub fn start(flags: &Flags, stdin: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let request = bootstrap::read_start(
+        flags,
+        stdin,
+        std::env::var(TTRPC_ADDRESS).ok(),
+        std::env::var("MAX_SHIM_VERSION").ok().as_deref(),
+    )?;
     let bundle = std::env::current_dir().context("current directory (the bundle)")?;
     let (pod_id, _) = pod_of_bundle(&flags.id, &bundle);
-    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &pod_id);
+    let address = request.opts.socket_address(&pod_id);
     if !is_serving(&address) {
         let _ = std::fs::remove_file(socket_path(&address));
-        spawn_server(flags, &pod_id, &address)?;
+        spawn_server(&request.opts, &pod_id, &address)?;
         if !is_serving(&address) {
             anyhow::bail!("shim server for pod {pod_id} did not come up at {address}");
         }
     }
-    std::fs::write(bundle.join("address"), &address).context("write address file")?;
-    Ok(address)
+    std::fs::write(bundle.join(ADDRESS_FILE), &address).context("write address file")?;
+    Ok(bootstrap::encode_reply(request.reply, &address)?)
 }
 
-fn spawn_server(flags: &Flags, pod_id: &str, address: &str) -> anyhow::Result<()> {
+/// The bundle file naming the shim server's address (containerd 1.6 reads it; `delete` too).
+const ADDRESS_FILE: &str = "address";
+
+fn spawn_server(opts: &StartOpts, pod_id: &str, address: &str) -> anyhow::Result<()> {
+    if opts.ttrpc_address.is_empty() {
+        anyhow::bail!("containerd passed no TTRPC address (needed to publish events)");
+    }
     let exe = std::env::current_exe().context("locate the shim binary")?;
     let mut command = Command::new(exe);
     command
         .args([
             "-namespace",
-            &flags.namespace,
+            &opts.namespace,
             "-id",
             pod_id,
             "-address",
-            &flags.address,
+            &opts.address,
         ])
-        .args(["-publish-binary", &flags.publish_binary, "-socket", address])
+        .args(["-publish-binary", &opts.publish_binary, "-socket", address])
+        .env(TTRPC_ADDRESS, &opts.ttrpc_address)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    if flags.debug {
+    if opts.debug {
         command.arg("-debug");
     }
     // SAFETY: setsid is async-signal-safe; the server must outlive containerd's process group.
@@ -136,8 +152,13 @@ pub async fn cleanup(flags: &Flags) -> anyhow::Result<DeleteResponse> {
     let _ = paths::unmount_under(&bundle.join("rootfs"));
     if pod_id == flags.id {
         kill_sandbox(&pod).await;
-        let shim_address =
-            containerd_shim::socket_address(&flags.address, &flags.namespace, &pod_id);
+        // The address `start` recorded (it may be in a socket directory containerd chose).
+        let shim_address = std::fs::read_to_string(bundle.join(ADDRESS_FILE))
+            .ok()
+            .filter(|a| !a.trim().is_empty())
+            .unwrap_or_else(|| {
+                containerd_shim::socket_address(&flags.address, &flags.namespace, &pod_id)
+            });
         if !is_serving(&shim_address) {
             let _ = std::fs::remove_file(socket_path(&shim_address));
         }
@@ -261,7 +282,7 @@ pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("open the shim log")?;
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
+    let ttrpc_address = std::env::var(TTRPC_ADDRESS).context("TTRPC_ADDRESS is not set")?;
     let publisher = RemotePublisher::new(&ttrpc_address)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))

@@ -64,6 +64,10 @@ fn to_v1(stats: &StatsContainerResponse) -> v1::Metrics {
                 usage: memory.swap_usage_bytes,
                 ..Default::default()
             }),
+            kernel: MessageField::some(v1::MemoryEntry {
+                usage: memory.kernel_bytes,
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         memory_oom_control: MessageField::some(v1::MemoryOomControl {
@@ -116,6 +120,7 @@ fn to_v2(stats: &StatsContainerResponse) -> v2::Metrics {
             inactive_file: memory.usage_bytes.saturating_sub(memory.working_set_bytes),
             swap_usage: memory.swap_usage_bytes,
             max_usage: memory.max_usage_bytes,
+            kernel_stack: memory.kernel_bytes,
             ..Default::default()
         }),
         memory_events: MessageField::some(v2::MemoryEvents {
@@ -158,6 +163,7 @@ mod tests {
             memory: MessageField::some(MemoryStats {
                 usage_bytes: 4096,
                 limit_bytes: 1 << 20,
+                kernel_bytes: 8192,
                 ..Default::default()
             }),
             pids: MessageField::some(PidsStats {
@@ -184,6 +190,7 @@ mod tests {
         assert_eq!(m.pids.current, 3);
         assert_eq!(m.cpu.usage.total, 5_000_000);
         assert_eq!(m.memory.usage.limit, 1 << 20);
+        assert_eq!(m.memory.kernel.usage, 8192);
         assert_eq!(m.network.len(), 1);
         assert_eq!(m.network[0].name, "eth0");
         assert_eq!(m.network[0].rx_bytes, 1500);
@@ -198,6 +205,7 @@ mod tests {
         let m = v2::Metrics::parse_from_bytes(&any.value).unwrap();
         assert_eq!(m.cpu.usage_usec, 5_000);
         assert_eq!(m.memory.usage, 4096);
+        assert_eq!(m.memory.kernel_stack, 8192);
         assert_eq!(m.pids.limit, 10);
         assert_eq!(m.network.len(), 1);
         assert_eq!(m.network[0].name, "eth0");

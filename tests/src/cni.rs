@@ -16,7 +16,7 @@ use std::{
 };
 
 use crate::{
-    containerd::{self, Containerd, ContainerdOptions},
+    containerd::{self, Containerd, ContainerdOptions, CriConfig, CriRuntime},
     cri::{self, Cri},
 };
 
@@ -156,49 +156,18 @@ impl CriNetwork {
             cni_conf_dir.join("10-eci.conflist"),
             conflist(&dir.path().join("ipam")),
         )?;
-        let eci_runtime = match &options.eci_shim {
-            Some(shim) => {
-                let shim_config = dir.path().join("shim.toml");
-                std::fs::write(&shim_config, "hypervisor = \"none\"\n")?;
-                format!(
-                    r#"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{ECI_HANDLER}]
-      runtime_type = "{shim}"
-      # As eci/README.md says: the pod features' annotations must reach the shim.
-      pod_annotations = ["io.eci.*"]
-      container_annotations = ["io.eci.*"]
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{ECI_HANDLER}.options]
-        ConfigPath = "{config}"
-"#,
-                    shim = shim.display(),
-                    config = shim_config.display(),
-                )
-            }
-            None => String::new(),
-        };
-        let extra_config = format!(
-            r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-{eci_runtime}
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{cni}"
-    max_conf_num = 1
-"#,
-            pause = crate::images::PAUSE_IMAGE,
-            cni = cni_conf_dir.display(),
-        );
+        let mut cri = CriConfig::new(&cni_conf_dir);
+        cri.cni_bin_dir = PathBuf::from(CNI_BIN_DIR);
+        cri.cni_max_conf_num = Some(1);
+        if let Some(shim) = &options.eci_shim {
+            // As eci/README.md says: the pod features' annotations must reach the shim.
+            let config = containerd::test_shim_config(dir.path(), None)?;
+            cri.runtimes
+                .push(CriRuntime::eci(ECI_HANDLER, shim, Some(config)));
+        }
         let netns = Netns::create()?;
         let containerd = Containerd::start(ContainerdOptions {
-            cri: true,
-            extra_config,
+            cri: Some(cri),
             namespace: Some("k8s.io".into()),
             netns: Some(netns.name.clone()),
             path_dirs: options
@@ -206,7 +175,7 @@ impl CriNetwork {
                 .iter()
                 .filter_map(|s| s.parent().map(Path::to_path_buf))
                 .collect(),
-            shim_config: None,
+            ..Default::default()
         })?;
         let network = Self {
             containerd,

@@ -1,6 +1,12 @@
 //! A private containerd for end-to-end tests: own config, root, state, sockets and FIFO
 //! directory in a temp dir; started by [`Containerd::start`], stopped (and everything it left
 //! released) on drop.
+//!
+//! Which containerd: [`Version::from_env`] (`ECI_CONTAINERD=1.6`, Debian's, the default; or
+//! `ECI_CONTAINERD=2`, the 2.x build of `scripts/install-deps.sh`), each with its own config
+//! format ([`CriConfig`] renders the CRI part for either). The shim's config reaches every shim
+//! through `ECI_SHIM_CONFIG` in containerd's environment: local mode unless
+//! `ECI_TEST_HYPERVISOR=eci-vmm` makes it VM mode (scripts/vm-tier, inside `scripts/testhost`).
 
 use std::{
     io,
@@ -9,19 +15,225 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Where `scripts/install-deps.sh` puts the Go tools (containerd 2.x, crictl, critest, nerdctl);
+/// `ECI_TOOLS_BIN` moves it.
+pub fn tools_bin() -> PathBuf {
+    std::env::var_os("ECI_TOOLS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/eci-tools/bin"))
+}
+
+/// The containerd build a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Debian's containerd 1.6 (`containerd`, `ctr` on PATH); config format version 2.
+    V1_6,
+    /// containerd 2.x from [`tools_bin`]; config format version 3, CRI split into
+    /// `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`.
+    V2,
+}
+
+impl Version {
+    /// From `ECI_CONTAINERD`: `1.6` (or unset) or `2`.
+    pub fn from_env() -> Self {
+        match std::env::var("ECI_CONTAINERD").as_deref() {
+            Err(_) | Ok("") | Ok("1.6") => Self::V1_6,
+            Ok("2") | Ok("2.x") => Self::V2,
+            Ok(other) => panic!("ECI_CONTAINERD={other:?}: expected 1.6 or 2"),
+        }
+    }
+
+    /// The command for `tool` (`containerd`, `ctr`) of this build.
+    pub fn tool(self, tool: &str) -> PathBuf {
+        match self {
+            Self::V1_6 => PathBuf::from(tool),
+            Self::V2 => tools_bin().join(tool),
+        }
+    }
+
+    fn config_version(self) -> u32 {
+        match self {
+            Self::V1_6 => 2,
+            Self::V2 => 3,
+        }
+    }
+
+    /// The plugins that make up CRI (disabled when a test needs no CRI).
+    fn cri_plugins(self) -> &'static [&'static str] {
+        match self {
+            Self::V1_6 => &["io.containerd.grpc.v1.cri"],
+            Self::V2 => &[
+                "io.containerd.grpc.v1.cri",
+                "io.containerd.cri.v1.runtime",
+                "io.containerd.cri.v1.images",
+                "io.containerd.podsandbox.controller.v1.podsandbox",
+                "io.containerd.sandbox.controller.v1.shim",
+            ],
+        }
+    }
+}
+
+/// One CRI runtime handler.
+#[derive(Debug, Clone)]
+pub struct CriRuntime {
+    pub handler: String,
+    /// `io.containerd.runc.v2`, `io.containerd.eci.v2` or an absolute shim path.
+    pub runtime_type: String,
+    /// Annotation patterns passed on to the shim (`pod_annotations`, `container_annotations`).
+    pub annotations: Vec<String>,
+    /// The shim's config file (runtime options' `ConfigPath`).
+    pub config_path: Option<PathBuf>,
+}
+
+impl CriRuntime {
+    pub fn runc() -> Self {
+        Self {
+            handler: "runc".into(),
+            runtime_type: "io.containerd.runc.v2".into(),
+            annotations: Vec::new(),
+            config_path: None,
+        }
+    }
+
+    /// The eci shim at `shim` as handler `handler`, with the pod features' annotations passed
+    /// on (as the README's config) and `config_path` as ConfigPath.
+    pub fn eci(handler: &str, shim: &Path, config_path: Option<PathBuf>) -> Self {
+        Self {
+            handler: handler.into(),
+            runtime_type: shim.display().to_string(),
+            annotations: vec!["io.eci.*".into()],
+            config_path,
+        }
+    }
+}
+
+/// The CRI part of a private containerd's config, rendered for either [`Version`].
+#[derive(Debug, Clone)]
+pub struct CriConfig {
+    pub sandbox_image: String,
+    pub default_runtime: String,
+    pub runtimes: Vec<CriRuntime>,
+    pub cni_bin_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_max_conf_num: Option<u32>,
+    /// Registry hosts directory (`hosts.toml` per registry), if any.
+    pub registry_config_path: Option<PathBuf>,
+}
+
+impl CriConfig {
+    /// Pause image [`crate::images::PAUSE_IMAGE`], runc as the default handler.
+    pub fn new(cni_conf_dir: &Path) -> Self {
+        Self {
+            sandbox_image: crate::images::PAUSE_IMAGE.into(),
+            default_runtime: "runc".into(),
+            runtimes: vec![CriRuntime::runc()],
+            cni_bin_dir: PathBuf::from("/usr/lib/cni"),
+            cni_conf_dir: cni_conf_dir.to_path_buf(),
+            cni_max_conf_num: None,
+            registry_config_path: None,
+        }
+    }
+
+    /// The TOML for `version`'s config format.
+    pub fn render(&self, version: Version) -> String {
+        let quote = |p: &Path| format!("{:?}", p.display().to_string());
+        let mut out = String::new();
+        // 1.6 keeps everything in one plugin table; 2.x splits images from the runtime side.
+        let runtime = match version {
+            Version::V1_6 => {
+                let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+                out += &format!(
+                    "[{cri}]\n  sandbox_image = {:?}\n  restrict_oom_score_adj = true\n\
+                     [{cri}.containerd]\n  snapshotter = \"overlayfs\"\n  default_runtime_name = {:?}\n",
+                    self.sandbox_image, self.default_runtime
+                );
+                if let Some(path) = &self.registry_config_path {
+                    out += &format!("[{cri}.registry]\n  config_path = {}\n", quote(path));
+                }
+                cri
+            }
+            Version::V2 => {
+                let images = r#"plugins."io.containerd.cri.v1.images""#;
+                let runtime = r#"plugins."io.containerd.cri.v1.runtime""#;
+                out += &format!(
+                    "[{images}]\n  snapshotter = \"overlayfs\"\n\
+                     [{images}.pinned_images]\n  sandbox = {:?}\n",
+                    self.sandbox_image
+                );
+                if let Some(path) = &self.registry_config_path {
+                    out += &format!("[{images}.registry]\n  config_path = {}\n", quote(path));
+                }
+                out += &format!(
+                    "[{runtime}]\n  restrict_oom_score_adj = true\n\
+                     [{runtime}.containerd]\n  default_runtime_name = {:?}\n",
+                    self.default_runtime
+                );
+                runtime
+            }
+        };
+        for r in &self.runtimes {
+            let table = format!("{runtime}.containerd.runtimes.{}", r.handler);
+            out += &format!("[{table}]\n  runtime_type = {:?}\n", r.runtime_type);
+            if !r.annotations.is_empty() {
+                out += &format!(
+                    "  pod_annotations = {:?}\n  container_annotations = {:?}\n",
+                    r.annotations, r.annotations
+                );
+            }
+            if let Some(config) = &r.config_path {
+                out += &format!("[{table}.options]\n  ConfigPath = {}\n", quote(config));
+            }
+        }
+        out += &format!(
+            "[{runtime}.cni]\n  conf_dir = {}\n",
+            quote(&self.cni_conf_dir)
+        );
+        out += &match version {
+            Version::V1_6 => format!("  bin_dir = {}\n", quote(&self.cni_bin_dir)),
+            Version::V2 => format!("  bin_dirs = [{}]\n", quote(&self.cni_bin_dir)),
+        };
+        if let Some(n) = self.cni_max_conf_num {
+            out += &format!("  max_conf_num = {n}\n");
+        }
+        out
+    }
+}
+
+/// The shim config every test containerd hands its shims through `ECI_SHIM_CONFIG`, written to
+/// `dir`: `explicit` when the test gives one, else VM mode when `ECI_TEST_HYPERVISOR=eci-vmm`
+/// (see [`crate::vm::vm_shim_config`]), else local mode.
+pub fn test_shim_config(dir: &Path, explicit: Option<&str>) -> io::Result<PathBuf> {
+    let text = match explicit {
+        Some(text) => text.to_owned(),
+        None if crate::vm::vm_mode() => crate::vm::vm_shim_config(""),
+        None => LOCAL_MODE_SHIM_CONFIG.to_owned(),
+    };
+    let path = dir.join("shim.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Local mode, said explicitly (the shim's default may become VM mode).
+pub const LOCAL_MODE_SHIM_CONFIG: &str = "hypervisor = \"none\"\n";
+
 /// Options of a private containerd.
 #[derive(Debug, Default, Clone)]
 pub struct ContainerdOptions {
-    /// Enable the CRI plugin (otherwise it is disabled, which makes start-up faster).
-    pub cri: bool,
+    /// Enable the CRI plugin with this config (otherwise CRI is disabled, which makes start-up
+    /// faster).
+    pub cri: Option<CriConfig>,
     /// Directories put first on containerd's PATH (where `containerd-shim-eci-v2` lives).
     pub path_dirs: Vec<PathBuf>,
-    /// Extra TOML appended to the config (e.g. CRI runtimes).
+    /// Extra TOML appended to the config, in the format of [`Version::from_env`].
     pub extra_config: String,
+    /// Environment of containerd (hence of its shims) besides `ECI_SHIM_CONFIG`.
+    pub env: Vec<(String, String)>,
+    /// The containerd build; None: [`Version::from_env`].
+    pub version: Option<Version>,
     /// containerd namespace of `ctr` commands (default `eci-test`; CRI uses `k8s.io`).
     pub namespace: Option<String>,
     /// The eci shim's config (TOML) for pods of this containerd, passed as `ECI_SHIM_CONFIG`;
-    /// None: local mode (`hypervisor = "none"`). Runtime options' ConfigPath still win.
+    /// None: [`test_shim_config`]'s choice. Runtime options' ConfigPath still win.
     pub shim_config: Option<String>,
     /// Network namespace (name under /run/netns) containerd runs in, so that what CNI makes
     /// (bridge, veths) lives there; None: the host's. Only the network namespace is entered
@@ -34,16 +246,31 @@ pub struct Containerd {
     child: Option<Child>,
     pub socket: PathBuf,
     pub namespace: String,
+    pub version: Version,
+    /// The shim config containerd passes to its shims (`ECI_SHIM_CONFIG`).
+    pub shim_config: PathBuf,
     path_env: String,
 }
 
-/// Why a private containerd cannot run here, if it cannot.
+/// Why a private containerd cannot run here, if it cannot. containerd 2.x selected but not
+/// built is an error, not a reason to skip: `scripts/install-deps.sh` builds it.
 pub fn missing() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("containerd tests need root".into());
     }
+    let version = Version::from_env();
     for tool in ["containerd", "ctr"] {
-        if Command::new(tool).arg("--version").output().is_err() {
+        if Command::new(version.tool(tool))
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            if version == Version::V2 {
+                panic!(
+                    "ECI_CONTAINERD=2 but {} is missing: run scripts/install-deps.sh",
+                    version.tool(tool).display()
+                );
+            }
             return Some(format!("{tool} is not installed"));
         }
     }
@@ -57,13 +284,21 @@ impl Containerd {
             .prefix("eci-ctd-")
             .tempdir_in("/tmp")?;
         let socket = dir.path().join("c.sock");
-        let disabled = if options.cri {
-            ""
-        } else {
-            "\"io.containerd.grpc.v1.cri\","
+        let version = options.version.unwrap_or_else(Version::from_env);
+        let (disabled, cri) = match &options.cri {
+            Some(cri) => (String::new(), cri.render(version)),
+            None => (
+                version
+                    .cri_plugins()
+                    .iter()
+                    .map(|p| format!("\"{p}\", "))
+                    .collect(),
+                String::new(),
+            ),
         };
+        let shim_config = test_shim_config(dir.path(), options.shim_config.as_deref())?;
         let config = format!(
-            r#"version = 2
+            r#"version = {config_version}
 root = "{root}"
 state = "{state}"
 disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
@@ -76,8 +311,10 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
   level = "info"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
+{cri}
 {extra}
 "#,
+            config_version = version.config_version(),
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             socket = socket.display(),
@@ -90,17 +327,13 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
             .iter()
             .map(|d| d.display().to_string())
             .collect();
+        if version == Version::V2 {
+            // Its own containerd-shim-runc-v2.
+            path_env.push(tools_bin().display().to_string());
+        }
         path_env
             .push(std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
         let path_env = path_env.join(":");
-        let shim_config = dir.path().join("eci-shim.toml");
-        std::fs::write(
-            &shim_config,
-            options
-                .shim_config
-                .as_deref()
-                .unwrap_or("hypervisor = \"none\"\n"),
-        )?;
         let log = std::fs::File::create(dir.path().join("containerd.log"))?;
         let mut command = match &options.netns {
             Some(netns) => {
@@ -108,10 +341,10 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
                 command
                     .arg(format!("--net=/run/netns/{netns}"))
                     .arg("--")
-                    .arg("containerd");
+                    .arg(version.tool("containerd"));
                 command
             }
-            None => Command::new("containerd"),
+            None => Command::new(version.tool("containerd")),
         };
         let child = command
             .arg("--config")
@@ -121,6 +354,7 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
             .current_dir(dir.path())
             .env("PATH", &path_env)
             .env("ECI_SHIM_CONFIG", &shim_config)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -133,6 +367,8 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "eci-test".into()),
+            version,
+            shim_config,
             path_env,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -171,7 +407,7 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
 
     /// A `ctr` command against this containerd and namespace.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(self.version.tool("ctr"));
         cmd.arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
@@ -180,6 +416,21 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         cmd.env("PATH", &self.path_env);
         cmd.stdin(Stdio::null());
         cmd
+    }
+
+    /// `ctr events` against this containerd, by Debian's ctr 1.6 whatever the containerd: ctr
+    /// 2.x skips events whose payload type it was not built with ("cannot unmarshal an event
+    /// from Any"), such as the google.protobuf.Struct of the shim's /eci/* events.
+    pub fn events_command(&self) -> Command {
+        let mut events = Command::new(Version::V1_6.tool("ctr"));
+        events
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .arg("events")
+            .stdin(Stdio::null());
+        events
     }
 
     pub fn ctr(&self, args: &[&str]) -> Output {

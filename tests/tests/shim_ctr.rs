@@ -134,6 +134,42 @@ fn ctr_task_exec_runs_in_the_container() {
     assert_nothing_left(&ctd, &[id]);
 }
 
+/// An exec'd process is confined by the container's seccomp profile like its init (containerd's
+/// default profile through `ctr run --seccomp`).
+#[test]
+fn exec_gets_the_containers_seccomp_profile() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let id = unique("seccomp");
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--seccomp",
+        "--runtime",
+        ECI,
+        eci_tests::images::BUSYBOX_IMAGE,
+        &id,
+        "sleep",
+        "300",
+    ]);
+    let status = ctd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "s",
+        &id,
+        "cat",
+        "/proc/self/status",
+    ]);
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t2"),
+        "the exec runs without the filter: {status}"
+    );
+    kill_and_delete(&ctd, &id, &["-s", "SIGKILL"]);
+    assert_nothing_left(&ctd, &[id]);
+}
+
 fn task_status(ctd: &eci_tests::containerd::Containerd, id: &str) -> String {
     let list = ctd.ctr_ok(&["task", "ls"]);
     list.lines()
@@ -179,7 +215,7 @@ fn kill_and_delete(ctd: &eci_tests::containerd::Containerd, id: &str, kill_flags
 /// A running `ctr events`, given a moment to subscribe before the caller acts.
 fn subscribe_events(ctd: &eci_tests::containerd::Containerd) -> std::process::Child {
     let events = ctd
-        .ctr_command(&["events"])
+        .events_command()
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -352,3 +352,160 @@ fn create_runtime_hook_runs_on_the_host_with_state() {
     );
     assert_nothing_left(&ctd, &[id, bad_id, slow_id]);
 }
+
+/// `ECI_SHIM_CONFIG` in containerd's environment reaches the shims it starts: a bad file named
+/// there fails `ctr run` with its name, and the runtime options' path still wins over it.
+#[test]
+fn shim_config_from_containerds_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("env-shim.toml");
+    std::fs::write(&bad, "hypervisor = \"kvm\"\n").unwrap();
+    let Some(ctd) = containerd_with(eci_tests::containerd::ContainerdOptions {
+        env: vec![("ECI_SHIM_CONFIG".into(), bad.display().to_string())],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let id = unique("envcfg");
+    let out = ctd.ctr(&["run", "--rm", "--runtime", ECI, BUSYBOX_IMAGE, &id, "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad ECI_SHIM_CONFIG must fail");
+    assert!(
+        stderr.contains("env-shim.toml") && stderr.contains("hypervisor"),
+        "error must name the file and field: {stderr}"
+    );
+    ctd.ctr(&["container", "delete", &id]);
+
+    let good = write_config(tmp.path(), &shim_config_base());
+    let id2 = unique("envcfg");
+    let out = run_true_with_runtime_config(&ctd, &good, &id2);
+    assert!(
+        out.status.success(),
+        "the runtime options' config wins over ECI_SHIM_CONFIG: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left(&ctd, &[id, id2]);
+}
+
+/// Namespaces (mnt, net, uts) of process `pid` as `readlink` prints them.
+fn namespaces_of(pid: &str) -> String {
+    ["mnt", "net", "uts"]
+        .iter()
+        .map(|ns| {
+            let link = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            format!("{}\n", link.display())
+        })
+        .collect()
+}
+
+/// Every OCI hook kind runs where the runtime spec puts it: prestart, createRuntime, poststart
+/// and poststop in the runtime's (host's) namespaces, run by the shim; createContainer and
+/// startContainer in the container's namespaces, run by the agent (startContainer after
+/// pivot_root, so its path and files are the container's). Each gets the state on stdin.
+#[test]
+fn every_hook_kind_runs_where_the_spec_puts_it() {
+    let Some(ctd) = containerd_with_busybox() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // Hooks in the runtime's mount namespace write to `out`; startContainer, in the container's
+    // root, writes to the same directory bound at /hooks.
+    let hook = |kind: &str, dir: &str| {
+        let script = format!(
+            "cat > {dir}/{kind}.json; for ns in mnt net uts; do readlink /proc/self/ns/$ns; \
+             done > {dir}/{kind}.ns; echo {kind} >> {dir}/order"
+        );
+        serde_json::json!([{ "path": "/bin/sh", "args": ["sh", "-c", script],
+                             "env": ["PATH=/usr/bin:/bin"], "timeout": 10 }])
+    };
+    let host_dir = out.display().to_string();
+    let spec = spec_file(&ctd, tmp.path(), |s| {
+        s["process"]["args"] = serde_json::json!(["sleep", "60"]);
+        s["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/hooks", "type": "bind", "source": host_dir,
+            "options": ["rbind", "rw"]
+        }));
+        s["hooks"] = serde_json::json!({
+            "prestart": hook("prestart", &host_dir),
+            "createRuntime": hook("createRuntime", &host_dir),
+            "createContainer": hook("createContainer", &host_dir),
+            "startContainer": hook("startContainer", "/hooks"),
+            "poststart": hook("poststart", &host_dir),
+            "poststop": hook("poststop", &host_dir),
+        });
+    });
+    let id = unique("allhooks");
+    ctd.ctr_ok(&["run", "-d", "--runtime", ECI, "--config", &spec, &id]);
+    let pid = wait_for("the task's pid", || {
+        ctd.ctr_ok(&["task", "ls"])
+            .lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+    });
+    let host_ns = namespaces_of("self");
+    let container_ns = namespaces_of(&pid);
+    assert_ne!(
+        host_ns, container_ns,
+        "the container has namespaces of its own"
+    );
+    wait_for("poststart", || {
+        out.join("poststart.ns").exists().then_some(())
+    });
+    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_for("the task to stop", || {
+        ctd.ctr_ok(&["task", "ls"])
+            .lines()
+            .any(|l| l.starts_with(&format!("{id} ")) && l.contains("STOPPED"))
+            .then_some(())
+    });
+    ctd.ctr_ok(&["task", "delete", &id]);
+    ctd.ctr_ok(&["container", "delete", &id]);
+
+    let read = |name: &str| {
+        std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    for kind in ["prestart", "createRuntime", "poststart", "poststop"] {
+        assert_eq!(
+            read(&format!("{kind}.ns")),
+            host_ns,
+            "{kind} runs on the host"
+        );
+    }
+    for kind in ["createContainer", "startContainer"] {
+        assert_eq!(
+            read(&format!("{kind}.ns")),
+            container_ns,
+            "{kind} runs in the container's namespaces"
+        );
+    }
+    for kind in [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ] {
+        let state: serde_json::Value = serde_json::from_str(&read(&format!("{kind}.json")))
+            .unwrap_or_else(|e| panic!("{kind}'s state: {e}"));
+        assert_eq!(state["id"], id.as_str(), "{kind}'s state: {state}");
+    }
+    // The container hooks run when the agent creates and starts the container; the host's
+    // prestart and createRuntime hooks need the created container's pid, so they come after
+    // createContainer (see the README's limits).
+    let order: Vec<String> = read("order").lines().map(str::to_owned).collect();
+    assert_eq!(
+        order,
+        [
+            "createContainer",
+            "prestart",
+            "createRuntime",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ],
+    );
+    assert_nothing_left(&ctd, &[id]);
+}

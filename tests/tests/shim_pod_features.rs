@@ -45,7 +45,7 @@ struct Events {
 impl Events {
     fn subscribe(ctd: &Containerd) -> Self {
         let mut child = ctd
-            .ctr_command(&["events"])
+            .events_command()
             .stdout(Stdio::piped())
             .spawn()
             .expect("ctr events");

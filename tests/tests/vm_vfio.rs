@@ -237,7 +237,7 @@ fn device_in_use_and_not_bound_to_vfio_pci_are_refused() {
         .contains("vfio-edu: holding")
     {
         assert!(
-            holder.try_wait().unwrap().is_none(),
+            holder.0.try_wait().unwrap().is_none(),
             "the holder VM ended early"
         );
         assert!(

@@ -29,9 +29,8 @@ pub fn containerd_with(
         eprintln!("SKIP: {reason}");
         return None;
     }
-    if vm_mode() && options.shim_config.is_none() {
+    if vm_mode() {
         eci_tests::vm::require_vm_kvm("shim tier in VM mode");
-        options.shim_config = Some(eci_tests::vm::vm_shim_config(""));
     }
     let shim = bins::require_workspace_binary("containerd-shim-eci-v2");
     bins::require_workspace_binary("eci-agent");
@@ -39,6 +38,16 @@ pub fn containerd_with(
     let ctd = containerd::Containerd::start(options).expect("start containerd");
     ctd.import_busybox().expect("import busybox");
     Some(ctd)
+}
+
+/// The shim config of the test run (VM mode with `ECI_TEST_HYPERVISOR=eci-vmm`, else local
+/// mode), as text that tests extend with their own fields.
+pub fn shim_config_base() -> String {
+    if vm_mode() {
+        eci_tests::vm::vm_shim_config("")
+    } else {
+        containerd::LOCAL_MODE_SHIM_CONFIG.to_owned()
+    }
 }
 
 pub fn shim_binary() -> PathBuf {
@@ -156,39 +165,19 @@ pub async fn cri_containerd(
     let shim_config = tmp.join("shim.toml");
     std::fs::write(
         &shim_config,
-        "hypervisor = \"none\"\nlog_level = \"debug\"\n",
+        format!("{}log_level = \"debug\"\n", shim_config_base()),
     )
     .unwrap();
     let cni_dir = tmp.join("cni");
     std::fs::create_dir_all(&cni_dir).unwrap();
-    let extra_config = format!(
-        r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.eci]
-      runtime_type = "{shim}"
-      pod_annotations = ["io.eci.*"]
-      container_annotations = ["io.eci.*"]
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.eci.options]
-        ConfigPath = "{config}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni}"
-"#,
-        pause = images::PAUSE_IMAGE,
-        shim = shim_binary().display(),
-        config = shim_config.display(),
-        cni = cni_dir.display(),
-    );
+    let mut cri = containerd::CriConfig::new(&cni_dir);
+    cri.runtimes.push(containerd::CriRuntime::eci(
+        "eci",
+        &shim_binary(),
+        Some(shim_config),
+    ));
     let options = containerd::ContainerdOptions {
-        cri: true,
-        extra_config,
+        cri: Some(cri),
         namespace: Some("k8s.io".into()),
         ..Default::default()
     };
