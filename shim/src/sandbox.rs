@@ -99,12 +99,6 @@ impl Sandbox {
             }
             Err(e) => {
                 kill_and_reap(pid, dead).await;
-                // DEBUG-ONLY: keep the failed pod's logs.
-                let keep = std::path::Path::new("/work/main/target/failed-pods").join(id);
-                let _ = std::fs::create_dir_all(&keep);
-                for f in ["console.log", "vmm.log", "virtiofsd.log", "vm.json"] {
-                    let _ = std::fs::copy(paths.dir.join(f), keep.join(f));
-                }
                 let diagnostics = hypervisor.diagnostics(&paths);
                 let _ = paths.remove();
                 return Err(ShimError::Internal(format!(

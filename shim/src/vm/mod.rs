@@ -40,7 +40,7 @@ use crate::{
 const GUEST_CID: u64 = 3;
 /// The guest kernel's command line: serial console, no TSC calibration (a VM's TSC is stable),
 /// a reset instead of a reboot and at once after a panic, so the VMM exits.
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 tsc=reliable no_timer_check";
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 tsc=reliable no_timer_check quiet";
 
 pub struct EciVmm {
     vmm: PathBuf,
@@ -256,7 +256,7 @@ impl Hypervisor for EciVmm {
                 "--announce-submounts".into(),
                 "--inode-file-handles=never".into(),
                 "--thread-pool-size=0".into(),
-                "--log-level=debug".into(),
+                "--log-level=info".into(),
             ],
             log: &pod.virtiofsd_log(),
             pass_fd: Some(listener.as_raw_fd()),
