@@ -76,6 +76,15 @@ bench-vmm: deps
 	ECI_VMM_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-vmm \
 		$(CARGO) bench --locked -p eci-vmm --bench vmm
 
+# eci-vmm against qemu -M microvm on the same KVM (inside the test host on PVM machines): time
+# to `eci-agent: ready` and each VMM's own memory at ready, p50 of RUNS (10) boots, interleaved;
+# ends with `ratio: X.XX` (ready time, eci-vmm over qemu). The static musl eci-vmm that ships.
+.PHONY: bench-vm
+bench-vm: deps kernel rootfs
+	$(CARGO) build --release --locked -p eci-vmm --target x86_64-unknown-linux-musl
+	ECI_VMM_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-vmm ECI_BUILD_DIR=$(BUILD_DIR) \
+		scripts/bench-vm.sh
+
 # Agent create+start+exit(+remove) latency vs `runc run` of the same bundle, p50/p99 over
 # BENCH_RUNS (100) runs, with the static musl agent that ships; ends with `ratio: X.XX`.
 .PHONY: bench-agent
@@ -98,6 +107,16 @@ demo: build kernel rootfs
 bench-ctr: deps
 	$(CARGO) build --release --locked -p containerd-shim-eci-v2 -p eci-agent
 	BIN_DIR=$(TARGET_DIR)/release RUNS=$${RUNS:-30} scripts/demo.sh bench
+
+# `ctr run --rm ... true` p50 of RUNS (10) in VM mode, local mode and runc, and the host PSS of
+# an idle VM pod (shim + eci-vmm + virtiofsd), `pod-pss-mib: X`; release binaries, the static
+# musl eci-vmm; inside the test host where /dev/kvm cannot boot a Linux guest.
+.PHONY: bench-vm-ctr
+bench-vm-ctr: deps kernel rootfs
+	$(CARGO) build --release --locked -p containerd-shim-eci-v2 -p eci-agent
+	$(CARGO) build --release --locked -p eci-vmm --target x86_64-unknown-linux-musl
+	BIN_DIR=$(TARGET_DIR)/release ECI_BUILD_DIR=$(BUILD_DIR) RUNS=$${RUNS:-10} \
+		ECI_VMM_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-vmm scripts/demo.sh bench-vm
 
 # Installs the runtime's binaries into $(DESTDIR)$(PREFIX)/bin (containerd finds the shim on PATH)
 # and the guest kernel and initramfs into $(DESTDIR)$(PREFIX)/share/eci, where the shim looks
