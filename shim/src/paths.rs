@@ -198,8 +198,7 @@ mod tests {
 
     #[test]
     fn prepare_and_remove_leave_nothing() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: needs root to mount");
+        if eci_test_support::skip_unless_ready(eci_test_support::missing_root()) {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -143,8 +143,9 @@ mod tests {
 
     #[test]
     fn finds_a_child_in_a_new_pid_namespace() {
-        if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/unshare").exists() {
-            eprintln!("SKIP: needs root and unshare(1)");
+        if eci_test_support::skip_unless_ready(
+            eci_test_support::missing_root().or_else(|| eci_test_support::missing_tool("unshare")),
+        ) {
             return;
         }
         // unshare --fork: unshare (host) -> sh (ns pid 1) -> sleep (ns pid 2).

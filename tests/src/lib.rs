@@ -17,7 +17,10 @@ pub mod images;
 pub mod registry;
 pub mod rootfs;
 
-/// Whether the test runs as root; tests that need root print a SKIP line otherwise.
+/// What a test does when a prerequisite is missing (fail under CI, SKIP line otherwise).
+pub use eci_test_support as prereq;
+
+/// Whether the test runs as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

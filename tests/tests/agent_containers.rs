@@ -1,7 +1,7 @@
 //! End-to-end tests of the agent's container core in local mode: each test starts its own
 //! `eci-agent --local`, builds a busybox bundle and drives the agent through the generated
 //! ttrpc client and the stream socket. They need root (namespaces, cgroups, mounts) and
-//! Debian's busybox-static; without them they print SKIP and return.
+//! Debian's busybox-static; without them they fail under CI (SKIP line elsewhere).
 
 use eci_protocol::agent::*;
 use eci_protocol::stream::StreamKind;
@@ -21,10 +21,9 @@ struct Env {
     bundle: BusyboxBundle,
 }
 
-/// The agent and a bundle, or None (after printing why) when the machine cannot run them.
-async fn env(test: &str) -> Option<Env> {
-    if let Some(why) = eci_tests::agent::missing() {
-        eprintln!("SKIP {test}: {why}");
+/// The agent and a bundle, or None when the machine cannot run them (a failure under CI).
+async fn env(_test: &str) -> Option<Env> {
+    if eci_tests::prereq::skip_unless_ready(eci_tests::agent::missing()) {
         return None;
     }
     let agent = LocalAgent::start().await.expect("start eci-agent");

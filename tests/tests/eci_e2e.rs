@@ -25,8 +25,9 @@ use serde_json::{json, Value};
 /// exists only in the test's namespace, and dropping the fixture leaves nothing behind.
 #[test]
 fn cni_fixture_gives_a_runc_pod_an_address_and_leaves_nothing() {
-    if let Some(reason) = eci_tests::cni::missing().or_else(eci_tests::images::missing_tools) {
-        eprintln!("SKIP: {reason}");
+    if eci_tests::prereq::skip_unless_ready(
+        eci_tests::cni::missing().or_else(eci_tests::images::missing_tools),
+    ) {
         return;
     }
     let net = CriNetwork::start(CriNetworkOptions::default()).expect("start containerd in netns");
@@ -641,8 +642,7 @@ fn update_changes_the_image_and_keeps_the_pod_ip() {
 /// create without it pulls.
 #[test]
 fn image_cache_hit_skips_the_pull() {
-    if let Some(reason) = registry::missing_tools() {
-        eprintln!("SKIP: {reason}");
+    if eci_tests::prereq::skip_unless_ready(registry::missing_tools()) {
         return;
     }
     let Some(env) = Env::start(EnvOptions::default()) else {

@@ -63,10 +63,9 @@ pub struct Answer {
 }
 
 impl Env {
-    /// The environment, or None (SKIP printed) when this machine cannot run it.
+    /// The environment, or None when this machine cannot run it (a failure under CI).
     pub fn start(options: EnvOptions) -> Option<Self> {
-        if let Some(reason) = missing() {
-            eprintln!("SKIP: {reason}");
+        if eci_tests::prereq::skip_unless_ready(missing()) {
             return None;
         }
         let eci = bins::require_workspace_binary("eci");

@@ -10,8 +10,8 @@ use eci_tests::{bins, containerd, images};
 pub const ECI: &str = "io.containerd.eci.v2";
 pub const RUNC: &str = "io.containerd.runc.v2";
 
-/// A private containerd with the shim on its PATH and busybox imported, or None (SKIP printed)
-/// when this machine cannot run one.
+/// A private containerd with the shim on its PATH and busybox imported, or None when this machine
+/// cannot run one (a failure under CI, see [`eci_tests::prereq`]).
 pub fn containerd_with_busybox() -> Option<containerd::Containerd> {
     containerd_with(containerd::ContainerdOptions::default())
 }
@@ -19,8 +19,7 @@ pub fn containerd_with_busybox() -> Option<containerd::Containerd> {
 pub fn containerd_with(
     mut options: containerd::ContainerdOptions,
 ) -> Option<containerd::Containerd> {
-    if let Some(reason) = containerd::missing().or_else(images::missing_tools) {
-        eprintln!("SKIP: {reason}");
+    if eci_tests::prereq::skip_unless_ready(containerd::missing().or_else(images::missing_tools)) {
         return None;
     }
     let shim = bins::require_workspace_binary("containerd-shim-eci-v2");
@@ -134,7 +133,7 @@ pub fn assert_nothing_left(ctd: &containerd::Containerd, pod_ids: &[String]) {
 
 /// A private containerd whose CRI has the runtime handler `eci` (this shim in local mode, with
 /// the `io.eci.*` annotations passed on, as the README's config), the pause image imported, and
-/// a CRI runtime client; state under `tmp`. None (SKIP printed) when this machine cannot run it.
+/// a CRI runtime client; state under `tmp`. None when this machine cannot run it.
 pub async fn cri_containerd(
     tmp: &std::path::Path,
 ) -> Option<(
