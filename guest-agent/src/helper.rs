@@ -13,7 +13,7 @@
 //! process's stdio (or /dev/null with a tty); fd 3 receives the JSON [`HelperReply`]; fd 4
 //! ([`LOG_FD`]) is the agent's log.
 
-use crate::container::SeccompExecutor;
+use crate::container::AgentExecutor;
 use crate::error::error_chain;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
@@ -56,6 +56,13 @@ pub struct HelperRequest {
     pub pass_stdio: bool,
     /// The operation.
     pub op: HelperOp,
+    /// The container's seccomp profile for an exec (see [`AgentExecutor::seccomp`]).
+    #[serde(default)]
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// Capabilities the executor applies after installing the seccomp profile (see
+    /// [`crate::container::defer_capabilities`]); libcontainer sees none in the spec then.
+    #[serde(default)]
+    pub capabilities_after_seccomp: Option<oci_spec::runtime::LinuxCapabilities>,
 }
 
 /// The helper's answer.
@@ -77,7 +84,10 @@ fn run(req: &HelperRequest) -> Result<i32, String> {
     let mut b = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(&req.runtime_root)
         .map_err(|e| error_chain(&e))?
-        .with_executor(SeccompExecutor)
+        .with_executor(AgentExecutor {
+            seccomp: req.seccomp.clone(),
+            capabilities_after_seccomp: req.capabilities_after_seccomp.clone(),
+        })
         .with_console_socket(req.console_socket.as_ref());
     if req.pass_stdio {
         let io = |fd| dup_stdio(fd).map_err(|e| format!("duplicate stdio: {e}"));
