@@ -178,12 +178,17 @@ async fn kill_sandbox(pod: &PodPaths) {
         return;
     };
     // The pid may have been reused: only kill the namespace init whose child is this pod's agent.
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children = procfs::process::Process::new(pid)
+        .and_then(|p| p.task_main_thread())
+        .and_then(|t| t.children())
+        .unwrap_or_default();
     let socket = pod.api_socket().display().to_string();
-    let ours = children.split_whitespace().any(|child| {
-        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&cmdline).contains(&socket)
+    let ours = children.into_iter().any(|child| {
+        i32::try_from(child)
+            .ok()
+            .and_then(|child| procfs::process::Process::new(child).ok())
+            .and_then(|p| p.cmdline().ok())
+            .is_some_and(|args| args.iter().any(|a| a.contains(&socket)))
     });
     if !ours {
         return;
@@ -202,15 +207,9 @@ async fn kill_sandbox(pod: &PodPaths) {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.state == 'Z')
 }
 
 /// Task service names: containerd 1.x calls the Task API `containerd.task.v2.Task`, 2.x

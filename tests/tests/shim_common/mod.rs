@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod direct;
+
 use std::path::PathBuf;
 
 use eci_tests::{bins, containerd, images};
@@ -39,6 +41,66 @@ pub fn run_detached(ctd: &containerd::Containerd, id: &str, command: &[&str]) {
     let mut args = vec!["run", "-d", "--runtime", ECI, images::BUSYBOX_IMAGE, id];
     args.extend_from_slice(command);
     ctd.ctr_ok(&args);
+}
+
+/// The status column of `ctr task ls` for task `id` ("" when it is not listed).
+pub fn task_status(ctd: &containerd::Containerd, id: &str) -> String {
+    let list = ctd.ctr_ok(&["task", "ls"]);
+    list.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Waits (5 s at most) until task `id` is STOPPED.
+pub fn wait_stopped(ctd: &containerd::Containerd, id: &str) {
+    for _ in 0..100 {
+        if task_status(ctd, id) == "STOPPED" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("task {id} did not stop: {}", ctd.ctr_ok(&["task", "ls"]));
+}
+
+/// A shim config in `ctd`'s directory that asks for local mode (`hypervisor = "none"`), for
+/// `ctr run --runtime-config-path`: local-mode tests must not depend on the default.
+pub fn local_mode_config(ctd: &containerd::Containerd) -> String {
+    let path = ctd.dir().join("shim-local.toml");
+    if !path.exists() {
+        std::fs::write(&path, "hypervisor = \"none\"\n").unwrap();
+    }
+    path.display().to_string()
+}
+
+/// `ctr run -d` of busybox `command` as container `id`, local mode set explicitly.
+pub fn run_detached_local(ctd: &containerd::Containerd, id: &str, command: &[&str]) {
+    let config = local_mode_config(ctd);
+    let mut args = vec![
+        "run",
+        "-d",
+        "--runtime",
+        ECI,
+        "--runtime-config-path",
+        &config,
+        images::BUSYBOX_IMAGE,
+        id,
+    ];
+    args.extend_from_slice(command);
+    ctd.ctr_ok(&args);
+}
+
+/// The container's cgroup directory in one hierarchy of this host (v1 pids, or v2), for the
+/// default `cgroupsPath` `/<namespace>/<id>`.
+pub fn container_cgroup(ctd: &containerd::Containerd, id: &str) -> PathBuf {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let hierarchy = if root.join("cgroup.controllers").exists() {
+        root.to_path_buf()
+    } else {
+        root.join("pids")
+    };
+    hierarchy.join(&ctd.namespace).join(id)
 }
 
 /// A container id unique in this test process.
