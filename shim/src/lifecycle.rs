@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Context as _;
 use containerd_shim::{
-    asynchronous::{monitor::monitor_notify_by_pid, publisher::RemotePublisher, ExitSignal},
+    asynchronous::{monitor::monitor_notify_by_pid, ExitSignal},
     protos::{shim::shim::DeleteResponse, shim_async::create_task},
     Flags, Task,
 };
@@ -234,10 +234,7 @@ pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("open the shim log")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("connect to containerd's event service")?;
+    let publisher = crate::publisher::EventPublisher::start(&ttrpc_address);
     let exit = Arc::new(ExitSignal::default());
     let pod = Pod::new(
         &flags.id,

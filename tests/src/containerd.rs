@@ -1,6 +1,8 @@
 //! A private containerd for end-to-end tests: own config, root, state, sockets and FIFO
 //! directory in a temp dir; started by [`Containerd::start`], stopped (and everything it left
-//! released) on drop.
+//! released) on drop. [`Containerd::stop_daemon`] and [`Containerd::restart`] stop and start
+//! the daemon alone, keeping its state, its shims and their pods, as a containerd restart on a
+//! node does.
 
 use std::{
     io,
@@ -32,6 +34,8 @@ pub struct Containerd {
     pub socket: PathBuf,
     pub namespace: String,
     path_env: String,
+    /// Network namespace the daemon runs in (see [`ContainerdOptions::netns`]).
+    netns: Option<String>,
 }
 
 /// Why a private containerd cannot run here, if it cannot.
@@ -90,8 +94,28 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         path_env
             .push(std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
         let path_env = path_env.join(":");
-        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
-        let mut command = match &options.netns {
+        let mut containerd = Self {
+            dir,
+            child: None,
+            socket,
+            namespace: options
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "eci-test".into()),
+            path_env,
+            netns: options.netns.clone(),
+        };
+        containerd.spawn_daemon()?;
+        Ok(containerd)
+    }
+
+    /// Starts the daemon on the config in the directory and waits until it answers.
+    fn spawn_daemon(&mut self) -> io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))?;
+        let mut command = match &self.netns {
             Some(netns) => {
                 let mut command = Command::new("nsenter");
                 command
@@ -104,25 +128,17 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         };
         let child = command
             .arg("--config")
-            .arg(&config_path)
+            .arg(self.dir.path().join("config.toml"))
             // CRI creates missing mount sources relative to containerd's working directory
             // (e.g. `eci-volume://name`): keep them in the temp dir, not in the test's.
-            .current_dir(dir.path())
-            .env("PATH", &path_env)
+            .current_dir(self.dir.path())
+            .env("PATH", &self.path_env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut containerd = Self {
-            dir,
-            child: Some(child),
-            socket,
-            namespace: options
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "eci-test".into()),
-            path_env,
-        };
+        self.child = Some(child);
+        let containerd = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if containerd.ctr(&["version"]).status.success() {
@@ -142,7 +158,38 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(containerd)
+        Ok(())
+    }
+
+    /// The daemon's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the daemon alone with `signal` (SIGTERM: a clean stop; SIGKILL: a crash) and
+    /// reaps it. Its state, its shims and their pods stay for [`Containerd::restart`].
+    pub fn stop_daemon(&mut self, signal: nix::sys::signal::Signal) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the daemon again on the same config, root and state (after
+    /// [`Containerd::stop_daemon`]).
+    pub fn restart(&mut self) -> io::Result<()> {
+        assert!(self.child.is_none(), "containerd still runs: stop it first");
+        self.spawn_daemon()
     }
 
     pub fn dir(&self) -> &Path {
@@ -210,12 +257,15 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         Ok(())
     }
 
-    /// Stops containerd and releases what it left (mounts under its directories).
+    /// Stops containerd and releases what it left: mounts under its directories, and the shims
+    /// and local-mode pods a test that failed halfway left running (they outlive containerd, as
+    /// on a node).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         crate::terminate(&mut child, Duration::from_secs(10));
+        release_runtime_processes(&self.socket);
         unmount_under(self.dir.path());
     }
 }
@@ -237,6 +287,35 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found
+}
+
+/// Kills the shims of the containerd at `socket` and what descends from them (killing a
+/// local-mode pod's init ends its PID namespace), then unmounts and removes the pod directories
+/// their agents named (`--listen <pod dir>/agent.sock`).
+fn release_runtime_processes(socket: &Path) {
+    let procs = crate::census::runtime_processes(socket);
+    let pod_dirs: Vec<PathBuf> = procs
+        .iter()
+        .filter_map(|p| {
+            let mut args = p.cmdline.split(' ');
+            args.find(|a| *a == "--listen")?;
+            Path::new(args.next()?).parent().map(Path::to_path_buf)
+        })
+        .filter(|d| d.starts_with("/run/eci"))
+        .collect();
+    for p in &procs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if !procs.is_empty() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for dir in pod_dirs {
+        unmount_under(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 fn unmount_under(dir: &Path) {

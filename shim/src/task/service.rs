@@ -16,8 +16,6 @@ use containerd_shim::{
         topics,
         types::task::Status,
     },
-    publisher::RemotePublisher,
-    Context,
 };
 use eci_protocol::agent::{
     event, CreateContainerRequest, Event, ExitReason, GetEventRequest, ProcessRequest,
@@ -38,6 +36,7 @@ use crate::{
     hooks::{self, HostHooks},
     paths::{self, PodPaths},
     pidmap,
+    publisher::EventPublisher,
     sandbox::Sandbox,
     stdio::{ProcessIo, StdioPaths},
 };
@@ -50,7 +49,7 @@ pub struct Pod {
     pub pod_id: String,
     pub namespace: String,
     pub containerd_address: String,
-    publisher: RemotePublisher,
+    publisher: EventPublisher,
     pub exit: Arc<ExitSignal>,
     sandbox: AsyncMutex<Option<Arc<Sandbox>>>,
     pub containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -81,7 +80,7 @@ impl Pod {
         pod_id: &str,
         namespace: &str,
         containerd_address: &str,
-        publisher: RemotePublisher,
+        publisher: EventPublisher,
         exit: Arc<ExitSignal>,
     ) -> Self {
         Self {
@@ -167,13 +166,7 @@ impl Pod {
     }
 
     pub async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self
-            .publisher
-            .publish(Context::default(), topic, &self.namespace, event)
-            .await
-        {
-            log::warn!("publish {topic}: {e}");
-        }
+        self.publisher.publish(topic, &self.namespace, event);
     }
 
     /// The running sandbox, started with the options of this create when it is the pod's first.
