@@ -83,6 +83,17 @@ install: deps
 	  fi; \
 	done
 
+# Soak and kill -9 matrix (tests/tests/soak.rs): SOAK_CYCLES (1000) `ctr run --rm` cycles,
+# SOAK_PARALLEL (4) at a time, then a census of what the runtime holds (cycle p50/p99,
+# `leaks: N`), and kill -9 of shim, pod init, agent (eci-vmm, virtiofsd in VM mode) and
+# containerd at create, while running and during an exec, as a table. `make test` runs the
+# same with 40 cycles. SOAK_MODE=vm (hypervisor = "eci-vmm") is for inside scripts/testhost.
+.PHONY: soak
+soak: build
+	ECI_SOAK_CYCLES=$${SOAK_CYCLES:-1000} ECI_SOAK_PARALLEL=$${SOAK_PARALLEL:-4} \
+	ECI_SOAK_MODE=$${SOAK_MODE:-local} \
+		$(CARGO) test --locked -p eci-tests --test soak -- --nocapture --test-threads=1
+
 # --- eci control plane ---
 # Create-to-Running latency of a one-container group through `eci serve` vs the same pod straight
 # through CRI, release binaries, p50 over BENCH_RUNS (20) runs; ends with `ratio: X.XX`.

@@ -4,11 +4,12 @@
 //! - [`rootfs`]: an offline busybox rootfs / bundle from Debian's busybox-static.
 //! - [`agent`]: a local-mode `eci-agent` process with a ttrpc client and stream helpers.
 //! - [`containerd`]: a private containerd; [`cni`]: one with CRI and CNI in its own network
-//!   namespace; [`cri`]: a CRI client; [`registry`]: docker-registry with credentials;
+//!   namespace; [`census`]: what the runtime holds on the host, for leak checks; [`cri`]: a CRI client; [`registry`]: docker-registry with credentials;
 //!   [`eci_server`]: a running `eci serve`.
 
 pub mod agent;
 pub mod bins;
+pub mod census;
 pub mod cni;
 pub mod containerd;
 pub mod cri;

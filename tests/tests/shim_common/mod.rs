@@ -114,22 +114,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Processes whose command line contains `needle` (excluding this test process).
-pub fn processes_with(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .contains(needle)
-        })
-        .collect()
-}
+pub use eci_tests::census::processes_with;
 
 /// The eci shim processes serving `ctd` (their command line names its socket).
 pub fn shim_processes(ctd: &containerd::Containerd) -> Vec<u32> {
