@@ -5,83 +5,20 @@
 
 mod shim_common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use eci_tests::containerd::Containerd;
 use nix::sys::signal::Signal;
 use shim_common::*;
 
-/// `ctr events` in the background: its lines, as they come.
-struct Events {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Events {
-    fn follow(ctd: &Containerd) -> Self {
-        let mut child = ctd
-            .ctr_command(&["events"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("ctr events");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a /tasks/exit of the init process of `id` with `status`.
-    fn wait_exit(&mut self, id: &str, status: u32, timeout: Duration) {
-        let wanted = |l: &str| {
-            l.contains("/tasks/exit")
-                && l.contains(&format!("\"container_id\":\"{id}\""))
-                && l.contains(&format!("\"id\":\"{id}\""))
-                && l.contains(&format!("\"exit_status\":{status}"))
-        };
-        if self.seen.iter().any(|l| wanted(l)) {
-            return;
-        }
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let done = wanted(&line);
-                    self.seen.push(line);
-                    if done {
-                        return;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no /tasks/exit of {id} with status {status} within {timeout:?}; events:\n{}",
-            self.seen.join("\n")
-        );
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits for a /tasks/exit of `id`'s init process with `status`.
+fn wait_exit(events: &Events, id: &str, status: u32, timeout: Duration) {
+    let got = events.exit_status(id, "", timeout);
+    assert_eq!(
+        got,
+        Some(status),
+        "/tasks/exit of {id}; events:\n{}",
+        events.all().join("\n")
+    );
 }
 
 fn restart_while_pods_run(signal: Signal) {
@@ -96,12 +33,12 @@ fn restart_while_pods_run(signal: Signal) {
     ctd.stop_daemon(signal);
     std::thread::sleep(Duration::from_secs(4));
     ctd.restart().expect("start containerd again");
-    let mut events = Events::follow(&ctd);
+    let events = Events::subscribe(&ctd);
 
     assert_eq!(task_status(&ctd, &long), "RUNNING", "{}", ctd.log_tail());
     assert_eq!(task_status(&ctd, &after), "RUNNING");
     // The exit that happened while containerd was down reaches it once it is back.
-    events.wait_exit(&during, 3, Duration::from_secs(30));
+    wait_exit(&events, &during, 3, Duration::from_secs(30));
     wait_stopped(&ctd, &during);
     let out = ctd.ctr_ok(&[
         "task",
@@ -115,9 +52,9 @@ fn restart_while_pods_run(signal: Signal) {
     assert_eq!(out, "still here\n");
     // An exit after the restart.
     ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &after]);
-    events.wait_exit(&after, 137, Duration::from_secs(30));
+    wait_exit(&events, &after, 137, Duration::from_secs(30));
     ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &long]);
-    events.wait_exit(&long, 137, Duration::from_secs(30));
+    wait_exit(&events, &long, 137, Duration::from_secs(30));
     for id in [&long, &during, &after] {
         wait_stopped(&ctd, id);
         ctd.ctr_ok(&["task", "delete", id]);

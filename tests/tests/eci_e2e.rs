@@ -1116,12 +1116,7 @@ fn probes_hooks_and_sysctls_reach_the_pod() {
     });
     let id = env.create(&body);
     env.wait_running(&id);
-    let exec = |command: &[&str]| {
-        env.post(
-            &format!("/v1/containerGroups/{id}/containers/main/exec"),
-            &json!({ "command": command }),
-        )
-    };
+    let exec = |command: &[&str]| env.exec(&id, "main", command);
     let sysctl = exec(&["cat", "/proc/sys/net/ipv4/tcp_keepalive_time"]);
     assert_eq!(
         sysctl.body["stdout"], "1234\n",
@@ -1188,12 +1183,7 @@ fn ready_follows_the_readiness_probe() {
     });
     let id = env.create(&body);
     env.wait_running(&id);
-    let exec = |command: &[&str]| {
-        env.post(
-            &format!("/v1/containerGroups/{id}/containers/main/exec"),
-            &json!({ "command": command }),
-        )
-    };
+    let exec = |command: &[&str]| env.exec(&id, "main", command);
     // Several probe periods: running, not ready.
     std::thread::sleep(Duration::from_secs(3));
     let group = env.group(&id);

@@ -4,7 +4,6 @@
 mod shim_common;
 
 use containerd_shim::protos::{shim::shim::CreateTaskRequest, types::mount::Mount};
-use eci_tests::images::BUSYBOX_IMAGE;
 use shim_common::{direct::DirectShim, *};
 
 /// The local-mode launch fails after the pod's init and agent were cloned (here: the pid file
@@ -16,19 +15,7 @@ fn failed_launch_leaves_no_pod_init_or_agent() {
     };
     let id = unique("launchfail");
     std::fs::create_dir_all(pod_dir(&ctd, &id).join("sandbox.pid")).unwrap();
-    let config = local_mode_config(&ctd);
-    let out = ctd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        ECI,
-        "--runtime-config-path",
-        &config,
-        BUSYBOX_IMAGE,
-        &id,
-        "sleep",
-        "100",
-    ]);
+    let out = ctr_run_local(&ctd, &["-d"], &id, &["sleep", "100"]);
     assert!(!out.status.success(), "the run succeeded");
     let _ = ctd.ctr(&["container", "delete", &id]);
     assert_nothing_left(&ctd, &[id]);

@@ -15,10 +15,9 @@
 mod shim_common;
 
 use std::{
-    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Stdio},
-    sync::{mpsc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -106,6 +105,28 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Runs one cycle and returns the census after it, the baseline of a soak or matrix:
+/// containerd's lazily made state (snapshots, connections) is not a leak of what follows.
+fn warm_up(ctd: &Containerd, config: &str) -> Census {
+    let id = format!("warm-{}", std::process::id());
+    let out = ctr_run(ctd, config, &["--rm"], &id, &["true"])
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "warm-up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (baseline, leaks) = census::settle(
+        ctd,
+        &[pod_dir(ctd, &id)],
+        &Census::take(ctd, &[]),
+        Duration::from_secs(30),
+    );
+    assert!(leaks.is_empty(), "after the warm-up: {leaks:?}");
+    baseline
+}
+
 /// Removes the namespace's (now empty) cgroup parents, which belong to no pod.
 fn remove_namespace_cgroups(ctd: &Containerd) {
     for hierarchy in census::cgroup_hierarchies() {
@@ -121,24 +142,7 @@ fn soak_cycles_leave_nothing() {
     };
     let cycles = env_number("ECI_SOAK_CYCLES", 40);
     let parallel = env_number("ECI_SOAK_PARALLEL", 4).max(1);
-    // One cycle first: containerd's lazily made state (snapshots, the shim's first start) is
-    // not a leak of the cycles that follow.
-    let warm_up = format!("soak-warm-{}", std::process::id());
-    let out = ctr_run(&ctd, &config, &["--rm"], &warm_up, &["true"])
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "warm-up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (baseline, warm_leaks) = census::settle(
-        &ctd,
-        &[pod_dir(&ctd, &warm_up)],
-        &Census::take(&ctd, &[]),
-        Duration::from_secs(30),
-    );
-    assert!(warm_leaks.is_empty(), "after the warm-up: {warm_leaks:?}");
+    let baseline = warm_up(&ctd, &config);
 
     let next = Mutex::new(0usize);
     let samples = Mutex::new(Vec::with_capacity(cycles));
@@ -201,78 +205,6 @@ fn soak_cycles_leave_nothing() {
     remove_namespace_cgroups(&ctd);
     assert!(failures.is_empty(), "failed cycles: {failures:#?}");
     assert!(leaks.is_empty(), "leaks: {leaks:#?}");
-}
-
-/// `ctr events` in the background, its lines as they come.
-struct Events {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Events {
-    fn follow(ctd: &Containerd) -> Self {
-        let mut child = ctd
-            .ctr_command(&["events"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("ctr events");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The exit status of the first /tasks/exit of `id`'s process `exec_id` ("" for init)
-    /// within `timeout`.
-    fn exit_of(&mut self, id: &str, exec_id: &str, timeout: Duration) -> Option<u32> {
-        let process = if exec_id.is_empty() { id } else { exec_id };
-        let status = |l: &str| -> Option<u32> {
-            if !(l.contains("/tasks/exit")
-                && l.contains(&format!("\"container_id\":\"{id}\""))
-                && l.contains(&format!("\"id\":\"{process}\"")))
-            {
-                return None;
-            }
-            let rest = l.split("\"exit_status\":").nth(1)?;
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        };
-        if let Some(s) = self.seen.iter().find_map(|l| status(l)) {
-            return Some(s);
-        }
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            let found = status(&line);
-            self.seen.push(line);
-            if found.is_some() {
-                return found;
-            }
-        }
-        None
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Where in a task's life the victim is killed.
@@ -359,7 +291,7 @@ fn kill_scenario(
     n: usize,
 ) -> Cell {
     let id = format!("kill-{}-{n}", std::process::id());
-    let mut events = Events::follow(ctd);
+    let mut events = Events::subscribe(ctd);
     let mut report = Vec::new();
     let wait = Duration::from_secs(30);
     match phase {
@@ -375,7 +307,7 @@ fn kill_scenario(
             if victim == "containerd" {
                 ctd.stop_daemon(Signal::SIGKILL);
                 ctd.restart().expect("start containerd again");
-                events = Events::follow(ctd);
+                events = Events::subscribe(ctd);
             }
             if out.status.success() {
                 report.push("created".into());
@@ -388,7 +320,7 @@ fn kill_scenario(
             if !out.status.success() && task_status(ctd, &id).is_empty() {
                 // Nothing to report an exit: the create's failure was the report.
             } else {
-                match events.exit_of(&id, "", wait) {
+                match events.exit_status(&id, "", wait) {
                     Some(s) => report.push(format!("exit {s}")),
                     None => report.push("NO EXIT".into()),
                 }
@@ -430,7 +362,7 @@ fn kill_scenario(
             if victim == "containerd" {
                 ctd.stop_daemon(Signal::SIGKILL);
                 ctd.restart().expect("start containerd again");
-                events = Events::follow(ctd);
+                events = Events::subscribe(ctd);
                 let still = task_status(ctd, &id);
                 report.push(format!("after restart {}", still.to_lowercase()));
                 let _ = ctd.ctr(&["task", "kill", "-a", "-s", "SIGKILL", &id]);
@@ -441,7 +373,7 @@ fn kill_scenario(
                     let _ = exec.kill();
                 }
                 let _ = exec.wait();
-                match events.exit_of(&id, "e1", wait) {
+                match events.exit_status(&id, "e1", wait) {
                     Some(s) => report.push(format!("exec exit {s}")),
                     None if victim == "containerd-shim-eci-v2" => {
                         // containerd reports the task's exit for a dead shim, not its execs'.
@@ -450,7 +382,7 @@ fn kill_scenario(
                     None => report.push("NO EXEC EXIT".into()),
                 }
             }
-            match events.exit_of(&id, "", wait) {
+            match events.exit_status(&id, "", wait) {
                 Some(s) => report.push(format!("exit {s}")),
                 None => report.push("NO EXIT".into()),
             }
@@ -501,21 +433,7 @@ fn kill_matrix() {
         format!("{}log_level = \"debug\"\n", mode.shim_config),
     )
     .unwrap();
-    let warm_up = format!("kill-warm-{}", std::process::id());
-    let out = ctr_run(&ctd, &config, &["--rm"], &warm_up, &["true"])
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "warm-up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (baseline, _) = census::settle(
-        &ctd,
-        &[pod_dir(&ctd, &warm_up)],
-        &Census::take(&ctd, &[]),
-        Duration::from_secs(30),
-    );
+    let baseline = warm_up(&ctd, &config);
     let phases = [Phase::AtCreate, Phase::Running, Phase::DuringExec];
     let mut rows = Vec::new();
     let mut bad = Vec::new();

@@ -132,6 +132,14 @@ impl Env {
         self.request(reqwest::Method::POST, path, Some(body))
     }
 
+    /// Runs `command` in `container` of group `id` through the exec API.
+    pub fn exec(&self, id: &str, container: &str, command: &[&str]) -> Answer {
+        self.post(
+            &format!("/v1/containerGroups/{id}/containers/{container}/exec"),
+            &json!({ "command": command }),
+        )
+    }
+
     /// Creates a group and returns its id; panics with the answer unless it succeeded.
     pub fn create(&self, body: &Value) -> String {
         let answer = self.post("/v1/containerGroups", body);

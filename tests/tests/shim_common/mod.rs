@@ -5,7 +5,13 @@
 
 pub mod direct;
 
-use std::path::PathBuf;
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use eci_tests::{bins, containerd, images};
 
@@ -74,21 +80,31 @@ pub fn local_mode_config(ctd: &containerd::Containerd) -> String {
     path.display().to_string()
 }
 
+/// `ctr run <flags>` of busybox `command` as container `id` with the eci runtime, local mode
+/// set explicitly.
+pub fn ctr_run_local(
+    ctd: &containerd::Containerd,
+    flags: &[&str],
+    id: &str,
+    command: &[&str],
+) -> std::process::Output {
+    let config = local_mode_config(ctd);
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--runtime", ECI, "--runtime-config-path", &config]);
+    args.extend_from_slice(&[images::BUSYBOX_IMAGE, id]);
+    args.extend_from_slice(command);
+    ctd.ctr(&args)
+}
+
 /// `ctr run -d` of busybox `command` as container `id`, local mode set explicitly.
 pub fn run_detached_local(ctd: &containerd::Containerd, id: &str, command: &[&str]) {
-    let config = local_mode_config(ctd);
-    let mut args = vec![
-        "run",
-        "-d",
-        "--runtime",
-        ECI,
-        "--runtime-config-path",
-        &config,
-        images::BUSYBOX_IMAGE,
-        id,
-    ];
-    args.extend_from_slice(command);
-    ctd.ctr_ok(&args);
+    let out = ctr_run_local(ctd, &["-d"], id, command);
+    assert!(
+        out.status.success(),
+        "ctr run {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The container's cgroup directory in one hierarchy of this host (v1 pids, or v2), for the
@@ -263,5 +279,93 @@ pub fn host_network_pod(
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A running `ctr events` whose lines are collected as they arrive.
+pub struct Events {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Events {
+    pub fn subscribe(ctd: &containerd::Containerd) -> Self {
+        let mut child = ctd
+            .ctr_command(&["events"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ctr events");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        // Give it a moment to subscribe before the caller acts.
+        std::thread::sleep(Duration::from_millis(300));
+        Self {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Index (in arrival order) of the first line satisfying `pred`, waiting up to `timeout`.
+    pub fn find(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.all().iter().position(|l| pred(l)) {
+                return Some(i);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Like [`Events::find`], panicking with every event seen when none came.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> usize {
+        self.find(timeout, pred).unwrap_or_else(|| {
+            panic!(
+                "no event {what} within {timeout:?}; events:\n{}",
+                self.all().join("\n")
+            )
+        })
+    }
+
+    /// The exit status of the first /tasks/exit of container `id`'s process `exec_id` (""
+    /// for its init process) within `timeout`.
+    pub fn exit_status(&self, id: &str, exec_id: &str, timeout: Duration) -> Option<u32> {
+        let process = if exec_id.is_empty() { id } else { exec_id };
+        let is_exit = |l: &str| {
+            l.contains("/tasks/exit")
+                && l.contains(&format!("\"container_id\":\"{id}\""))
+                && l.contains(&format!("\"id\":\"{process}\""))
+        };
+        let i = self.find(timeout, is_exit)?;
+        let line = self.all().swap_remove(i);
+        let rest = line.split("\"exit_status\":").nth(1)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
