@@ -344,14 +344,15 @@ fn kill_scenario(
                         .spawn()
                         .unwrap(),
                 );
-                // The exec's own process (not ctr, whose command line names it too).
-                let started = (0..500).any(|_| {
-                    std::thread::sleep(Duration::from_millis(10));
-                    census::processes()
-                        .iter()
-                        .any(|p| p.comm == "sleep" && p.cmdline == "sleep 3599")
+                // Started as containerd sees it (the shim published it): from then on its
+                // exit must be reported. (Its process runs a little earlier, while the agent
+                // still answers; a kill then fails the exec's start instead.)
+                let started = events.find(Duration::from_secs(30), |l| {
+                    l.contains("/tasks/exec-started")
+                        && l.contains(&format!("\"container_id\":\"{id}\""))
+                        && l.contains("\"exec_id\":\"e1\"")
                 });
-                assert!(started, "the exec never started");
+                assert!(started.is_some(), "the exec never started");
             }
             match victim_pid(ctd, &id, victim) {
                 Some(pid) => {
