@@ -157,7 +157,12 @@ mod tests {
                 .and_then(|t| t.children())
                 .ok()
                 .and_then(|c| c.first().and_then(|p| i32::try_from(*p).ok()));
-            if sandbox.is_some() && host_pid(sandbox.unwrap(), 2).is_some() {
+            // Found once the forked shell has become sleep (its comm changes at the exec).
+            let sleeping = sandbox
+                .and_then(|s| host_pid(s, 2))
+                .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+                .is_some_and(|comm| comm.trim() == "sleep");
+            if sleeping {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
