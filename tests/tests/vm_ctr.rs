@@ -233,30 +233,11 @@ fn containers_of_one_pod_share_one_vm() {
     );
     for id in [&second, &pod] {
         ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
-        wait_for_exit(&ctd, id);
+        wait_stopped(&ctd, id);
         ctd.ctr_ok(&["task", "delete", id]);
         ctd.ctr_ok(&["container", "delete", id]);
     }
     assert_nothing_left(&ctd, &[pod]);
-}
-
-fn task_status(ctd: &Containerd, id: &str) -> String {
-    ctd.ctr_ok(&["task", "ls"])
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-        .to_owned()
-}
-
-fn wait_for_exit(ctd: &Containerd, id: &str) {
-    for _ in 0..1200 {
-        if task_status(ctd, id) == "STOPPED" {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("task {id} did not stop: {}", ctd.ctr_ok(&["task", "ls"]));
 }
 
 /// Starts a long-running pod, kills `victim` (eci-vmm, virtiofsd or the pod's shim) with
@@ -275,17 +256,29 @@ fn kill_and_check(test: &str, victim: &str) {
             "sleep",
             "600",
         ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     for _ in 0..6000 {
         if task_status(&ctd, &id) == "RUNNING" {
             break;
         }
+        if let Ok(Some(_)) = run.try_wait() {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(task_status(&ctd, &id), "RUNNING");
+    if task_status(&ctd, &id) != "RUNNING" {
+        let _ = run.kill();
+        let out = run.wait_with_output().unwrap();
+        panic!(
+            "the pod did not start ({}):\nstderr: {}\ncontainerd log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            ctd.log_tail()
+        );
+    }
     let pid = match victim {
         "shim" => *shim_processes(&ctd).first().expect("the pod's shim"),
         comm => pid_of(&ctd, &id, comm),
@@ -295,7 +288,7 @@ fn kill_and_check(test: &str, victim: &str) {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let status = run.wait().unwrap();
+    let status = run.wait_with_output().unwrap().status;
     assert_ne!(
         status.code(),
         Some(0),
