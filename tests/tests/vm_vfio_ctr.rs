@@ -1,0 +1,295 @@
+//! VM tier through containerd 1.6 and ctr: VFIO passthrough to a VM pod. Inside
+//! `scripts/testhost --vfio-test-device` (qemu's `edu` device behind an emulated IOMMU, bound to
+//! vfio-pci at `ECI_TEST_VFIO_BDF`), a pod asks for the device with `io.eci.vfio` (or
+//! `--device /dev/vfio/<group>`); the shim checks it and passes it to eci-vmm, the agent binds
+//! it to the guest's vfio-pci and gives the container its VFIO nodes, and the container's
+//! program (`eci-vfio-edu check`, bind-mounted from the host) drives it: sysfs shows 1234:11e8,
+//! BAR0's id register reads 0x010000ed, the liveness register inverts, a DMA round-trips and an
+//! MSI arrives. Nodes the container was not given stay refused by its device cgroup. After each
+//! pod (deleted, or its eci-vmm or shim killed) the device is back on vfio-pci, unused, and the
+//! next pod takes it. The errors: a device not bound to vfio-pci, one in use by another pod,
+//! and one whose IOMMU group holds a device of a host driver.
+//!
+//! Mechanism and its two test-only settings (docs/gpu.md): the guest drives edu through VFIO's
+//! no-IOMMU mode, which needs CAP_SYS_RAWIO, and finds DMA addresses in /proc/self/pagemap,
+//! which needs CAP_SYS_ADMIN (`--cap-add`); edu's DMA mask is 28 bits while the smallest pod VM
+//! has 576 MiB, so the test's shim config boots guests with `mem=240M`.
+//!
+//!   make test-vfio, or
+//!   scripts/vm-tier --vfio-test-device --memory 4096 -p eci-tests --test vm_vfio_ctr -- --ignored
+
+mod shim_common;
+
+use std::time::Duration;
+
+use eci_tests::containerd::Containerd;
+use eci_tests::images::BUSYBOX_IMAGE;
+use eci_tests::vfio::{
+    assert_free, group_of, second_edu_bound, test_bdf, vfio_edu_binary, Unbound, CHECKS,
+};
+use shim_common::*;
+
+fn vfio_containerd(test: &str) -> Containerd {
+    eci_tests::vm::require_vm_kvm(test);
+    let options = eci_tests::containerd::ContainerdOptions {
+        shim_config: Some(eci_tests::vm::vm_shim_config(
+            "kernel_cmdline = \"mem=240M\"\n",
+        )),
+        ..Default::default()
+    };
+    containerd_with(options).expect("containerd for the VFIO tier")
+}
+
+/// `ctr run` arguments of a pod that is given `bdf` and can drive it through no-IOMMU VFIO.
+fn pod_args(bdf: &str, edu: &str) -> Vec<String> {
+    [
+        "--runtime",
+        ECI,
+        "--annotation",
+        &format!("io.eci.vfio={bdf}"),
+        "--annotation",
+        "io.eci.vcpus=0.25",
+        "--annotation",
+        "io.eci.memory-mib=512",
+        "--cap-add",
+        "CAP_SYS_RAWIO",
+        "--cap-add",
+        "CAP_SYS_ADMIN",
+        "--mount",
+        &format!("type=bind,src={edu},dst=/vfio-edu,options=rbind:ro"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn ctr_run(
+    ctd: &Containerd,
+    flags: &[&str],
+    extra: &[String],
+    id: &str,
+    cmd: &[&str],
+) -> std::process::Output {
+    let mut args: Vec<&str> = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend(extra.iter().map(String::as_str));
+    args.extend_from_slice(&[BUSYBOX_IMAGE, id]);
+    args.extend_from_slice(cmd);
+    ctd.ctr(&args)
+}
+
+fn assert_checks_pass(what: &str, out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for check in CHECKS {
+        assert!(
+            stdout.contains(&format!("vfio-edu: PASS {check}")),
+            "{what}: check {check} did not pass.\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    assert!(stdout.contains("vfio-edu: ALL PASS"), "{what}: {stdout}");
+    for line in stdout.lines().filter(|l| l.starts_with("vfio-edu: PASS")) {
+        println!("{what}: {line}");
+    }
+    stdout
+}
+
+fn task_status(ctd: &Containerd, id: &str) -> String {
+    ctd.ctr_ok(&["task", "ls"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn wait_running(ctd: &Containerd, id: &str) {
+    for _ in 0..12000 {
+        if task_status(ctd, id) == "RUNNING" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("task {id} is not running: {}", ctd.ctr_ok(&["task", "ls"]));
+}
+
+/// Refused at create: ctr fails naming the device and the reason, and nothing of the pod stays.
+fn assert_refused(ctd: &Containerd, out: &std::process::Output, id: &str, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{id} started: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{id}: `{n}` not in: {stderr}");
+    }
+    let _ = ctd.ctr(&["container", "delete", id]);
+    assert_nothing_left(ctd, &[id.to_string()]);
+}
+
+#[test]
+#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test-vfio` runs it in scripts/testhost --vfio-test-device"]
+fn a_vm_pod_drives_the_device_and_gives_it_back() {
+    let ctd = vfio_containerd("a_vm_pod_drives_the_device_and_gives_it_back");
+    let bdf = test_bdf();
+    let edu = vfio_edu_binary().display().to_string();
+    assert_free(&bdf, "the test host's setup");
+
+    // io.eci.vfio; /dev/mem (c 1:1) stands for a node the container was not given: with
+    // CAP_SYS_RAWIO only the device cgroup refuses it.
+    let id = unique("vfio");
+    let out = ctr_run(
+        &ctd,
+        &["--rm"],
+        &pod_args(&bdf, &edu),
+        &id,
+        &[
+            "sh",
+            "-c",
+            "/vfio-edu check; echo exit=$?; ls /dev/vfio; mknod /tmp/mem c 1 1; \
+             head -c 1 /tmp/mem >/dev/null 2>&1 && echo mem=readable || echo mem=refused",
+        ],
+    );
+    let stdout = assert_checks_pass("first pod", &out);
+    assert!(stdout.contains("exit=0"), "{stdout}");
+    assert!(stdout.contains("noiommu-"), "the group node: {stdout}");
+    assert!(stdout.contains("mem=refused"), "device cgroup: {stdout}");
+    assert_nothing_left(&ctd, &[id]);
+    assert_free(&bdf, "deleting the first pod");
+
+    // A second pod takes it, asked for by its host group node (OCI linux.devices).
+    let group = format!("/dev/vfio/{}", group_of(&bdf));
+    let mut args = pod_args(&bdf, &edu);
+    let at = args
+        .iter()
+        .position(|a| a.starts_with("io.eci.vfio"))
+        .unwrap();
+    args.drain(at - 1..=at);
+    args.extend(["--device".to_string(), group]);
+    let id = unique("vfio-dev");
+    let out = ctr_run(&ctd, &["--rm"], &args, &id, &["/vfio-edu", "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_checks_pass("second pod (--device)", &out);
+    assert_nothing_left(&ctd, &[id]);
+    assert_free(&bdf, "deleting the second pod");
+}
+
+/// A pod holding the device is killed the hard way (its eci-vmm, then in a second round its
+/// shim); the device comes back and the next pod drives it.
+#[test]
+#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test-vfio` runs it in scripts/testhost --vfio-test-device"]
+fn a_device_in_use_is_refused_and_comes_back_after_kills() {
+    let ctd = vfio_containerd("a_device_in_use_is_refused_and_comes_back_after_kills");
+    let bdf = test_bdf();
+    let edu = vfio_edu_binary().display().to_string();
+    for victim in ["eci-vmm", "shim"] {
+        let holder = unique("holder");
+        let out = ctr_run(
+            &ctd,
+            &["-d"],
+            &pod_args(&bdf, &edu),
+            &holder,
+            &["sleep", "600"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_running(&ctd, &holder);
+
+        let id = unique("second");
+        let out = ctr_run(&ctd, &["--rm"], &pod_args(&bdf, &edu), &id, &["true"]);
+        assert_refused(
+            &ctd,
+            &out,
+            &id,
+            &[
+                &format!("VFIO device {bdf}"),
+                "is in use by another process",
+            ],
+        );
+
+        let pid = if victim == "shim" {
+            *shim_processes(&ctd).first().expect("the holder's shim")
+        } else {
+            let dir = pod_dir(&ctd, &holder).display().to_string();
+            processes_with(&dir)
+                .into_iter()
+                .find(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .unwrap_or_default()
+                        .trim()
+                        == "eci-vmm"
+                })
+                .expect("the holder's eci-vmm")
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        for _ in 0..1200 {
+            let status = task_status(&ctd, &holder);
+            if status == "STOPPED" || status.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = ctd.ctr(&["task", "delete", &holder]);
+        let _ = ctd.ctr(&["container", "delete", &holder]);
+        assert_nothing_left(&ctd, &[holder]);
+        assert_free(&bdf, &format!("killing the holder's {victim}"));
+
+        let id = unique("after");
+        let out = ctr_run(
+            &ctd,
+            &["--rm"],
+            &pod_args(&bdf, &edu),
+            &id,
+            &["/vfio-edu", "check"],
+        );
+        assert_checks_pass(&format!("the pod after killing {victim}"), &out);
+        assert_nothing_left(&ctd, &[id]);
+        assert_free(&bdf, "the pod after the kill");
+    }
+}
+
+#[test]
+#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test-vfio` runs it in scripts/testhost --vfio-test-device"]
+fn unbound_devices_and_unassignable_groups_are_refused() {
+    let ctd = vfio_containerd("unbound_devices_and_unassignable_groups_are_refused");
+    let bdf = test_bdf();
+    let edu = vfio_edu_binary().display().to_string();
+    {
+        let _unbound = Unbound::new(&bdf);
+        let id = unique("unbound");
+        let out = ctr_run(&ctd, &["--rm"], &pod_args(&bdf, &edu), &id, &["true"]);
+        assert_refused(
+            &ctd,
+            &out,
+            &id,
+            &[
+                &format!("VFIO device {bdf}"),
+                "bound to no driver, not vfio-pci",
+            ],
+        );
+    }
+    assert_free(&bdf, "rebinding it");
+
+    let other = second_edu_bound(&bdf);
+    let id = unique("group");
+    let out = ctr_run(&ctd, &["--rm"], &pod_args(&other, &edu), &id, &["true"]);
+    assert_refused(
+        &ctd,
+        &out,
+        &id,
+        &[
+            &format!("VFIO device {other}"),
+            "is not assignable",
+            "is bound to virtio-pci",
+        ],
+    );
+    assert_free(&bdf, "the refusals");
+}
