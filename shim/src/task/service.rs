@@ -709,6 +709,15 @@ async fn release_after_sandbox_death(pod: Arc<Pod>, sandbox: Arc<Sandbox>) {
         .values()
         .cloned()
         .collect();
+    if containers.iter().any(|c| Arc::ptr_eq(&c.sandbox, &sandbox)) {
+        // Not a stop the shim asked for (that happens once the pod is empty): a crash, a kill,
+        // a guest kernel panic. What the sandbox said last is the evidence.
+        log::error!(
+            "pod {}: the sandbox ended under its containers; {}",
+            pod.pod_id,
+            sandbox.diagnostics()
+        );
+    }
     for c in containers
         .iter()
         .filter(|c| Arc::ptr_eq(&c.sandbox, &sandbox))
