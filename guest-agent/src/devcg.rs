@@ -132,12 +132,19 @@ pub fn program(rules: &[LinuxDeviceCgroup]) -> Vec<Insn> {
         block.push(insn(ALU32_MOV_K, 0, 0, 0, rule.allow() as i32));
         block.push(insn(JMP_EXIT, 0, 0, 0, 0));
         let len = block.len();
+        let mut conditional = false;
         for (k, i) in block.iter_mut().enumerate() {
             if i.code == JMP_JNE_K || i.code == JMP_JNE_X {
                 i.off = (len - k - 1) as i16;
+                conditional = true;
             }
         }
         p.extend(block);
+        if !conditional {
+            // A rule matching every request decides them all: the verifier refuses the
+            // unreachable rules (and default) after it.
+            return p;
+        }
     }
     p.push(insn(ALU32_MOV_K, 0, 0, 0, 0));
     p.push(insn(JMP_EXIT, 0, 0, 0, 0));
@@ -284,6 +291,50 @@ mod tests {
     }
 
     const RW: i32 = ACC_READ | ACC_WRITE;
+
+    /// Whether every instruction can be reached from the first (the verifier refuses a program
+    /// with unreachable instructions).
+    fn all_reachable(p: &[Insn]) -> bool {
+        let mut seen = vec![false; p.len()];
+        let mut todo = vec![0usize];
+        while let Some(pc) = todo.pop() {
+            if pc >= p.len() || std::mem::replace(&mut seen[pc], true) {
+                continue;
+            }
+            match p[pc].code {
+                JMP_EXIT => {}
+                JMP_JNE_K | JMP_JNE_X => {
+                    todo.push(pc + 1);
+                    todo.push(pc + 1 + p[pc].off as usize);
+                }
+                _ => todo.push(pc + 1),
+            }
+        }
+        seen.iter().all(|s| *s)
+    }
+
+    #[test]
+    fn a_rule_matching_everything_ends_the_program() {
+        let deny_all = rule(false, LinuxDeviceType::A, None, "rwm");
+        let mut with_defaults = vec![deny_all.clone()];
+        with_defaults.extend(default_rules());
+        for rules in [
+            vec![deny_all.clone()],
+            with_defaults,
+            vec![
+                rule(true, LinuxDeviceType::C, Some(1), "rwm"),
+                deny_all.clone(),
+            ],
+            vec![],
+        ] {
+            let p = program(&rules);
+            assert!(all_reachable(&p), "{rules:?}");
+            assert_eq!(p.last().unwrap().code, JMP_EXIT);
+        }
+        // Last in the spec wins: deny-all after everything denies everything.
+        let p = program(&[rule(true, LinuxDeviceType::C, Some(1), "rwm"), deny_all]);
+        assert!(!run(&p, DEV_CHAR, ACC_READ, 1, 3));
+    }
 
     #[test]
     fn containerd_default_rules_allow_only_the_defaults_and_what_is_added() {
