@@ -213,10 +213,20 @@ async fn kill_sandbox(pod: &PodPaths) {
             shared.as_str(),
         ),
     ];
-    for (pid, program, needle) in candidates {
-        if let Some(pid) = pid.filter(|&p| crate::vm::process_is_ours(p, program, needle)) {
-            kill_and_wait(pid).await;
-        }
+    // Both are killed before either is waited for: a VMM with a passed-through device takes
+    // seconds to end (its pinned memory is unmapped and the device reset), and containerd gives
+    // this action only `io.containerd.timeout.shim.cleanup` (5 s by default).
+    let ours: Vec<i32> = candidates
+        .into_iter()
+        .filter_map(|(pid, program, needle)| {
+            pid.filter(|&p| crate::vm::process_is_ours(p, program, needle))
+        })
+        .collect();
+    for pid in &ours {
+        kill(*pid);
+    }
+    for pid in ours {
+        wait_gone(pid).await;
     }
     crate::vm::teardown(pod);
     let Some(pid) = read_pid(&pod.pid_file()) else {
@@ -235,12 +245,21 @@ async fn kill_sandbox(pod: &PodPaths) {
     }
 }
 
-async fn kill_and_wait(pid: i32) {
+fn kill(pid: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     );
-    for _ in 0..500 {
+}
+
+async fn kill_and_wait(pid: i32) {
+    kill(pid);
+    wait_gone(pid).await;
+}
+
+/// Waits (up to 60 s) until `pid` is gone or a zombie.
+async fn wait_gone(pid: i32) {
+    for _ in 0..6000 {
         if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
             return;
         }
