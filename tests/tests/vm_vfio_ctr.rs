@@ -81,6 +81,38 @@ fn ctr_run(
     ctd.ctr(&args)
 }
 
+/// `ctr run --rm` of a pod (`prefix`-named) with `args` running `cmd`: it must succeed and leave
+/// nothing of the pod behind. Its output and how long `ctr run` took.
+fn run_pod(
+    ctd: &Containerd,
+    args: &[String],
+    prefix: &str,
+    cmd: &[&str],
+) -> (std::process::Output, Duration) {
+    let id = unique(prefix);
+    let started = Instant::now();
+    let out = ctr_run(ctd, &["--rm"], args, &id, cmd);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{id}: stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left(ctd, &[id]);
+    (out, took)
+}
+
+/// [`pod_args`] without the `io.eci.vfio` annotation.
+fn without_annotation(mut args: Vec<String>) -> Vec<String> {
+    let at = args
+        .iter()
+        .position(|a| a.starts_with("io.eci.vfio"))
+        .unwrap();
+    args.drain(at - 1..=at);
+    args
+}
+
 fn assert_checks_pass(what: &str, out: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -95,25 +127,6 @@ fn assert_checks_pass(what: &str, out: &std::process::Output) -> String {
         println!("{what}: {line}");
     }
     stdout
-}
-
-fn task_status(ctd: &Containerd, id: &str) -> String {
-    ctd.ctr_ok(&["task", "ls"])
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-        .to_owned()
-}
-
-fn wait_running(ctd: &Containerd, id: &str) {
-    for _ in 0..12000 {
-        if task_status(ctd, id) == "RUNNING" {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("task {id} is not running: {}", ctd.ctr_ok(&["task", "ls"]));
 }
 
 /// Refused at create: ctr fails naming the device and the reason, and nothing of the pod stays.
@@ -193,12 +206,10 @@ fn a_vm_pod_drives_the_device_and_gives_it_back() {
     // io.eci.vfio; /dev/mem (c 1:1) stands for a node the container was not given: with
     // CAP_SYS_RAWIO only the device cgroup refuses it. With the PCI root the guest boots with
     // ACPI, and the serial port and the virtio-mmio devices must still get their interrupts.
-    let id = unique("vfio");
-    let out = ctr_run(
+    let (out, _) = run_pod(
         &ctd,
-        &["--rm"],
         &pod_args(&bdf, &edu),
-        &id,
+        "vfio",
         &[
             "sh",
             "-c",
@@ -222,45 +233,25 @@ fn a_vm_pod_drives_the_device_and_gives_it_back() {
         irq_lines.iter().any(|l| l.contains("virtio")),
         "virtio-mmio interrupts under ACPI: {stdout}"
     );
-    assert_nothing_left(&ctd, &[id]);
     assert_free(&bdf, "deleting the first pod");
 
     // A second pod takes it, asked for by its host group node (OCI linux.devices).
     let group = format!("/dev/vfio/{}", group_of(&bdf));
-    let mut args = pod_args(&bdf, &edu);
-    let at = args
-        .iter()
-        .position(|a| a.starts_with("io.eci.vfio"))
-        .unwrap();
-    args.drain(at - 1..=at);
+    let mut args = without_annotation(pod_args(&bdf, &edu));
     args.extend(["--device".to_string(), group]);
-    let id = unique("vfio-dev");
-    let out = ctr_run(&ctd, &["--rm"], &args, &id, &["/vfio-edu", "check"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, _) = run_pod(&ctd, &args, "vfio-dev", &["/vfio-edu", "check"]);
     assert_checks_pass("second pod (--device)", &out);
-    assert_nothing_left(&ctd, &[id]);
     assert_free(&bdf, "deleting the second pod");
 
     // Figures for the report (printed, not asserted): `ctr run --rm ... true` of the same pod
     // without and with the device.
-    let mut plain = pod_args(&bdf, &edu);
-    plain.drain(2..4); // --annotation io.eci.vfio=...
+    let plain = without_annotation(pod_args(&bdf, &edu));
     for (what, args) in [("without VFIO", plain), ("with VFIO", pod_args(&bdf, &edu))] {
-        let id = unique("timing");
-        let started = Instant::now();
-        let out = ctr_run(&ctd, &["--rm"], &args, &id, &["true"]);
-        let secs = started.elapsed().as_secs_f64();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (_, took) = run_pod(&ctd, &args, "timing", &["true"]);
+        println!(
+            "figure: ctr run --rm of a VM pod {what}: {:.1} s",
+            took.as_secs_f64()
         );
-        println!("figure: ctr run --rm of a VM pod {what}: {secs:.1} s");
-        assert_nothing_left(&ctd, &[id]);
     }
     assert_free(&bdf, "the timed pods");
 }
@@ -350,16 +341,13 @@ fn a_device_in_use_is_refused_and_comes_back_after_kills() {
         assert_nothing_left(&ctd, &[holder]);
         assert_free(&bdf, &format!("killing the holder's {victim}"));
 
-        let id = unique("after");
-        let out = ctr_run(
+        let (out, _) = run_pod(
             &ctd,
-            &["--rm"],
             &pod_args(&bdf, &edu),
-            &id,
+            "after",
             &["/vfio-edu", "check"],
         );
         assert_checks_pass(&format!("the pod after killing {victim}"), &out);
-        assert_nothing_left(&ctd, &[id]);
         assert_free(&bdf, "the pod after the kill");
     }
 }
