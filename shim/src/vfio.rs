@@ -748,8 +748,8 @@ devices = ["/dev/nvidiactl", "/dev/nvidia*"]
         serde_json::from_str(json).unwrap()
     }
 
-    #[test]
-    fn guest_drivers_and_addresses_follow_the_request_kind() {
+    /// A pod given GPU 0 of [`GPU_POOL`] (CDI) and 00:10.0 (`io.eci.vfio`).
+    fn gpu_and_edu_pod() -> PodVfio {
         let s = sysfs();
         let host = Host {
             sysfs: s.path().into(),
@@ -760,7 +760,12 @@ devices = ["/dev/nvidiactl", "/dev/nvidia*"]
             r#"{"ociVersion": "1.0.2", "annotations": {
                 "cdi.k8s.io/gpu": "nvidia.com/gpu=0", "io.eci.vfio": "00:10.0"}}"#,
         );
-        let pod = PodVfio::for_sandbox(&sandbox, pool, &host).unwrap();
+        PodVfio::for_sandbox(&sandbox, pool, &host).unwrap()
+    }
+
+    #[test]
+    fn guest_drivers_and_addresses_follow_the_request_kind() {
+        let pod = gpu_and_edu_pod();
         let pci = pod.pci_devices();
         let got: Vec<_> = pci
             .iter()
@@ -783,17 +788,7 @@ devices = ["/dev/nvidiactl", "/dev/nvidia*"]
 
     #[test]
     fn containers_get_the_guest_nodes_they_ask_for_and_lose_host_vfio_nodes() {
-        let s = sysfs();
-        let host = Host {
-            sysfs: s.path().into(),
-            group_busy: &free,
-        };
-        let pool = DevicePool::parse(GPU_POOL).unwrap();
-        let sandbox = spec_json(
-            r#"{"ociVersion": "1.0.2", "annotations": {
-                "cdi.k8s.io/gpu": "nvidia.com/gpu=0", "io.eci.vfio": "00:10.0"}}"#,
-        );
-        let pod = PodVfio::for_sandbox(&sandbox, pool, &host).unwrap();
+        let pod = gpu_and_edu_pod();
         // `ctr run --device /dev/vfio/7`: the host node and its cgroup rule go, the guest's come.
         let mut c = spec_json(
             r#"{"ociVersion": "1.0.2", "linux": {
