@@ -262,10 +262,10 @@ async fn kill_and_wait(pid: i32) {
     wait_gone(pid).await;
 }
 
-/// Waits (up to 60 s) until `pid` is gone or a zombie.
+/// Waits (up to 60 s) until every thread of `pid` has ended.
 async fn wait_gone(pid: i32) {
     for _ in 0..6000 {
-        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+        if has_ended(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -273,10 +273,16 @@ async fn wait_gone(pid: i32) {
     log::error!("sandbox process {pid} survived SIGKILL");
 }
 
-fn is_zombie(pid: i32) -> bool {
-    procfs::process::Process::new(pid)
-        .and_then(|p| p.stat())
-        .is_ok_and(|s| s.state == 'Z')
+/// Whether every thread of `pid` has ended: the process is gone or a zombie whose threads are all
+/// zombies. A thread-group leader turns zombie while its other threads still exit, and those are
+/// still in the pod's cgroup (an eci-vmm thread closing a VFIO device resets it, for seconds).
+fn has_ended(pid: i32) -> bool {
+    let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) else {
+        return true;
+    };
+    tasks
+        .flatten()
+        .all(|t| t.stat().map_or(true, |s| matches!(s.state, 'Z' | 'X')))
 }
 
 /// Task service names: containerd 1.x calls the Task API `containerd.task.v2.Task`, 2.x
@@ -398,5 +404,33 @@ async fn ignore_termination_signals() {
             _ = int.recv() => log::info!("SIGINT ignored"),
             _ = pipe.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_ended;
+
+    #[test]
+    fn a_process_has_ended_only_when_all_its_threads_have() {
+        // This test process: its leader runs, and so do the test harness's threads.
+        assert!(!has_ended(std::process::id() as i32));
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(!has_ended(pid));
+        child.kill().unwrap();
+        // Unreaped it is a zombie, then gone: ended either way.
+        for _ in 0..500 {
+            if has_ended(pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(has_ended(pid));
+        child.wait().unwrap();
+        assert!(has_ended(pid));
     }
 }
