@@ -43,6 +43,12 @@ fn vfio_containerd(test: &str) -> Containerd {
     containerd_with(options).expect("containerd for the VFIO tier")
 }
 
+/// The tier's containerd, the test device's address and the guest-side test program's path.
+fn set_up(test: &str) -> (Containerd, String, String) {
+    let ctd = vfio_containerd(test);
+    (ctd, test_bdf(), vfio_edu_binary().display().to_string())
+}
+
 /// `ctr run` arguments of a pod that is given `bdf` and can drive it through no-IOMMU VFIO.
 fn pod_args(bdf: &str, edu: &str) -> Vec<String> {
     [
@@ -198,9 +204,7 @@ impl Drop for Detached<'_> {
 #[test]
 #[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test-vfio` runs it in scripts/testhost --vfio-test-device"]
 fn a_vm_pod_drives_the_device_and_gives_it_back() {
-    let ctd = vfio_containerd("a_vm_pod_drives_the_device_and_gives_it_back");
-    let bdf = test_bdf();
-    let edu = vfio_edu_binary().display().to_string();
+    let (ctd, bdf, edu) = set_up("a_vm_pod_drives_the_device_and_gives_it_back");
     assert_free(&bdf, "the test host's setup");
 
     // io.eci.vfio; /dev/mem (c 1:1) stands for a node the container was not given: with
@@ -261,9 +265,7 @@ fn a_vm_pod_drives_the_device_and_gives_it_back() {
 #[test]
 #[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test-vfio` runs it in scripts/testhost --vfio-test-device"]
 fn a_device_in_use_is_refused_and_comes_back_after_kills() {
-    let ctd = vfio_containerd("a_device_in_use_is_refused_and_comes_back_after_kills");
-    let bdf = test_bdf();
-    let edu = vfio_edu_binary().display().to_string();
+    let (ctd, bdf, edu) = set_up("a_device_in_use_is_refused_and_comes_back_after_kills");
     for victim in ["eci-vmm", "shim"] {
         let holder = unique("holder");
         let out = ctr_run(
@@ -355,9 +357,7 @@ fn a_device_in_use_is_refused_and_comes_back_after_kills() {
 #[test]
 #[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test-vfio` runs it in scripts/testhost --vfio-test-device"]
 fn unbound_devices_and_unassignable_groups_are_refused() {
-    let ctd = vfio_containerd("unbound_devices_and_unassignable_groups_are_refused");
-    let bdf = test_bdf();
-    let edu = vfio_edu_binary().display().to_string();
+    let (ctd, bdf, edu) = set_up("unbound_devices_and_unassignable_groups_are_refused");
     {
         let _unbound = Unbound::new(&bdf);
         let id = unique("unbound");
