@@ -732,7 +732,12 @@ mod tests {
             err(&[(VFIO_ANNOTATION, "0000:01:00.0")], &[]),
             "VFIO device 0000:01:00.0: no such PCI device on this host"
         );
-        assert!(err(&[], &["/dev/vfio/vfio"]).contains("is not /dev/vfio/<group>"));
+        assert!(err(&[], &["/dev/vfio/devices/vfio0"]).contains("is not /dev/vfio/<group>"));
+        // The container node that device plugins pass beside the group's is no request.
+        let paths = ["/dev/vfio/vfio".to_string()];
+        assert!(pod_devices(&ann(&[]), &paths, &pool, &host)
+            .unwrap()
+            .is_empty());
         assert!(err(&[], &["/dev/vfio/50"]).contains("group 50 has no device bound to vfio-pci"));
     }
 
