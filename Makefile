@@ -53,6 +53,15 @@ test-vm: build kernel rootfs
 		-- --include-ignored --test-threads=1 || status=1; \
 	exit $$status
 
+# The VFIO passthrough tier, inside `scripts/testhost --vfio-test-device` (qemu's edu device
+# behind an emulated IOMMU): eci-vmm given the device directly (vm_vfio) and VM pods given it
+# through ctr and containerd 1.6 (vm_vfio_ctr). The guest-side test program is static (musl).
+.PHONY: test-vfio
+test-vfio: build kernel rootfs
+	$(CARGO) build --locked -p eci-vfio-edu --target x86_64-unknown-linux-musl
+	ECI_CONTAINERD=1.6 scripts/vm-tier --vfio-test-device --memory 4096 -p eci-tests \
+		--test vm_vfio --test vm_vfio_ctr -- --ignored --test-threads=1
+
 # The CRI conformance suite (critest) against containerd 2.x with eci as the default runtime,
 # offline; fails below CRITEST_MIN_PASSED passing specs (see README, "critest").
 CRITEST_MIN_PASSED ?= 92
