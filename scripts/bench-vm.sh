@@ -62,18 +62,26 @@ measure() {
 	anon=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status")
 	file=$(awk '/^RssFile:/ {print $2}' "/proc/$pid/status")
 	shmem=$(awk '/^RssShmem:/ {print $2}' "/proc/$pid/status")
+	if [ "${shmem:-0}" -eq 0 ]; then
+		# Both VMMs' guest memory is a shared memfd: none resident means another process was read.
+		echo "bench-vm: $name (pid $pid) shows no shared guest memory: not the VMM's process" >&2
+		kill -9 "$pid" 2>/dev/null || true
+		exit 1
+	fi
 	kill -9 "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
 	echo "$(((end - start) / 1000000)) $((anon + file)) $shmem"
 }
 
+# Each VMM execs in the background subshell that `measure` starts, so that `$!` is the VMM's own
+# pid (a function left as a subshell would measure that shell's memory).
 eci_vmm() {
-	"$vmm" --kernel "$kernel" --initrd "$initrd" --cmdline "$cmdline" --vcpus 1 \
+	exec "$vmm" --kernel "$kernel" --initrd "$initrd" --cmdline "$cmdline" --vcpus 1 \
 		--memory-mib "$memory_mib" --serial stdout
 }
 
 qemu_microvm() {
-	qemu-system-x86_64 -accel kvm -cpu host -M microvm,acpi=off,rtc=off,memory-backend=mem \
+	exec qemu-system-x86_64 -accel kvm -cpu host -M microvm,acpi=off,rtc=off,memory-backend=mem \
 		-object "memory-backend-memfd,id=mem,size=${memory_mib}M,share=on" \
 		-smp 1 -m "${memory_mib}M" -nodefaults -no-user-config -no-reboot -display none \
 		-serial stdio -kernel "$kernel" -initrd "$initrd" -append "$cmdline"
