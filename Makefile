@@ -41,7 +41,7 @@ test: build kernel rootfs
 # the shim_ctr and containerd_restart tiers in VM mode). The soak and the kill -9 matrix with VM
 # pods are `make soak-vm`. Linux guests boot one at a time there: two booting at once in the
 # emulated host occasionally triple-fault (docs/testhost.md), and on two cores they are no faster.
-VM_TIER_TIMEOUT ?= 3600
+VM_TIER_TIMEOUT ?= 1800
 .PHONY: test-vm
 test-vm: build kernel rootfs
 	@status=0; \
