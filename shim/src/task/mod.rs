@@ -34,7 +34,10 @@ use crate::{
 };
 use process::Process;
 
-const AGENT_CALL: Duration = Duration::from_secs(30);
+/// Deadline of one agent call. Generous: on a busy or emulated host the guest can take tens of
+/// seconds to create a container (mounts over virtio-fs, its device program's verification), and
+/// containerd's own deadlines bound the whole request.
+const AGENT_CALL: Duration = Duration::from_secs(120);
 
 /// The Task service containerd talks to.
 #[derive(Clone)]

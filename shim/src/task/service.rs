@@ -43,7 +43,7 @@ use crate::{
 
 /// How long an exited process's output may take to drain into containerd's FIFOs.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
-const AGENT_CALL: Duration = Duration::from_secs(30);
+const AGENT_CALL: Duration = super::AGENT_CALL;
 
 pub struct Pod {
     pub pod_id: String,
