@@ -10,8 +10,6 @@
 pub mod agent;
 pub mod cgroup;
 pub mod container;
-pub mod devcg;
-pub mod devices;
 pub mod error;
 pub mod fuzz;
 pub mod helper;

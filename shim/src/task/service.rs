@@ -18,8 +18,8 @@ use containerd_shim::{
     },
 };
 use eci_protocol::agent::{
-    event, ContainerDevice, CreateContainerRequest, Event, ExitReason, GetEventRequest,
-    ProcessRequest, RemoveContainerRequest,
+    event, CreateContainerRequest, Event, ExitReason, GetEventRequest, ProcessRequest,
+    RemoveContainerRequest,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -317,18 +317,15 @@ impl Pod {
             self.adapt_for_vm(&mut spec, &sandbox, &req.id)
         } else {
             translate_ns_paths(&mut spec, sandbox.pid);
-            Ok(Vec::new())
+            Ok(())
         };
-        let devices = match adapted {
-            Ok(d) => d,
-            Err(e) => {
-                if let Some(dir) = &mounted_dir {
-                    release_container_dir(dir);
-                }
-                self.stop_sandbox_if_unused().await;
-                return Err(e);
+        if let Err(e) = adapted {
+            if let Some(dir) = &mounted_dir {
+                release_container_dir(dir);
             }
-        };
+            self.stop_sandbox_if_unused().await;
+            return Err(e);
+        }
         let cgroups_path = spec
             .linux()
             .as_ref()
@@ -353,7 +350,6 @@ impl Pod {
             bundle: sandbox.guest_path(&agent_bundle).display().to_string(),
             stdio: Some(stdio.config()).into(),
             sandbox_id: self.pod_id.clone(),
-            devices,
             ..Default::default()
         };
         let created = sandbox
@@ -600,14 +596,13 @@ fn translate_ns_paths(spec: &mut oci_spec::runtime::Spec, sandbox_pid: i32) {
 }
 
 impl Pod {
-    /// VM mode: namespaces as the guest sees them, host binds through the pod's share, and the
-    /// guest device nodes of the passed-through devices the container asks for.
+    /// VM mode: namespaces as the guest sees them, and host binds through the pod's share.
     fn adapt_for_vm(
         &self,
         spec: &mut oci_spec::runtime::Spec,
         sandbox: &Sandbox,
         container_id: &str,
-    ) -> Result<Vec<ContainerDevice>, ShimError> {
+    ) -> Result<(), ShimError> {
         let sandbox_agent_pid = self
             .containers
             .lock()
@@ -621,22 +616,7 @@ impl Pod {
         if exposed > 0 {
             log::debug!("{container_id}: {exposed} host mount(s) exposed through the share");
         }
-        let cri_sandbox = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(crate::task::CONTAINER_TYPE))
-            .is_some_and(|t| t == "sandbox");
-        if cri_sandbox {
-            return Ok(Vec::new()); // the pause container drives no device
-        }
-        let devices = sandbox
-            .vfio
-            .for_container(spec)
-            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-        for d in &devices {
-            log::info!("{container_id}: gets guest device {}", d.source);
-        }
-        Ok(devices)
+        Ok(())
     }
 }
 
