@@ -1,7 +1,8 @@
 //! containerd stopped (SIGTERM) or killed (SIGKILL) and started again while eci pods run
-//! (local mode, or VM pods with `ECI_TEST_HYPERVISOR=eci-vmm` in `make test-vm`): the tasks are still listed as running, exec, kill and delete work, an exit that
-//! happens while containerd is down and one after it is back both reach containerd as
-//! /tasks/exit events, and nothing is left at the end.
+//! (local mode, or VM pods with `ECI_TEST_HYPERVISOR=eci-vmm` in `make test-vm`): the tasks are
+//! still listed as running, exec, kill and delete work, an exit that happens while containerd is
+//! down and one after it is back both reach containerd as /tasks/exit events, and nothing is
+//! left at the end.
 
 mod shim_common;
 
