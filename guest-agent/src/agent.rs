@@ -243,8 +243,17 @@ impl Agent {
             )
             .into());
         }
+        validate::pci_devices("pci_devices", &req.pci_devices)?;
+        if self.mode == Mode::Local && !req.pci_devices.is_empty() {
+            return Err(ValidationError::new(
+                "pci_devices",
+                "local mode has no VM to pass devices through to",
+            )
+            .into());
+        }
         if self.mode == Mode::Guest {
             crate::storage::mount_all(&req.storages)?;
+            crate::devices::DeviceRoots::default().bind_pci_devices(&req.pci_devices)?;
         }
         if self.mode == Mode::Guest && !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname)
@@ -293,7 +302,19 @@ impl Agent {
         self: &Arc<Self>,
         req: CreateContainerRequest,
     ) -> Result<CreateContainerResponse> {
-        let (spec, annotations) = validate::create_container(&req)?;
+        let (mut spec, annotations) = validate::create_container(&req)?;
+        if !req.devices.is_empty() {
+            if self.mode == Mode::Local {
+                return Err(ValidationError::new(
+                    "devices",
+                    "local mode gives containers the host's devices through the spec only",
+                )
+                .into());
+            }
+            let roots = crate::devices::DeviceRoots::default();
+            let nodes = roots.resolve(&req.devices)?;
+            crate::devices::add_to_spec(&mut spec, &roots.dev, &nodes)?;
+        }
         let id = req.container_id.clone();
         {
             let containers = self.containers.lock();

@@ -30,6 +30,7 @@ pub fn decode_and_validate(data: &[u8]) {
     }
     if let Ok(r) = SetupSandboxRequest::parse_from_bytes(data) {
         let _ = validate::id("sandbox_id", &r.sandbox_id);
+        let _ = validate::pci_devices("pci_devices", &r.pci_devices);
     }
     if let Ok(h) = framing::decode_frame::<StreamHeader>(data) {
         let _ = validate::stream_header(&h);

@@ -53,6 +53,8 @@ pub enum SandboxError {
         binary: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Vfio(#[from] crate::vfio::VfioError),
 }
 
 /// What a sandbox is started for: the pod's first container (its sandbox container under CRI).
@@ -69,6 +71,8 @@ pub struct Launched {
     pub endpoint: Endpoint,
     /// Resolves with the sandbox process's exit status, once everything it ran is gone.
     pub exited: oneshot::Receiver<i32>,
+    /// The PCI devices passed through to it (VM mode), in guest slot order.
+    pub vfio: crate::vfio::PodVfio,
 }
 
 /// How the agent sees the pod's shared directory (container root filesystems, host binds).
@@ -182,8 +186,12 @@ impl Hypervisor for LocalAgent {
     async fn launch(
         &self,
         pod: &PodPaths,
-        _request: &LaunchRequest<'_>,
+        request: &LaunchRequest<'_>,
     ) -> Result<Launched, SandboxError> {
+        let annotations = request.spec.annotations().as_ref();
+        if annotations.is_some_and(|a| a.contains_key(crate::vfio::VFIO_ANNOTATION)) {
+            return Err(crate::vfio::VfioError::NeedsVm.into());
+        }
         let spawn_error = |source| SandboxError::Spawn {
             binary: self.agent.clone(),
             source,
@@ -228,6 +236,7 @@ impl Hypervisor for LocalAgent {
                 streams: stream_socket,
             },
             exited: subscription.watch(pid),
+            vfio: Default::default(),
         })
     }
 }

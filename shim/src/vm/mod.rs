@@ -34,6 +34,7 @@ use crate::{
     hypervisor::{find_binary, GuestShare, Hypervisor, LaunchRequest, Launched, SandboxError},
     paths::PodPaths,
     reaper::ExitSubscription,
+    vfio,
 };
 
 /// Guest CID of every pod VM (each VM has its own vsock device and host socket).
@@ -50,6 +51,7 @@ pub struct EciVmm {
     default_size: PodSize,
     cmdline_extra: String,
     agent_timeout: Duration,
+    vfio_pool: PathBuf,
 }
 
 /// The first of `candidates` that is a file.
@@ -111,10 +113,19 @@ impl EciVmm {
             default_size: config.default_pod_size.clone(),
             cmdline_extra: config.kernel_cmdline.clone().unwrap_or_default(),
             agent_timeout: Duration::from_secs(config.agent_timeout_secs),
+            vfio_pool: config
+                .vfio_pool
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(vfio::DEFAULT_POOL_FILE)),
         })
     }
 
-    fn vmm_config(&self, pod: &PodPaths, size: &sizing::VmSize) -> serde_json::Value {
+    fn vmm_config(
+        &self,
+        pod: &PodPaths,
+        size: &sizing::VmSize,
+        devices: &vfio::PodVfio,
+    ) -> serde_json::Value {
         let cmdline = format!("{CMDLINE} {}", self.cmdline_extra);
         serde_json::json!({
             "kernel": "/kernel",
@@ -126,6 +137,8 @@ impl EciVmm {
             "vsock": {"cid": GUEST_CID, "uds": "/sock/vsock.sock"},
             "fs": [{"socket": "/sock/fs.sock", "tag": share::SHARE_TAG}],
             "api_sock": "/sock/vmm.sock",
+            // eci-vmm binds what VFIO needs into its jail itself (its `vfio::jail_binds`).
+            "vfio": devices.devices.iter().map(|d| d.bdf.clone()).collect::<Vec<_>>(),
             "jail": {
                 "root": pod.jail_dir(),
                 "binds": [
@@ -205,6 +218,22 @@ impl Hypervisor for EciVmm {
         request: &LaunchRequest<'_>,
     ) -> Result<Launched, SandboxError> {
         let size = sizing::vm_size(request.spec, &self.default_size)?;
+        let pool = vfio::DevicePool::load(&self.vfio_pool)?;
+        let devices = vfio::PodVfio::for_sandbox(request.spec, pool, &vfio::Host::system())?;
+        for (i, d) in devices.devices.iter().enumerate() {
+            log::info!(
+                "pod {}: passes {} (IOMMU group {}) through as {} (guest driver {})",
+                request.pod_id,
+                d.bdf,
+                d.group,
+                vfio::PodVfio::guest_address(i),
+                if d.guest.driver.is_empty() {
+                    "of the guest kernel"
+                } else {
+                    &d.guest.driver
+                }
+            );
+        }
         log::info!(
             "pod {}: VM of {} vCPU(s), {} MiB guest memory (pod {} vCPU / {} MiB from {})",
             request.pod_id,
@@ -220,7 +249,7 @@ impl Hypervisor for EciVmm {
         }
         std::fs::File::create(pod.console_log()).map_err(io(pod.console_log()))?;
         let config_path = pod.vmm_config();
-        let config = serde_json::to_vec_pretty(&self.vmm_config(pod, &size))
+        let config = serde_json::to_vec_pretty(&self.vmm_config(pod, &size, &devices))
             .map_err(|e| io(config_path.clone())(std::io::Error::other(e)))?;
         std::fs::write(&config_path, config).map_err(io(config_path.clone()))?;
         let cgroup = vmm_cgroup(request.spec, request.pod_id);
@@ -324,6 +353,7 @@ impl Hypervisor for EciVmm {
                 uds: pod.socket_dir().join("vsock.sock"),
             },
             exited,
+            vfio: devices,
         })
     }
 }
