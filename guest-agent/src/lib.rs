@@ -13,6 +13,7 @@ pub mod container;
 pub mod error;
 pub mod fuzz;
 pub mod helper;
+pub mod network;
 pub mod pid1;
 pub mod pod;
 pub mod process;

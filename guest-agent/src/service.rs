@@ -187,4 +187,12 @@ impl agent_ttrpc::Agent for AgentService {
     async fn get_event(&self, _: &TtrpcContext, _: GetEventRequest) -> ttrpc::Result<Event> {
         Ok(self.0.next_event().await)
     }
+
+    async fn listening_ports(
+        &self,
+        _: &TtrpcContext,
+        _: ListeningPortsRequest,
+    ) -> ttrpc::Result<ListeningPortsResponse> {
+        reply("ListeningPorts", self.0.listening_ports())
+    }
 }

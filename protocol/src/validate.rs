@@ -40,8 +40,9 @@ impl ValidationError {
 
 type Result<T = ()> = std::result::Result<T, ValidationError>;
 
+pub mod network;
 mod sandbox;
-pub use sandbox::{absolute_path, storage};
+pub use sandbox::{absolute_path, hostname, setup_sandbox, storage, SandboxSetup};
 
 /// Checks a required id: non-empty, at most [`MAX_ID_LEN`] bytes, only `[A-Za-z0-9_.+-]`, and not
 /// `.` or `..` (ids become file names).
@@ -163,6 +164,16 @@ pub fn stdio(field: &str, stdio: &StdioConfig) -> Result {
 pub fn create_container(
     req: &CreateContainerRequest,
 ) -> Result<(Spec, crate::annotations::PodAnnotations)> {
+    create_container_in(req, false)
+}
+
+/// [`create_container`] for an agent whose own namespaces are the pod's (PID 1 of the pod's
+/// VM): `net.*` sysctls of a container in the agent's network namespace are the pod's, which
+/// the agent applies itself, rather than the host's.
+pub fn create_container_in(
+    req: &CreateContainerRequest,
+    pod_vm: bool,
+) -> Result<(Spec, crate::annotations::PodAnnotations)> {
     id("container_id", &req.container_id)?;
     optional_id("sandbox_id", &req.sandbox_id)?;
     if !req.bundle.is_empty() && !req.bundle.starts_with('/') {
@@ -181,7 +192,7 @@ pub fn create_container(
             "is required when oci_spec_json.root.path is relative",
         ));
     }
-    spec_sysctls("oci_spec_json.linux.sysctl", &spec)?;
+    spec_sysctls("oci_spec_json.linux.sysctl", &spec, pod_vm)?;
     let annotations = match spec.annotations() {
         Some(a) => crate::annotations::parse(a)?,
         None => Default::default(),
@@ -247,8 +258,9 @@ pub fn sysctl(field: &str, key: &str, value: &str) -> Result {
     Ok(())
 }
 
-/// Checks the spec's `linux.sysctl`: namespaced keys whose namespace the container has.
-fn spec_sysctls(field: &str, spec: &Spec) -> Result {
+/// Checks the spec's `linux.sysctl`: namespaced keys whose namespace the container has (in a
+/// pod VM, `pod_vm`, the guest's network namespace is the pod's).
+fn spec_sysctls(field: &str, spec: &Spec, pod_vm: bool) -> Result {
     use oci_spec::runtime::LinuxNamespaceType;
     let Some(linux) = spec.linux() else {
         return Ok(());
@@ -268,7 +280,7 @@ fn spec_sysctls(field: &str, spec: &Spec) -> Result {
         sysctl(field, key, &sysctls[key])?;
         let named = format!("{field}.{key:?}");
         let (present, what) = match sysctl_namespace(key) {
-            Some("network") => (has(LinuxNamespaceType::Network), "network"),
+            Some("network") => (pod_vm || has(LinuxNamespaceType::Network), "network"),
             Some("ipc") => (has(LinuxNamespaceType::Ipc), "ipc"),
             _ => (has(LinuxNamespaceType::Uts), "uts"),
         };
@@ -344,11 +356,42 @@ pub fn stream_header(h: &StreamHeader) -> Result {
     optional_id("exec_id", &h.exec_id)?;
     match h.kind.enum_value() {
         Ok(StreamKind::STDIN | StreamKind::STDOUT | StreamKind::STDERR) => Ok(()),
+        Ok(StreamKind::PORT) => port("port", h.port).map(drop),
         _ => Err(ValidationError::new(
             "kind",
-            format!("{} is not STDIN, STDOUT or STDERR", h.kind.value()),
+            format!("{} is not STDIN, STDOUT, STDERR or PORT", h.kind.value()),
         )),
     }
+}
+
+/// Most ports [`listening_ports`] accepts from the guest.
+pub const MAX_LISTENING_PORTS: usize = 1024;
+
+/// A TCP port: 1..=65535.
+pub fn port(field: &str, port: u32) -> Result<u16> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| ValidationError::new(field, format!("{port} is not in 1..=65535")))
+}
+
+/// Checks a ListeningPorts answer (the guest's, untrusted): at most [`MAX_LISTENING_PORTS`]
+/// ports in 1..=65535, returned sorted without duplicates.
+pub fn listening_ports(ports: &[u32]) -> Result<Vec<u16>> {
+    if ports.len() > MAX_LISTENING_PORTS {
+        return Err(ValidationError::new(
+            "ports",
+            format!("more than {MAX_LISTENING_PORTS}"),
+        ));
+    }
+    let mut checked = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| port(&format!("ports[{i}]"), *p))
+        .collect::<Result<Vec<u16>>>()?;
+    checked.sort_unstable();
+    checked.dedup();
+    Ok(checked)
 }
 
 #[cfg(test)]

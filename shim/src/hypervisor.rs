@@ -53,12 +53,27 @@ pub enum SandboxError {
         binary: PathBuf,
         source: std::io::Error,
     },
+    #[error("the pod's network")]
+    Network(#[from] crate::vm::net::NetError),
+    #[error("disk volume")]
+    Disk(#[source] Box<crate::error::ShimError>),
 }
 
 /// What a sandbox is started for: the pod's first container (its sandbox container under CRI).
 pub struct LaunchRequest<'a> {
     pub pod_id: &'a str,
     pub spec: &'a Spec,
+    /// VM mode: the pod's network namespace, whose interfaces the VM takes (CNI's, or the one
+    /// a holder made for hooks to fill); None for a pod on the host's network (no NIC).
+    pub netns: Option<&'a Path>,
+}
+
+/// The pod's network as the guest must set it up (SetupSandbox); empty without a NIC.
+#[derive(Debug, Default)]
+pub struct GuestNetwork {
+    pub interfaces: Vec<eci_protocol::agent::Interface>,
+    pub routes: Vec<eci_protocol::agent::Route>,
+    pub neighbours: Vec<eci_protocol::agent::Neighbour>,
 }
 
 /// A running sandbox.
@@ -69,6 +84,7 @@ pub struct Launched {
     pub endpoint: Endpoint,
     /// Resolves with the sandbox process's exit status, once everything it ran is gone.
     pub exited: oneshot::Receiver<i32>,
+    pub network: GuestNetwork,
 }
 
 /// How the agent sees the pod's shared directory (container root filesystems, host binds).
@@ -220,6 +236,7 @@ impl Hypervisor for LocalAgent {
                 streams: stream_socket,
             },
             exited: subscription.watch(pid),
+            network: GuestNetwork::default(),
         })
     }
 }

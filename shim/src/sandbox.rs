@@ -7,7 +7,7 @@ use std::{
 };
 
 use eci_protocol::{
-    agent::{DestroySandboxRequest, SetupSandboxRequest},
+    agent::{DestroySandboxRequest, DnsConfig, SetupSandboxRequest},
     agent_ttrpc::AgentClient,
 };
 use oci_spec::runtime::Spec;
@@ -46,6 +46,7 @@ impl Sandbox {
         config: &ShimConfig,
         hostname: &str,
         spec: &Spec,
+        netns: Option<&Path>,
     ) -> Result<Arc<Self>, ShimError> {
         let hypervisor = hypervisor::from_config(config)?;
         log::warn!("pod {id}: {}", hypervisor.isolation_note());
@@ -55,7 +56,11 @@ impl Sandbox {
                 path: paths.dir.clone(),
                 source,
             })?;
-        let request = LaunchRequest { pod_id: id, spec };
+        let request = LaunchRequest {
+            pod_id: id,
+            spec,
+            netns,
+        };
         let launched = match hypervisor.launch(&paths, &request).await {
             Ok(l) => l,
             Err(e) => {
@@ -65,6 +70,7 @@ impl Sandbox {
         };
         let (dead_tx, dead) = watch::channel(None);
         let exited = launched.exited;
+        let network = launched.network;
         tokio::spawn(async move {
             let code = exited.await.unwrap_or(255);
             let _ = dead_tx.send(Some(code));
@@ -112,6 +118,10 @@ impl Sandbox {
             hostname: hostname.to_owned(),
             shared_dir: share.dir.display().to_string(),
             storages: share.storages,
+            dns: dns_of(spec).into(),
+            interfaces: network.interfaces,
+            routes: network.routes,
+            neighbours: network.neighbours,
             ..Default::default()
         };
         if let Err(e) = sandbox
@@ -121,6 +131,11 @@ impl Sandbox {
         {
             sandbox.stop().await;
             return Err(rpc("SetupSandbox")(e));
+        }
+        if netns.is_some() && sandbox.is_vm() {
+            // The VMM lives in the pod's namespace (a holder's namespace outlives the holder).
+            let namespace = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            tokio::spawn(crate::vm::portfwd::run(sandbox.clone(), namespace));
         }
         Ok(sandbox)
     }
@@ -175,6 +190,22 @@ impl Sandbox {
             log::error!("pod {}: remove {}: {e}", self.id, self.paths.dir.display());
         }
     }
+}
+
+/// The pod's resolver configuration: the file the spec binds at /etc/resolv.conf (CRI and
+/// nerdctl make one per pod from the DNS config they were given).
+fn dns_of(spec: &Spec) -> Option<DnsConfig> {
+    let source = spec
+        .mounts()
+        .as_ref()?
+        .iter()
+        .find(|m| m.destination() == Path::new("/etc/resolv.conf"))?
+        .source()
+        .clone()?;
+    let text = std::fs::read_to_string(&source)
+        .map_err(|e| log::warn!("pod DNS from {}: {e}", source.display()))
+        .ok()?;
+    Some(eci_protocol::validate::network::parse_resolv_conf(&text))
 }
 
 async fn kill_and_reap(pid: i32, mut dead: watch::Receiver<Option<i32>>) {

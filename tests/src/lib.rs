@@ -17,6 +17,7 @@ pub mod eci_server;
 pub mod images;
 pub mod registry;
 pub mod rootfs;
+pub mod streaming;
 pub mod vm;
 
 /// Whether the test runs as root; tests that need root print a SKIP line otherwise.

@@ -5,7 +5,7 @@
 
 mod client;
 mod commands;
-mod exec_stream;
+pub mod exec_stream;
 mod output;
 mod serve;
 
