@@ -17,7 +17,9 @@ fn netlink(what: String) -> impl FnOnce(NetlinkError) -> AgentError {
     move |e| AgentError::io(what, std::io::Error::other(crate::error::error_chain(&e)))
 }
 
-fn exists_ok(result: std::result::Result<(), NetlinkError>) -> std::result::Result<(), NetlinkError> {
+fn exists_ok(
+    result: std::result::Result<(), NetlinkError>,
+) -> std::result::Result<(), NetlinkError> {
     match result {
         Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
         other => other,
@@ -30,7 +32,9 @@ pub fn apply(network: &PodNetwork) -> Result<()> {
         return Ok(());
     }
     let mut nl = Netlink::new().map_err(netlink("open netlink".into()))?;
-    let links = nl.links().map_err(netlink("list the guest's NICs".into()))?;
+    let links = nl
+        .links()
+        .map_err(netlink("list the guest's NICs".into()))?;
     let mut indexes = Vec::with_capacity(network.interfaces.len());
     for (n, wanted) in network.interfaces.iter().enumerate() {
         let link = links
@@ -235,7 +239,15 @@ mod tests {
         std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let out = std::process::Command::new("ip")
-                .args(["link", "add", "eth9", "address", "0a:58:0a:58:00:05", "type", "dummy"])
+                .args([
+                    "link",
+                    "add",
+                    "eth9",
+                    "address",
+                    "0a:58:0a:58:00:05",
+                    "type",
+                    "dummy",
+                ])
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{out:?}");
@@ -243,7 +255,10 @@ mod tests {
             apply(&net).unwrap();
             apply(&net).unwrap(); // again: nothing changes, nothing fails
             let show = |args: &[&str]| {
-                let out = std::process::Command::new("ip").args(args).output().unwrap();
+                let out = std::process::Command::new("ip")
+                    .args(args)
+                    .output()
+                    .unwrap();
                 String::from_utf8_lossy(&out.stdout).into_owned()
             };
             let addr = show(&["addr", "show", "eth0"]);
@@ -253,7 +268,10 @@ mod tests {
             let mut missing = net.clone();
             missing.interfaces[0].mac = [2, 0, 0, 0, 0, 9];
             let err = apply(&missing).unwrap_err().to_string();
-            assert!(err.contains("02:00:00:00:00:09") && err.contains("eth0"), "{err}");
+            assert!(
+                err.contains("02:00:00:00:00:09") && err.contains("eth0"),
+                "{err}"
+            );
         })
         .join()
         .unwrap();

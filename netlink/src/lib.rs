@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage, AddressScope},
@@ -186,10 +186,9 @@ impl Netlink {
         request.finalize();
         let mut buf = vec![0u8; request.buffer_len()];
         request.serialize(&mut buf);
-        self.socket.send(&buf, 0).map_err(|source| NetlinkError::Io {
-            op: op(),
-            source,
-        })?;
+        self.socket
+            .send(&buf, 0)
+            .map_err(|source| NetlinkError::Io { op: op(), source })?;
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut answers = Vec::new();
         loop {
@@ -199,13 +198,11 @@ impl Netlink {
                 .map_err(|source| NetlinkError::Io { op: op(), source })?;
             let mut offset = 0;
             while offset < bytes.len() {
-                let message =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[offset..]).map_err(
-                        |e| NetlinkError::Decode {
-                            op: op(),
-                            reason: e.to_string(),
-                        },
-                    )?;
+                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[offset..])
+                    .map_err(|e| NetlinkError::Decode {
+                        op: op(),
+                        reason: e.to_string(),
+                    })?;
                 let length = message.header.length as usize;
                 if length == 0 {
                     break;
@@ -224,11 +221,7 @@ impl Netlink {
                             })
                         }
                     },
-                    NetlinkPayload::Done(_) => {
-                        if dump {
-                            return Ok(answers);
-                        }
-                    }
+                    NetlinkPayload::Done(_) if dump => return Ok(answers),
                     NetlinkPayload::InnerMessage(m) => answers.push(m),
                     _ => {}
                 }
@@ -325,7 +318,9 @@ impl Netlink {
             message.attributes.push(LinkAttribute::IfName(name.clone()));
         }
         if let Some(mac) = change.mac {
-            message.attributes.push(LinkAttribute::Address(mac.to_vec()));
+            message
+                .attributes
+                .push(LinkAttribute::Address(mac.to_vec()));
         }
         if let Some(mtu) = change.mtu {
             message.attributes.push(LinkAttribute::Mtu(mtu));
@@ -482,9 +477,9 @@ impl Netlink {
         let mut action = TcAction::default();
         action.attributes = vec![
             TcActionAttribute::Kind(TcActionMirror::KIND.to_string()),
-            TcActionAttribute::Options(vec![TcActionOption::Mirror(
-                TcActionMirrorOption::Parms(mirror),
-            )]),
+            TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+                mirror,
+            ))]),
         ];
         message
             .attributes
@@ -519,12 +514,12 @@ impl Netlink {
         Ok(answers
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewTrafficFilter(f) => f.attributes.into_iter().find_map(
-                    |a| match a {
+                RouteNetlinkMessage::NewTrafficFilter(f) => {
+                    f.attributes.into_iter().find_map(|a| match a {
                         TcAttribute::Kind(k) => Some(k),
                         _ => None,
-                    },
-                ),
+                    })
+                }
                 _ => None,
             })
             .collect())

@@ -56,8 +56,7 @@ pub struct Received {
 
 impl Received {
     pub fn text(&self, channel: u8) -> String {
-        String::from_utf8_lossy(self.channels.get(&channel).map_or(&[][..], |v| v))
-            .into_owned()
+        String::from_utf8_lossy(self.channels.get(&channel).map_or(&[][..], |v| v)).into_owned()
     }
 }
 
@@ -140,8 +139,14 @@ pub async fn port_forward(
     }
     session.send(0, request).await?;
     // Data and errors after the two prefixes.
-    let mut data = opened.channels.get(&0).map_or(Vec::new(), |d| d[2..].to_vec());
-    let mut errors = opened.channels.get(&1).map_or(Vec::new(), |e| e[2..].to_vec());
+    let mut data = opened
+        .channels
+        .get(&0)
+        .map_or(Vec::new(), |d| d[2..].to_vec());
+    let mut errors = opened
+        .channels
+        .get(&1)
+        .map_or(Vec::new(), |e| e[2..].to_vec());
     let got = session
         .receive_until(Duration::from_secs(60), |r| {
             let mut seen = data.clone();

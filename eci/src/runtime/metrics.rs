@@ -287,7 +287,10 @@ mod tests {
     fn a_process_cpu_time_and_resident_memory() {
         let stat = "4242 (eci-vmm (x)) S 1 4242 4242 0 -1 4194560 0 0 0 0 170 30 0 0 20 0 9";
         assert_eq!(cpu_ticks(stat), Some(200));
-        assert_eq!(vm_rss_kib("Name:\teci-vmm\nVmRSS:\t  131072 kB\n"), Some(131072));
+        assert_eq!(
+            vm_rss_kib("Name:\teci-vmm\nVmRSS:\t  131072 kB\n"),
+            Some(131072)
+        );
         // This process is no VM.
         let me = std::process::id();
         assert!(vm_metrics(me, (1.0, 2.0), &CpuSamples::default(), "s").is_none());

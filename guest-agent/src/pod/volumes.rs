@@ -293,8 +293,10 @@ pub fn resolve_device(device: &Path, sys_block: &Path) -> Result<PathBuf> {
     else {
         return Ok(device.to_owned());
     };
-    let entries = std::fs::read_dir(sys_block)
-        .map_err(io(format!("list {} for disk {serial}", sys_block.display())))?;
+    let entries = std::fs::read_dir(sys_block).map_err(io(format!(
+        "list {} for disk {serial}",
+        sys_block.display()
+    )))?;
     for entry in entries.flatten() {
         let found = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
         if found.trim_end_matches(['\0', '\n']) == serial {

@@ -121,8 +121,9 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 }
 
 fn mac(field: String, text: &str, unicast: bool) -> Result<[u8; 6]> {
-    let parsed = parse_mac(text)
-        .ok_or_else(|| ValidationError::new(&field, format!("{text:?} is not aa:bb:cc:dd:ee:ff")))?;
+    let parsed = parse_mac(text).ok_or_else(|| {
+        ValidationError::new(&field, format!("{text:?} is not aa:bb:cc:dd:ee:ff"))
+    })?;
     if parsed == [0; 6] || (unicast && parsed[0] & 1 == 1) {
         return Err(ValidationError::new(
             field,
@@ -540,14 +541,26 @@ mod tests {
             i
         };
         let cases: Vec<(Vec<Interface>, Vec<Route>, &str)> = vec![
-            (vec![with(&|i| i.name = "".into())], vec![], "interfaces[0].name"),
+            (
+                vec![with(&|i| i.name = "".into())],
+                vec![],
+                "interfaces[0].name",
+            ),
             (
                 vec![with(&|i| i.name = "a-very-long-interface".into())],
                 vec![],
                 "interfaces[0].name",
             ),
-            (vec![with(&|i| i.name = "lo".into())], vec![], "interfaces[0].name"),
-            (vec![with(&|i| i.mac = "0a:58".into())], vec![], "interfaces[0].mac"),
+            (
+                vec![with(&|i| i.name = "lo".into())],
+                vec![],
+                "interfaces[0].name",
+            ),
+            (
+                vec![with(&|i| i.mac = "0a:58".into())],
+                vec![],
+                "interfaces[0].mac",
+            ),
             (
                 vec![with(&|i| i.mac = "01:00:5e:00:00:01".into())],
                 vec![],

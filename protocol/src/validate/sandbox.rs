@@ -206,10 +206,7 @@ mod tests {
     fn a_whole_request_is_checked_and_typed() {
         let setup = setup_sandbox(&request()).unwrap();
         assert_eq!(setup.shared_dir, Some(PathBuf::from("/run/eci-shared")));
-        assert_eq!(
-            setup.dns.unwrap().resolv_conf(),
-            "nameserver 10.96.0.10\n"
-        );
+        assert_eq!(setup.dns.unwrap().resolv_conf(), "nameserver 10.96.0.10\n");
         // Local mode: no storages, the shared directory is the host's.
         let local = SetupSandboxRequest {
             storages: vec![],

@@ -185,20 +185,26 @@ impl Pod {
             log::set_max_level(level);
         }
         let paths = self.paths();
-        let holder = if config.hypervisor == HypervisorKind::EciVmm
-            && crate::vm::wants_new_netns(spec)
-        {
-            Some(self.hooks_before_vm(req, spec, hooks, &paths).await?)
-        } else {
-            None
-        };
+        let holder =
+            if config.hypervisor == HypervisorKind::EciVmm && crate::vm::wants_new_netns(spec) {
+                Some(self.hooks_before_vm(req, spec, hooks, &paths).await?)
+            } else {
+                None
+            };
         let hooks_ran = holder.is_some();
         let netns = match &holder {
             Some(h) => Some(h.netns_path()),
             None => crate::vm::netns_path(spec),
         };
-        let started =
-            Sandbox::start(&self.pod_id, paths, &config, hostname, spec, netns.as_deref()).await;
+        let started = Sandbox::start(
+            &self.pod_id,
+            paths,
+            &config,
+            hostname,
+            spec,
+            netns.as_deref(),
+        )
+        .await;
         // eci-vmm holds the namespace now (or the start failed): the holder's part is done.
         drop(holder);
         let sandbox = started?;

@@ -140,7 +140,11 @@ mod tests {
         let disks = from_spec(&s).unwrap();
         assert_eq!(disks.len(), 2);
         assert_eq!(
-            (disks[0].volume.as_str(), disks[0].serial.as_str(), disks[0].read_only),
+            (
+                disks[0].volume.as_str(),
+                disks[0].serial.as_str(),
+                disks[0].read_only
+            ),
             ("alpha", "eci-disk-0", true)
         );
         assert_eq!(disks[1].host, a);

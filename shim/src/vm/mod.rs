@@ -20,8 +20,8 @@ pub mod disks;
 pub mod kvm;
 pub mod net;
 pub mod netns;
-mod process;
 pub mod portfwd;
+mod process;
 pub mod share;
 pub mod sizing;
 pub mod spec;
@@ -143,9 +143,12 @@ impl EciVmm {
         let block: Vec<serde_json::Value> = disks
             .iter()
             .map(|d| {
-                binds.as_array_mut().expect("an array").push(serde_json::json!({
-                    "source": d.host, "target": d.jail_path(), "read_only": d.read_only,
-                }));
+                binds
+                    .as_array_mut()
+                    .expect("an array")
+                    .push(serde_json::json!({
+                        "source": d.host, "target": d.jail_path(), "read_only": d.read_only,
+                    }));
                 serde_json::json!({"path": d.jail_path(), "read_only": d.read_only})
             })
             .collect();
@@ -260,7 +263,8 @@ impl Hypervisor for EciVmm {
             std::fs::create_dir_all(&dir).map_err(io(dir.clone()))?;
         }
         std::fs::File::create(pod.console_log()).map_err(io(pod.console_log()))?;
-        let pod_disks = disks::from_spec(request.spec).map_err(|e| SandboxError::Disk(Box::new(e)))?;
+        let pod_disks =
+            disks::from_spec(request.spec).map_err(|e| SandboxError::Disk(Box::new(e)))?;
         let netns = match request.netns {
             Some(path) => Some(std::fs::File::open(path).map_err(io(path.to_owned()))?),
             None => None,

@@ -47,13 +47,7 @@ impl NetnsHolder {
                 // Nothing of the shim's (sockets, FIFOs, taps) may live on in the holder.
                 libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
                 libc::setsid();
-                libc::prctl(
-                    libc::PR_SET_NAME,
-                    name.as_ptr() as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
+                libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
                 // Ends with the shim's pod: the shim kills it; if the shim dies first, the
                 // delete action does.
                 let mut all: libc::sigset_t = std::mem::zeroed();
@@ -80,6 +74,15 @@ impl NetnsHolder {
             pid,
             record: pod_dir.join(RECORD),
         };
+        // The delete action recognizes a left-behind holder by its name: wait for the clone
+        // to have set it (its first steps) before recording it.
+        for _ in 0..500 {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == COMM {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         let started = start_time(pid).unwrap_or_default();
         std::fs::write(&holder.record, format!("{pid} {started}"))?;
         Ok(holder)
@@ -130,7 +133,13 @@ mod tests {
     fn gone(pid: i32) -> bool {
         for _ in 0..200 {
             let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if state.is_empty() || state.rsplit(')').next().unwrap_or("").trim().starts_with('Z')
+            if state.is_empty()
+                || state
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .starts_with('Z')
             {
                 let _ = nix::sys::wait::waitpid(
                     nix::unistd::Pid::from_raw(pid),
@@ -145,14 +154,19 @@ mod tests {
 
     #[test]
     fn holds_a_namespace_of_its_own_until_dropped_or_found_left_behind() {
-        assert!(nix::unistd::geteuid().is_root(), "needs root (CLONE_NEWNET)");
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (CLONE_NEWNET)"
+        );
         let dir = tempfile::tempdir().unwrap();
         let holder = NetnsHolder::spawn(dir.path()).unwrap();
         let pid = holder.pid();
         assert_ne!(netns_of(pid), netns_of(std::process::id() as i32));
         assert!(holder.netns_path().exists());
         assert_eq!(
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(),
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap()
+                .trim(),
             COMM
         );
         drop(holder);
@@ -168,11 +182,7 @@ mod tests {
         assert!(!dir.path().join(RECORD).exists());
 
         // A record whose pid is another process now (here: this test) is not acted on.
-        std::fs::write(
-            dir.path().join(RECORD),
-            format!("{} 1", std::process::id()),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join(RECORD), format!("{} 1", std::process::id())).unwrap();
         kill_left_behind(dir.path());
     }
 }

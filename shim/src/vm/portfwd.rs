@@ -100,11 +100,13 @@ pub async fn run(sandbox: Arc<Sandbox>, netns: PathBuf) {
             if listening.contains_key(&port) || refused.contains(&port) {
                 continue;
             }
-            let bound = bind_in_netns(&netns, port)
-                .and_then(tokio::net::TcpListener::from_std);
+            let bound = bind_in_netns(&netns, port).and_then(tokio::net::TcpListener::from_std);
             match bound {
                 Ok(listener) => {
-                    log::debug!("pod {}: forwarding port {port} from its namespace", sandbox.id);
+                    log::debug!(
+                        "pod {}: forwarding port {port} from its namespace",
+                        sandbox.id
+                    );
                     let task = tokio::spawn(serve(listener, sandbox.clone(), port));
                     listening.insert(port, task.abort_handle());
                 }

@@ -50,14 +50,29 @@ impl PodNamespace {
             ip(&all)
         };
         pod(&["link", "set", "lo", "up"]);
-        pod(&["link", "set", "eth0", "address", "0a:58:0a:63:00:02", "mtu", "1450"]);
+        pod(&[
+            "link",
+            "set",
+            "eth0",
+            "address",
+            "0a:58:0a:63:00:02",
+            "mtu",
+            "1450",
+        ]);
         pod(&["addr", "add", &format!("10.99.{n}.2/24"), "dev", "eth0"]);
         pod(&["addr", "add", "fd99::2/64", "dev", "eth0", "nodad"]);
         pod(&["link", "set", "eth0", "up"]);
         pod(&["route", "add", "default", "via", &format!("10.99.{n}.1")]);
         pod(&[
-            "neigh", "add", &format!("10.99.{n}.7"), "lladdr", "aa:bb:cc:00:00:07", "dev", "eth0",
-            "nud", "permanent",
+            "neigh",
+            "add",
+            &format!("10.99.{n}.7"),
+            "lladdr",
+            "aa:bb:cc:00:00:07",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
         ]);
         ns
     }
@@ -69,7 +84,9 @@ impl PodNamespace {
 
 impl Drop for PodNamespace {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -80,20 +97,35 @@ fn every_interface_gets_a_tap_and_redirects_both_ways() {
     let network = attach(&ns.path(), pod_dir.path()).unwrap();
     assert_eq!(network.nics.len(), 1, "{network:?}");
     let nic = &network.nics[0];
-    assert_eq!((nic.name.as_str(), nic.tap_name.as_str()), ("eth0", "tap0_eci"));
+    assert_eq!(
+        (nic.name.as_str(), nic.tap_name.as_str()),
+        ("eth0", "tap0_eci")
+    );
     assert_eq!(nic.mac, [0x0a, 0x58, 0x0a, 0x63, 0, 2]);
 
     let interface = &network.interfaces[0];
     assert_eq!(interface.mac, "0a:58:0a:63:00:02");
     assert_eq!(interface.mtu, 1450);
-    let cidrs: Vec<&str> = interface.addresses.iter().map(|a| a.cidr.as_str()).collect();
-    assert_eq!(cidrs, vec!["10.99.1.2/24", "fd99::2/64"], "global addresses only");
+    let cidrs: Vec<&str> = interface
+        .addresses
+        .iter()
+        .map(|a| a.cidr.as_str())
+        .collect();
+    assert_eq!(
+        cidrs,
+        vec!["10.99.1.2/24", "fd99::2/64"],
+        "global addresses only"
+    );
     let routes: Vec<(&str, &str)> = network
         .routes
         .iter()
         .map(|r| (r.destination.as_str(), r.gateway.as_str()))
         .collect();
-    assert_eq!(routes, vec![("default", "10.99.1.1")], "kernel routes come with the address");
+    assert_eq!(
+        routes,
+        vec![("default", "10.99.1.1")],
+        "kernel routes come with the address"
+    );
     assert_eq!(network.neighbours.len(), 1);
     assert_eq!(network.neighbours[0].ip, "10.99.1.7");
     // What the shim sends is what the agent accepts.
@@ -105,7 +137,10 @@ fn every_interface_gets_a_tap_and_redirects_both_ways() {
     .unwrap();
 
     let links = ip(&["-n", &ns.name, "-o", "link", "show", "tap0_eci"]);
-    assert!(links.contains("mtu 1450") && links.contains("UP"), "{links}");
+    assert!(
+        links.contains("mtu 1450") && links.contains("UP"),
+        "{links}"
+    );
     for dev in ["eth0", "tap0_eci"] {
         let filters = tc(&ns.name, &["filter", "show", "dev", dev, "ingress"]);
         assert!(filters.contains("mirred"), "{dev}: {filters}");
@@ -114,9 +149,9 @@ fn every_interface_gets_a_tap_and_redirects_both_ways() {
 
     // A frame sent to the pod reaches the tap: the host side's ARP request for the pod IP.
     let mut tap = File::from(nic.tap.try_clone().unwrap());
-    let _ = Command::new("ping")
-        .args(["-c", "1", "-W", "1", "10.99.1.2"])
-        .output();
+    // Any datagram to the pod IP makes the host side resolve it first.
+    let probe = std::net::UdpSocket::bind("10.99.1.1:0").unwrap();
+    let _ = probe.send_to(b"probe", "10.99.1.2:9");
     let mut frame = [0u8; 1600];
     // SAFETY: fcntl on an fd this test owns.
     unsafe {
@@ -167,5 +202,8 @@ fn an_empty_namespace_gives_no_nic_and_no_record() {
 fn a_missing_namespace_is_named() {
     let pod_dir = tempfile::tempdir().unwrap();
     let err = attach(Path::new("/run/netns/eci-no-such-ns"), pod_dir.path()).unwrap_err();
-    assert!(err.to_string().contains("/run/netns/eci-no-such-ns"), "{err}");
+    assert!(
+        err.to_string().contains("/run/netns/eci-no-such-ns"),
+        "{err}"
+    );
 }

@@ -475,7 +475,11 @@ mod tests {
             .args(["-d", &device])
             .output();
         let block = opened.unwrap();
-        assert_eq!(std::fs::metadata(&device).unwrap().len(), 0, "metadata says 0");
+        assert_eq!(
+            std::fs::metadata(&device).unwrap().len(),
+            0,
+            "metadata says 0"
+        );
         assert_eq!(block.capacity_sectors(), (3 << 20) / SECTOR_SIZE);
     }
 }
