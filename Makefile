@@ -21,9 +21,33 @@ build: deps
 # containerd 2.x (ECI_CONTAINERD selects the build; the nerdctl tier always uses 2.x).
 CONTAINERD_TIERS := --test shim_ctr --test shim_lifecycle --test shim_cri --test shim_registry \
 	--test shim_pod_features --test eci_e2e
+# Every tier runs even when an earlier one failed; the target fails if any did. The log goes to
+# build/test.log too; the run ends with the tests that skipped (only hardware the machine lacks may
+# skip; a missing prerequisite fails under CI=true) and their count.
+test: SHELL := /bin/bash
 test: build kernel rootfs
-	ECI_CONTAINERD=1.6 $(CARGO) test --workspace --locked --no-fail-fast
-	ECI_CONTAINERD=2 $(CARGO) test -p eci-tests --locked --no-fail-fast $(CONTAINERD_TIERS)
+	@mkdir -p $(BUILD_DIR)
+	@set -o pipefail; ( status=0; \
+	  ECI_CONTAINERD=1.6 $(CARGO) test --workspace --locked --no-fail-fast || status=1; \
+	  ECI_CONTAINERD=2 $(CARGO) test -p eci-tests --locked --no-fail-fast $(CONTAINERD_TIERS) || status=1; \
+	  $(MAKE) --no-print-directory test-vm || status=1; \
+	  exit $$status ) 2>&1 | tee $(BUILD_DIR)/test.log; \
+	status=$$?; grep -F 'SKIP (' $(BUILD_DIR)/test.log || true; \
+	echo "skipped: $$(grep -cF 'SKIP (' $(BUILD_DIR)/test.log)"; exit $$status
+
+# The VM tiers, where a Linux guest boots: directly on a VMX/SVM host, else inside the test host
+# (scripts/testhost), one boot per line. eci-vmm's own tests (test guests, KVM kind svm there),
+# then eci-vmm booting the guest kernel, and pods in VMs through containerd 1.6 and ctr (vm_ctr,
+# and the shim_ctr tier in VM mode).
+VM_TIER_TIMEOUT ?= 3600
+.PHONY: test-vm
+test-vm: build kernel rootfs
+	@status=0; \
+	scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) -p eci-vmm --tests || status=1; \
+	ECI_TEST_HYPERVISOR=eci-vmm scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) \
+		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr -- --include-ignored --test-threads=2 \
+		|| status=1; \
+	exit $$status
 
 # The CRI conformance suite (critest) against containerd 2.x with eci as the default runtime,
 # offline; fails below CRITEST_MIN_PASSED passing specs (see README, "critest").
@@ -58,6 +82,15 @@ bench-vmm: deps
 	ECI_VMM_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-vmm \
 		$(CARGO) bench --locked -p eci-vmm --bench vmm
 
+# eci-vmm against qemu -M microvm on the same KVM (inside the test host on PVM machines): time
+# to `eci-agent: ready` and each VMM's own memory at ready, p50 of RUNS (10) boots, interleaved;
+# ends with `ratio: X.XX` (ready time, eci-vmm over qemu). The static musl eci-vmm that ships.
+.PHONY: bench-vm
+bench-vm: deps kernel rootfs
+	$(CARGO) build --release --locked -p eci-vmm --target x86_64-unknown-linux-musl
+	ECI_VMM_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-vmm ECI_BUILD_DIR=$(BUILD_DIR) \
+		scripts/bench-vm.sh
+
 # Agent create+start+exit(+remove) latency vs `runc run` of the same bundle, p50/p99 over
 # BENCH_RUNS (100) runs, with the static musl agent that ships; ends with `ratio: X.XX`.
 .PHONY: bench-agent
@@ -70,9 +103,10 @@ bench-agent: deps
 .PHONY: bench-ctr
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-# The README's first command: deps, build, then a private containerd runs
-# `ctr run --rm --runtime io.containerd.eci.v2 busybox demo echo hello` (local mode).
-demo: build
+# The README's first command: deps, build, the guest images, then a private containerd runs
+# `ctr run --rm --runtime io.containerd.eci.v2 busybox demo uname -r` in a VM (inside the test
+# host where /dev/kvm cannot boot a Linux guest).
+demo: build kernel rootfs
 	BIN_DIR=$(TARGET_DIR)/debug scripts/demo.sh demo
 
 # `ctr run --rm ... true` latency, eci (local mode) vs runc, release binaries, median of 30 each.
@@ -80,14 +114,40 @@ bench-ctr: deps
 	$(CARGO) build --release --locked -p containerd-shim-eci-v2 -p eci-agent
 	BIN_DIR=$(TARGET_DIR)/release RUNS=$${RUNS:-30} scripts/demo.sh bench
 
-# Installs the runtime's binaries into $(DESTDIR)$(PREFIX)/bin (containerd finds the shim on PATH).
-install: deps
+# `ctr run --rm ... true` p50 of RUNS (10) in VM mode, local mode and runc, and the host PSS of
+# an idle VM pod (shim + eci-vmm + virtiofsd), `pod-pss-mib: X`; release binaries, the static
+# musl eci-vmm; inside the test host where /dev/kvm cannot boot a Linux guest.
+.PHONY: bench-vm-ctr
+bench-vm-ctr: deps kernel rootfs
+	$(CARGO) build --release --locked -p containerd-shim-eci-v2 -p eci-agent
+	$(CARGO) build --release --locked -p eci-vmm --target x86_64-unknown-linux-musl
+	BIN_DIR=$(TARGET_DIR)/release ECI_BUILD_DIR=$(BUILD_DIR) RUNS=$${RUNS:-10} \
+		ECI_VMM_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-vmm scripts/demo.sh bench-vm
+
+# Installs the runtime's binaries into $(DESTDIR)$(PREFIX)/bin (containerd finds the shim on PATH)
+# and the guest kernel and initramfs into $(DESTDIR)$(PREFIX)/share/eci, where the shim looks
+# for them by default.
+install: deps kernel rootfs
 	$(CARGO) build --release --locked --bins
 	@for b in containerd-shim-eci-v2 eci-agent eci-vmm eci; do \
 	  if [ -x $(TARGET_DIR)/release/$$b ]; then \
 	    install -D -m 0755 $(TARGET_DIR)/release/$$b $(DESTDIR)$(PREFIX)/bin/$$b && echo "installed $(DESTDIR)$(PREFIX)/bin/$$b"; \
 	  fi; \
 	done
+	@for f in vmlinux initramfs.cpio.zst; do \
+	  install -D -m 0644 $(BUILD_DIR)/$$f $(DESTDIR)$(PREFIX)/share/eci/$$f && echo "installed $(DESTDIR)$(PREFIX)/share/eci/$$f"; \
+	done
+
+# Soak and kill -9 matrix (tests/tests/soak.rs): SOAK_CYCLES (1000) `ctr run --rm` cycles,
+# SOAK_PARALLEL (4) at a time, then a census of what the runtime holds (cycle p50/p99,
+# `leaks: N`), and kill -9 of shim, pod init, agent (eci-vmm, virtiofsd in VM mode) and
+# containerd at create, while running and during an exec, as a table. `make test` runs the
+# same with 40 cycles. SOAK_MODE=vm (hypervisor = "eci-vmm") is for inside scripts/testhost.
+.PHONY: soak
+soak: build
+	ECI_SOAK_CYCLES=$${SOAK_CYCLES:-1000} ECI_SOAK_PARALLEL=$${SOAK_PARALLEL:-4} \
+	ECI_SOAK_MODE=$${SOAK_MODE:-local} \
+		$(CARGO) test --locked -p eci-tests --test soak -- --nocapture --test-threads=1
 
 # --- eci control plane ---
 # Create-to-Running latency of a one-container group through `eci serve` vs the same pod straight

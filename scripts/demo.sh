@@ -7,6 +7,9 @@
 #                            /dev/kvm is VMX/SVM, otherwise inside scripts/testhost (and says so).
 #   scripts/demo.sh bench    `ctr run --rm ... true` latency, eci in local mode vs runc, median
 #                            of $RUNS each (interleaved); last line `ratio: X.XX` (eci over runc)
+#   scripts/demo.sh bench-vm `ctr run --rm ... true` p50 in VM mode, local mode and runc, then
+#                            `pod-pss-mib: X`, the host PSS of an idle VM pod (in the test host
+#                            where /dev/kvm cannot boot a Linux guest)
 #
 # Uses the binaries in $BIN_DIR (default: <cargo target dir>/debug) and the guest images in
 # build/ (make kernel rootfs). Everything lives in a temp dir; containerd is stopped and the temp
@@ -21,8 +24,9 @@ runs=${RUNS:-30}
 bin_dir=$(realpath "${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}")
 build_dir=$(realpath "${ECI_BUILD_DIR:-build}")
 image=docker.io/library/busybox:latest
-for b in containerd-shim-eci-v2 eci-agent eci-vmm; do
-  [ -x "$bin_dir/$b" ] || { echo "demo: $bin_dir/$b missing: build first (make build)" >&2; exit 1; }
+vmm_bin=${ECI_VMM_BIN:-$bin_dir/eci-vmm}
+for b in "$bin_dir/containerd-shim-eci-v2" "$bin_dir/eci-agent" "$vmm_bin"; do
+  [ -x "$b" ] || { echo "demo: $b missing: build first (make build)" >&2; exit 1; }
 done
 [ "$(id -u)" -eq 0 ] || { echo "demo: containerd needs root" >&2; exit 1; }
 
@@ -30,6 +34,11 @@ kvm_module=none
 for m in kvm_pvm kvm_intel kvm_amd; do
   [ -e "/sys/module/$m" ] && kvm_module=$m && break
 done
+if [ "$mode" = bench-vm ] && { [ ! -e /dev/kvm ] || { [ $kvm_module != kvm_intel ] && [ $kvm_module != kvm_amd ]; }; }; then
+  echo "== /dev/kvm here is backed by $kvm_module: measuring inside the test host (scripts/testhost)"
+  exec scripts/testhost --timeout 3600 -- env BIN_DIR="$bin_dir" ECI_BUILD_DIR="$build_dir" RUNS="$runs" \
+    ECI_VMM_BIN="${ECI_VMM_BIN:-}" scripts/demo.sh bench-vm
+fi
 if [ "$mode" = demo ]; then
   for f in vmlinux initramfs.cpio.zst; do
     [ -f "$build_dir/$f" ] || { echo "demo: $build_dir/$f missing: make kernel rootfs" >&2; exit 1; }
@@ -97,7 +106,8 @@ cat >"$work/vm.toml" <<TOML
 hypervisor = "eci-vmm"
 kernel = "$build_dir/vmlinux"
 initrd = "$build_dir/initramfs.cpio.zst"
-vmm_path = "$bin_dir/eci-vmm"
+vmm_path = "$vmm_bin"
+agent_timeout_secs = 600
 kernel_cmdline = "${ECI_DEMO_CMDLINE:-}"
 TOML
 printf 'hypervisor = "none"\nagent_path = "%s"\n' "$bin_dir/eci-agent" >"$work/local.toml"
@@ -139,8 +149,53 @@ bench)
     printf "runc median: %.1f ms\n", r / 1000
     printf "ratio: %.2f\n", e / r }'
   ;;
+bench-vm)
+  # VM mode, local mode and runc, interleaved, then the host memory of one idle VM pod.
+  vm_config=(--runtime-config-path "$work/vm.toml")
+  local_config=(--runtime-config-path "$work/local.toml")
+  ctr_ run --rm --runtime io.containerd.eci.v2 "${vm_config[@]}" "$image" warm-vm true
+  ctr_ run --rm --runtime io.containerd.eci.v2 "${local_config[@]}" "$image" warm-local true
+  ctr_ run --rm --runtime io.containerd.runc.v2 "$image" warm-runc true
+  declare -A times=([vm]="" [local]="" [runc]="")
+  for i in $(seq "$runs"); do
+    for mode in vm local runc; do
+      case $mode in
+      vm) runtime=(--runtime io.containerd.eci.v2 "${vm_config[@]}") ;;
+      local) runtime=(--runtime io.containerd.eci.v2 "${local_config[@]}") ;;
+      runc) runtime=(--runtime io.containerd.runc.v2) ;;
+      esac
+      start=$(date +%s%N)
+      ctr_ run --rm "${runtime[@]}" "$image" "bench-$mode-$i" true
+      times[$mode]+="$(( ($(date +%s%N) - start) / 1000000 )) "
+    done
+  done
+  median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+  echo "ctr run --rm $image true, $runs runs each, interleaved (KVM: $kvm_module$([ -e /dev/kvm ] || echo ', none'))"
+  printf '%-22s %10s\n' runtime "p50 (ms)"
+  for mode in vm local runc; do
+    # shellcheck disable=SC2086
+    printf '%-22s %10s\n' "$mode" "$(median ${times[$mode]})"
+  done
+  # An idle pod of the smallest size of the table (the 256 MiB asked for becomes 0.25 vCPU and
+  # 512 MiB): PSS of its shim, eci-vmm and virtiofsd processes (guest pages the VMM and
+  # virtiofsd map are shared, PSS splits them).
+  ctr_ run -d --runtime io.containerd.eci.v2 "${vm_config[@]}" --annotation io.eci.vcpus=0.25 \
+    --annotation io.eci.memory-mib=256 "$image" pss-pod sleep 3600 >/dev/null
+  sleep 5
+  pss_kib=0
+  for pid in $(pgrep -f "containerd-shim-eci-v2 .*-id pss-pod") $(pgrep -f "eci-vmm --config /run/eci/") \
+    $(pgrep -x virtiofsd); do
+    kib=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
+    echo "  pid $pid $(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -c1-60): PSS $kib KiB"
+    pss_kib=$((pss_kib + kib))
+  done
+  ctr_ task kill -s SIGKILL pss-pod >/dev/null
+  for _ in $(seq 600); do ctr_ task delete pss-pod >/dev/null 2>&1 && break; sleep 0.1; done
+  ctr_ container delete pss-pod >/dev/null
+  awk -v k="$pss_kib" 'BEGIN { printf "pod-pss-mib: %.1f\n", k / 1024 }'
+  ;;
 *)
-  echo "usage: $0 [demo|bench]" >&2
+  echo "usage: $0 [demo|bench|bench-vm]" >&2
   exit 2
   ;;
 esac

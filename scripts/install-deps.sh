@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Installs what building and testing ECI needs on Debian 12: Debian packages and rustup targets.
+# Installs what building and testing ECI needs on Debian 12: Debian packages and rustup targets,
+# then the tools built from source (virtiofsd, the Go tools) and the test host's image.
 # Idempotent and quiet when everything is already there.
+#
+#   scripts/install-deps.sh              everything
+#   scripts/install-deps.sh --packages   Debian packages and rustup targets only
 set -euo pipefail
 
 packages=(
@@ -35,6 +39,11 @@ installed=$(rustup target list --installed)
 for t in "${targets[@]}"; do
   grep -qx "$t" <<<"$installed" || rustup target add "$t"
 done
+
+[ "${1:-}" != --packages ] || exit 0
+
+# The test host's kernel and initramfs (scripts/testhost), cached under /var/cache/eci/testhost.
+"$(dirname "$0")/testhost" --prepare >/dev/null
 
 # OpenAPI schema checker (PyPI) for eci/tests/openapi.rs, in a venv of its own.
 openapi_venv=/var/cache/eci/openapi-venv

@@ -231,7 +231,10 @@ async fn the_vcpu_quota_is_enforced_and_reported() {
     h.create(group("b")).await;
     let (status, quota) = h.get("/v1/quota").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(quota, json!({"vcpuQuota": 3.0, "vcpuUsed": 2.0}));
+    assert_eq!(
+        quota,
+        json!({"vcpuQuota": 3.0, "vcpuUsed": 2.0, "gpuQuota": 0, "gpuUsed": 0})
+    );
     let mut big = group("c");
     big["cpu"] = json!(2);
     let (status, body) = h.post("/v1/containerGroups", big).await;

@@ -165,9 +165,9 @@ fn check(validator: &PathBuf, document: &serde_json::Value) -> (bool, String) {
 #[test]
 fn a_pypi_schema_checker_accepts_the_document() {
     let Some(validator) = validator() else {
-        eprintln!(
-            "SKIP: openapi-spec-validator not found (scripts/install-deps.sh installs it in \
-             /var/cache/eci/openapi-venv; or set ECI_OPENAPI_VALIDATOR)"
+        eci_test_support::missing_prerequisite(
+            "openapi-spec-validator (scripts/install-deps.sh installs it in \
+             /var/cache/eci/openapi-venv; or set ECI_OPENAPI_VALIDATOR)",
         );
         return;
     };

@@ -102,7 +102,7 @@ fn serve_answers_stops_on_sigterm_and_keeps_its_groups_across_restarts() {
     let quota = json(&server.eci(&["-o", "json", "quota"]));
     assert_eq!(
         quota,
-        serde_json::json!({"vcpuQuota": 8.0, "vcpuUsed": 0.0})
+        serde_json::json!({"vcpuQuota": 8.0, "vcpuUsed": 0.0, "gpuQuota": 0, "gpuUsed": 0})
     );
     let created = json(&server.eci(&["-o", "json", "create", "-f", file.to_str().unwrap()]));
     let id = created["id"].as_str().unwrap().to_string();

@@ -10,8 +10,9 @@ use crate::reaper::Reaper;
 use crate::stdio::{self, ProcessLookup};
 use eci_protocol::agent::*;
 use eci_protocol::validate::{self, ValidationError};
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long RemoveContainer waits for killed processes to be reaped.
@@ -54,7 +55,7 @@ impl crate::pod::EventSink for EventQueue {
 
 impl EventQueue {
     fn push(&self, event: Event) {
-        let mut queue = self.queue.lock().expect("event lock");
+        let mut queue = self.queue.lock();
         // Nobody may be calling GetEvent (an old shim): keep memory bounded, newest events win.
         if queue.len() >= MAX_QUEUED_EVENTS {
             queue.pop_front();
@@ -68,7 +69,7 @@ impl EventQueue {
     async fn next(&self) -> Event {
         loop {
             let notified = self.ready.notified();
-            if let Some(e) = self.queue.lock().expect("event lock").pop_front() {
+            if let Some(e) = self.queue.lock().pop_front() {
                 return e;
             }
             notified.await;
@@ -96,6 +97,57 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| AgentError::io("blocking task", std::io::Error::other(e)))?
+}
+
+/// Runs `work` to its end in a task of its own, even when the request that started it is
+/// abandoned: ttrpc drops a handler whose deadline passed, and a container or process created
+/// after that would belong to nobody. A result the caller no longer takes goes to `undo`. A
+/// panic in `work` is an [`AgentError::Internal`].
+async fn run_to_completion<T, W, U, UF>(what: &'static str, work: W, undo: U) -> Result<T>
+where
+    T: Send + 'static,
+    W: std::future::Future<Output = Result<T>> + Send + 'static,
+    U: FnOnce(T) -> UF + Send + 'static,
+    UF: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::FutureExt;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = std::panic::AssertUnwindSafe(work)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(AgentError::panicked(what, panic)));
+        if let Err(Ok(value)) = tx.send(result) {
+            tracing::warn!(rpc = what, "the caller gave up before the answer: undoing");
+            undo(value).await;
+        }
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(AgentError::Internal(format!("{what}: no answer"))))
+}
+
+/// An id reserved in one of the agent's "being created" sets until dropped, however the
+/// creation ends (error, panic, abandoned request).
+struct Reservation<'a, K: std::hash::Hash + Eq> {
+    set: &'a Mutex<HashSet<K>>,
+    key: Option<K>,
+}
+
+impl<'a, K: std::hash::Hash + Eq> Reservation<'a, K> {
+    fn new(set: &'a Mutex<HashSet<K>>, key: K) -> Self {
+        Self {
+            set,
+            key: Some(key),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Drop for Reservation<'_, K> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.set.lock().remove(&key);
+        }
+    }
 }
 
 fn exited(what: &str) -> AgentError {
@@ -128,7 +180,6 @@ impl Agent {
     fn container(&self, id: &str) -> Result<Arc<Container>> {
         self.containers
             .lock()
-            .expect("containers lock")
             .get(id)
             .cloned()
             .ok_or_else(|| AgentError::no_container(id))
@@ -139,7 +190,7 @@ impl Agent {
         if exec_id.is_empty() {
             return Ok(c.init.clone());
         }
-        let execs = c.execs.lock().expect("execs lock");
+        let execs = c.execs.lock();
         execs
             .get(exec_id)
             .cloned()
@@ -176,7 +227,7 @@ impl Agent {
     /// the hostname, /etc/resolv.conf, /etc/hosts and the pod sysctls set.
     pub fn setup_sandbox(&self, req: &SetupSandboxRequest) -> Result<()> {
         let setup = validate::setup_sandbox(req)?;
-        let mut current = self.sandbox_id.lock().expect("sandbox lock");
+        let mut current = self.sandbox_id.lock();
         if let Some(existing) = current.as_ref() {
             if existing != &req.sandbox_id {
                 return Err(AgentError::AlreadyExists {
@@ -230,7 +281,7 @@ impl Agent {
             }
         }
         self.pod.set_pod_sysctls(req.sysctls.clone());
-        *self.shared_dir.lock().expect("shared dir lock") = setup.shared_dir;
+        *self.shared_dir.lock() = setup.shared_dir;
         *current = Some(req.sandbox_id.clone());
         Ok(())
     }
@@ -241,7 +292,7 @@ impl Agent {
         if self.mode != Mode::Guest {
             return Ok(());
         }
-        let Some(shared) = self.shared_dir.lock().expect("shared dir lock").clone() else {
+        let Some(shared) = self.shared_dir.lock().clone() else {
             return Ok(());
         };
         if req.bundle.is_empty() {
@@ -290,20 +341,14 @@ impl Agent {
         self.remove_all().await?;
         let this_pod = &self.pod;
         tokio::task::block_in_place(|| this_pod.teardown_all());
-        *self.sandbox_id.lock().expect("sandbox lock") = None;
-        *self.shared_dir.lock().expect("shared dir lock") = None;
+        *self.sandbox_id.lock() = None;
+        *self.shared_dir.lock() = None;
         Ok(())
     }
 
     /// Removes every container (forcefully); used on shutdown.
     pub async fn remove_all(&self) -> Result<()> {
-        let ids: Vec<String> = self
-            .containers
-            .lock()
-            .expect("containers lock")
-            .keys()
-            .cloned()
-            .collect();
+        let ids: Vec<String> = self.containers.lock().keys().cloned().collect();
         for id in ids {
             self.remove_container(&RemoveContainerRequest {
                 container_id: id,
@@ -315,7 +360,8 @@ impl Agent {
         Ok(())
     }
 
-    /// CreateContainer.
+    /// CreateContainer. The creation runs to its end even when the caller gives up (see
+    /// [`run_to_completion`]); a container created for a caller that is gone is removed again.
     pub async fn create_container(
         self: &Arc<Self>,
         mut req: CreateContainerRequest,
@@ -328,8 +374,8 @@ impl Agent {
         }
         let id = req.container_id.clone();
         {
-            let containers = self.containers.lock().expect("containers lock");
-            let mut creating = self.creating.lock().expect("creating lock");
+            let containers = self.containers.lock();
+            let mut creating = self.creating.lock();
             if containers.contains_key(&id) || !creating.insert(id.clone()) {
                 return Err(AgentError::AlreadyExists {
                     what: "container",
@@ -337,6 +383,33 @@ impl Agent {
                 });
             }
         }
+        let (this, undo_agent) = (self.clone(), self.clone());
+        run_to_completion(
+            "CreateContainer",
+            async move { this.create_reserved(req, spec, annotations).await },
+            move |_| async move {
+                let req = RemoveContainerRequest {
+                    container_id: id,
+                    force: true,
+                    ..Default::default()
+                };
+                if let Err(e) = undo_agent.remove_container(&req).await {
+                    tracing::error!(container = %req.container_id, error = %e.chain(), "removing an abandoned container");
+                }
+            },
+        )
+        .await
+    }
+
+    /// The body of CreateContainer once the id is reserved in `creating`.
+    async fn create_reserved(
+        self: Arc<Self>,
+        req: CreateContainerRequest,
+        mut spec: oci_spec::runtime::Spec,
+        annotations: eci_protocol::annotations::PodAnnotations,
+    ) -> Result<CreateContainerResponse> {
+        let id = req.container_id.clone();
+        let reservation = Reservation::new(&self.creating, id.clone());
         let this = self.clone();
         let result = blocking(move || {
             let stdio = req.stdio.get_or_default().clone();
@@ -369,7 +442,6 @@ impl Agent {
             }
         })
         .await;
-        self.creating.lock().expect("creating lock").remove(&id);
         let (container, base_process, prepared) = result?;
         let container = Arc::new(container);
         self.pod.register(
@@ -380,10 +452,8 @@ impl Agent {
         );
         let pid = container.init.pid as u32;
         self.watch_oom(&container);
-        self.containers
-            .lock()
-            .expect("containers lock")
-            .insert(id, container);
+        self.containers.lock().insert(id, container);
+        drop(reservation);
         Ok(CreateContainerResponse {
             pid,
             ..Default::default()
@@ -416,7 +486,6 @@ impl Agent {
         });
         self.oom_watchers
             .lock()
-            .expect("oom lock")
             .insert(container.id.clone(), task.abort_handle());
     }
 
@@ -441,7 +510,7 @@ impl Agent {
     pub async fn remove_container(&self, req: &RemoveContainerRequest) -> Result<()> {
         validate::id("container_id", &req.container_id)?;
         let c = self.container(&req.container_id)?;
-        let started = *c.state.lock().expect("state lock") != crate::container::State::Created;
+        let started = *c.state.lock() != crate::container::State::Created;
         if c.init.exit_status().is_none() && started && !req.force {
             return Err(AgentError::FailedPrecondition(format!(
                 "container {:?} is running: stop it or remove with force",
@@ -450,12 +519,12 @@ impl Agent {
         }
         self.pod.abort_tasks(&c.id);
         let processes: Vec<Arc<Process>> = std::iter::once(c.init.clone())
-            .chain(c.execs.lock().expect("execs lock").values().cloned())
+            .chain(c.execs.lock().values().cloned())
             .collect();
         if processes.iter().any(|p| p.exit_status().is_none()) {
             let c2 = c.clone();
             blocking(move || {
-                if *c2.state.lock().expect("state lock") == crate::container::State::Paused {
+                if *c2.state.lock() == crate::container::State::Paused {
                     c2.set_paused(false)?;
                 }
                 c2.signal_all(libc::SIGKILL)
@@ -471,17 +540,14 @@ impl Agent {
                     ))
                 })?;
         }
-        if let Some(watcher) = self.oom_watchers.lock().expect("oom lock").remove(&c.id) {
+        if let Some(watcher) = self.oom_watchers.lock().remove(&c.id) {
             watcher.abort();
         }
         let c2 = c.clone();
         blocking(move || c2.destroy()).await?;
         let (this_pod, id) = (&self.pod, c.id.clone());
         tokio::task::block_in_place(|| this_pod.release(&id));
-        self.containers
-            .lock()
-            .expect("containers lock")
-            .remove(&c.id);
+        self.containers.lock().remove(&c.id);
         Ok(())
     }
 
@@ -550,7 +616,6 @@ impl Agent {
         let exec_ids: HashMap<i32, String> = c
             .execs
             .lock()
-            .expect("execs lock")
             .values()
             .map(|p| (p.pid, p.exec_id.clone()))
             .collect();
@@ -574,13 +639,18 @@ impl Agent {
     }
 
     /// ExecProcess.
-    pub async fn exec_process(&self, req: &ExecProcessRequest) -> Result<ExecProcessResponse> {
+    /// ExecProcess. Like CreateContainer, it runs to its end even when the caller gives up; a
+    /// process started for a caller that is gone is killed and forgotten.
+    pub async fn exec_process(
+        self: &Arc<Self>,
+        req: &ExecProcessRequest,
+    ) -> Result<ExecProcessResponse> {
         let process = validate::exec_process(req)?;
         let c = self.container(&req.container_id)?;
         let key = (req.container_id.clone(), req.exec_id.clone());
         {
-            let execs = c.execs.lock().expect("execs lock");
-            let mut creating = self.creating_execs.lock().expect("creating lock");
+            let execs = c.execs.lock();
+            let mut creating = self.creating_execs.lock();
             if execs.contains_key(&req.exec_id) || !creating.insert(key.clone()) {
                 return Err(AgentError::AlreadyExists {
                     what: "exec",
@@ -588,23 +658,28 @@ impl Agent {
                 });
             }
         }
-        let (c2, reaper, exec_id, stdio) = (
-            c.clone(),
-            self.reaper.clone(),
-            req.exec_id.clone(),
-            req.stdio.get_or_default().clone(),
-        );
-        let result = blocking(move || c2.exec(&reaper, &exec_id, &process, &stdio)).await;
-        let mut execs = c.execs.lock().expect("execs lock");
-        self.creating_execs
-            .lock()
-            .expect("creating lock")
-            .remove(&key);
-        let p = result?;
-        let pid = p.pid as u32;
-        execs.insert(req.exec_id.clone(), p);
-        Ok(ExecProcessResponse {
-            pid,
+        let (this, c2, exec_id) = (self.clone(), c.clone(), req.exec_id.clone());
+        let stdio = req.stdio.get_or_default().clone();
+        let undo_container = c.clone();
+        run_to_completion(
+            "ExecProcess",
+            async move {
+                let _reservation = Reservation::new(&this.creating_execs, key);
+                let (c3, reaper, id) = (c2.clone(), this.reaper.clone(), exec_id.clone());
+                let p = blocking(move || c3.exec(&reaper, &id, &process, &stdio)).await?;
+                c2.execs.lock().insert(exec_id, p.clone());
+                Ok(p)
+            },
+            move |p: Arc<Process>| async move {
+                // SAFETY: kill(2) takes no pointers; the pid is our unreaped child.
+                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+                let _ = tokio::time::timeout(KILL_TIMEOUT, p.wait()).await;
+                undo_container.execs.lock().remove(&p.exec_id);
+            },
+        )
+        .await
+        .map(|p| ExecProcessResponse {
+            pid: p.pid as u32,
             ..Default::default()
         })
     }
@@ -654,7 +729,7 @@ impl Agent {
             .into());
         }
         let c = self.container(&req.container_id)?;
-        let mut execs = c.execs.lock().expect("execs lock");
+        let mut execs = c.execs.lock();
         let process = execs
             .get(&req.exec_id)
             .ok_or_else(|| AgentError::NotFound {
@@ -683,7 +758,7 @@ impl Agent {
     pub fn resize_tty(&self, req: &ResizeTtyRequest) -> Result<()> {
         validate::resize_tty(req)?;
         let p = self.process(&req.container_id, &req.exec_id)?;
-        let ends = p.stdio.lock().expect("stdio lock");
+        let ends = p.stdio.lock();
         let tty = ends
             .tty
             .as_ref()
@@ -765,6 +840,31 @@ mod tests {
             Some(event::Kind::Oom(o)) => assert_eq!(o.container_id, "2", "the oldest two dropped"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(q.queue.lock().unwrap().len(), MAX_QUEUED_EVENTS - 1);
+        assert_eq!(q.queue.lock().len(), MAX_QUEUED_EVENTS - 1);
+    }
+
+    /// The agent is PID 1 of a VM: a bug that panics while holding one of its locks must not
+    /// make every later request that takes the lock panic as well (std's locks poison).
+    #[tokio::test]
+    async fn a_panic_under_a_lock_leaves_later_requests_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Arc::new(Agent::new(
+            Mode::Local,
+            StateDirs::new(dir.path()),
+            Arc::default(),
+        ));
+        let holder = agent.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = holder.containers.lock();
+            panic!("a bug while the containers lock is held");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let req = ContainerRequest {
+            container_id: "nope".into(),
+            ..Default::default()
+        };
+        let err = agent.list_processes(&req).expect_err("no such container");
+        assert_eq!(err.code(), ttrpc::Code::NOT_FOUND, "{}", err.chain());
     }
 }

@@ -50,6 +50,16 @@ pub fn parse_oom_kill(text: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
 }
 
+/// Swap in use from libcgroups' figures: v1's `memory.memsw.usage_in_bytes` counts memory plus
+/// swap, v2's `memory.swap.current` counts swap alone.
+pub fn swap_usage(v2: bool, memory_usage: u64, memswap_usage: u64) -> u64 {
+    if v2 {
+        memswap_usage
+    } else {
+        memswap_usage.saturating_sub(memory_usage)
+    }
+}
+
 /// Whether the machine runs the unified (v2-only) hierarchy.
 pub fn is_v2() -> bool {
     matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified))
@@ -118,6 +128,18 @@ impl ContainerCgroup {
         Ok(pids.into_iter().map(|p| p.as_raw()).collect())
     }
 
+    /// SIGKILLs every process in the cgroup and removes it (libcgroups retries while the killed
+    /// processes leave). Clean-up of a create whose libcontainer state is unusable.
+    pub fn kill_all_and_remove(&self) -> Result<()> {
+        for pid in self.pids().unwrap_or_default() {
+            // SAFETY: kill(2) takes no pointers; a process that exited meanwhile gives ESRCH.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        self.manager
+            .remove()
+            .map_err(|e| AgentError::runtime("remove the cgroup", e))
+    }
+
     /// Applies new limits.
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
         self.manager
@@ -167,7 +189,11 @@ impl ContainerCgroup {
                 working_set_bytes: s.memory.memory.usage.saturating_sub(inactive_file),
                 max_usage_bytes: s.memory.memory.max_usage,
                 oom_kill_count: self.oom.read(),
-                swap_usage_bytes: s.memory.memswap.usage.saturating_sub(s.memory.memory.usage),
+                swap_usage_bytes: swap_usage(
+                    self.v2,
+                    s.memory.memory.usage,
+                    s.memory.memswap.usage,
+                ),
                 kernel_bytes: if self.v2 {
                     s.memory.stats.get("kernel_stack").copied().unwrap_or(0)
                 } else {
@@ -199,6 +225,15 @@ mod tests {
         assert_eq!(parse_oom_kill(v1), Some(3));
         assert_eq!(parse_oom_kill(v2), Some(2));
         assert_eq!(parse_oom_kill("oom_kill_disable 0\n"), None);
+    }
+
+    #[test]
+    fn swap_is_memswap_minus_memory_on_v1_and_swap_current_on_v2() {
+        const MIB: u64 = 1 << 20;
+        // 100 MiB of memory in use, 10 MiB of it swapped out.
+        assert_eq!(swap_usage(false, 100 * MIB, 110 * MIB), 10 * MIB);
+        assert_eq!(swap_usage(true, 100 * MIB, 10 * MIB), 10 * MIB);
+        assert_eq!(swap_usage(false, 100 * MIB, 0), 0, "no memsw accounting");
     }
 
     #[test]

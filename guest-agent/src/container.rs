@@ -19,11 +19,12 @@ use eci_protocol::validate::ValidationError;
 use libcontainer::container::Container as LcContainer;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
-use oci_spec::runtime::{Process as OciProcess, Spec};
+use oci_spec::runtime::{LinuxCapabilities, LinuxSeccomp, Process as OciProcess, Spec};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Serialises libcontainer calls and runtime helpers against the stray reaper (see the module
 /// docs).
@@ -54,20 +55,25 @@ impl StateDirs {
     }
 }
 
-/// The workload executor: the spec's OCI seccomp profile is compiled and installed right before
-/// the program is executed (in the container process), then libcontainer's default executor runs
-/// it. The agent compiled the profile once already to refuse a bad one at create.
+/// The workload executor, run in the container process right before the program: it installs
+/// the container's OCI seccomp profile (compiled again here; the agent compiled it once already
+/// to refuse a bad one at create), then drops the capabilities the agent held back (see
+/// [`defer_capabilities`]), then libcontainer's default executor runs the program.
 #[derive(Clone, Default)]
-pub struct SeccompExecutor {
-    /// The container's profile, for exec'd processes: libcontainer gives their executor a spec
-    /// rebuilt without `linux.seccomp`.
-    pub exec_profile: Option<oci_spec::runtime::LinuxSeccomp>,
+pub struct AgentExecutor {
+    /// The container's seccomp profile for an exec: libcontainer's exec spec carries none (it
+    /// keeps only namespaces, cgroup path, personality and time offsets of the container's
+    /// `linux`), while runc applies the container's profile to exec'd processes too. An init
+    /// process takes the profile from its spec.
+    pub seccomp: Option<LinuxSeccomp>,
+    /// `process.capabilities`, applied after the seccomp profile is installed.
+    pub capabilities_after_seccomp: Option<LinuxCapabilities>,
 }
 
-impl Executor for SeccompExecutor {
+impl Executor for AgentExecutor {
     fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
         let profile = self
-            .exec_profile
+            .seccomp
             .as_ref()
             .or_else(|| spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()));
         if let Some(profile) = profile {
@@ -76,12 +82,82 @@ impl Executor for SeccompExecutor {
             seccomp::install(&filters)
                 .map_err(|e| ExecutorError::Other(format!("install seccomp filter: {e}")))?;
         }
+        if let Some(caps) = &self.capabilities_after_seccomp {
+            let syscall = libcontainer::syscall::syscall::SyscallType::Linux.create_syscall();
+            libcontainer::capabilities::drop_privileges(caps, syscall.as_ref())
+                .map_err(|e| ExecutorError::Other(format!("drop capabilities: {e}")))?;
+        }
         DefaultExecutor {}.exec(spec)
     }
 
+    /// Checks that args[0] can be executed, as runc does (libcontainer's default refuses every
+    /// process without PATH, even one with an absolute args[0]).
     fn validate(&self, spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
+        let process = spec.process().as_ref().ok_or_else(|| {
+            ExecutorValidationError::ArgValidationError("spec did not contain process".into())
+        })?;
+        let Some(program) = process.args().as_ref().and_then(|a| a.first()) else {
+            return Ok(());
+        };
+        let path_var = process
+            .env()
+            .iter()
+            .flatten()
+            .find_map(|e| e.strip_prefix("PATH="));
+        find_executable(program, path_var)
+            .map(|_| ())
+            .map_err(ExecutorValidationError::ArgValidationError)
     }
+}
+
+/// Where the program `args[0]` is, looked up as runc does: a name with a slash is used as it is
+/// (relative to the working directory), with or without PATH; a bare name is searched in the
+/// process's PATH, and without a PATH it is not found.
+pub fn find_executable(
+    program: &str,
+    path_var: Option<&str>,
+) -> std::result::Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return match path.exists() {
+            true if executable(&path) => Ok(path),
+            true => Err(format!("args[0] {program:?} is not an executable file")),
+            false => Err(format!("args[0] {program:?} does not exist")),
+        };
+    }
+    let Some(path_var) = path_var else {
+        return Err(format!(
+            "executable {program:?} not found: process.env has no PATH and args[0] is not a path"
+        ));
+    };
+    path_var
+        .split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("executable {program:?} not found in $PATH ({path_var})"))
+}
+
+/// Takes `process.capabilities` out of what libcontainer sees when the spec has a seccomp
+/// profile and the process does not ask for no_new_privileges, and returns them for the
+/// executor. runc installs such a profile before it drops capabilities (without
+/// no_new_privileges, installing seccomp needs CAP_SYS_ADMIN, which the drop may remove);
+/// libcontainer without its libseccomp feature runs the executor only after the drop, and the
+/// profile would then need no_new_privileges forced on, which changes what setuid programs do.
+pub fn defer_capabilities(
+    has_seccomp: bool,
+    process: &mut OciProcess,
+) -> Option<LinuxCapabilities> {
+    if !has_seccomp || process.no_new_privileges() == Some(true) {
+        return None;
+    }
+    let caps = process.capabilities().clone()?;
+    process.set_capabilities(None);
+    Some(caps)
 }
 
 /// Lifecycle state as the agent sees it.
@@ -110,6 +186,8 @@ pub struct Container {
     runtime: Mutex<LcContainer>,
     bundle: PathBuf,
     dirs: StateDirs,
+    /// The spec's seccomp profile, which execs get too.
+    seccomp: Option<LinuxSeccomp>,
 }
 
 fn lc_err(context: &str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> AgentError + '_ {
@@ -133,6 +211,14 @@ struct Prepared {
     spec: Spec,
     bundle_dir: PathBuf,
     cgroup_path: PathBuf,
+    capabilities_after_seccomp: Option<LinuxCapabilities>,
+}
+
+/// What the runtime helper's executor needs besides the spec.
+#[derive(Default)]
+struct ExecutorParts {
+    seccomp: Option<LinuxSeccomp>,
+    capabilities_after_seccomp: Option<LinuxCapabilities>,
 }
 
 /// Prepares the stdio of a new process: pipes, or a console socket for a tty.
@@ -155,6 +241,7 @@ fn run_helper(
     child: ChildStdio,
     console: Option<&Path>,
     op: HelperOp,
+    executor: ExecutorParts,
 ) -> Result<i32> {
     use std::os::fd::AsRawFd;
     use std::process::{Command, Stdio};
@@ -164,6 +251,8 @@ fn run_helper(
         console_socket: console.map(Path::to_path_buf),
         pass_stdio: child.stdin.is_some(),
         op,
+        seccomp: executor.seccomp,
+        capabilities_after_seccomp: executor.capabilities_after_seccomp,
     };
     let arg = serde_json::to_string(&req)
         .map_err(|e| AgentError::runtime("encode the helper request", e))?;
@@ -283,8 +372,11 @@ impl Container {
         if let Some(r) = spec.root_mut() {
             r.set_path(rootfs.clone());
         }
+        let has_seccomp = spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some());
+        let mut capabilities_after_seccomp = None;
         if let Some(proc_) = spec.process_mut() {
             proc_.set_terminal(Some(stdio_cfg.terminal));
+            capabilities_after_seccomp = defer_capabilities(has_seccomp, proc_);
         }
         let cgroup_path = {
             let linux = spec.linux_mut().get_or_insert_with(Default::default);
@@ -309,11 +401,12 @@ impl Container {
         let prepared = Prepared {
             spec,
             bundle_dir: bundle_dir.clone(),
-            cgroup_path,
+            cgroup_path: cgroup_path.clone(),
+            capabilities_after_seccomp,
         };
         let result = Self::create_in(dirs, reaper, id, stdio_cfg, prepared);
         if result.is_err() {
-            cleanup_failed(dirs, id, &bundle_dir);
+            cleanup_failed(dirs, id, &bundle_dir, &cgroup_path);
         }
         result
     }
@@ -329,14 +422,16 @@ impl Container {
             spec,
             bundle_dir,
             cgroup_path,
+            capabilities_after_seccomp,
         } = prepared;
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
         let (bundle_dir, cgroup_path) = (bundle_dir.as_path(), cgroup_path.as_path());
         spec.save(bundle_dir.join("config.json"))
             .map_err(|e| AgentError::runtime("write the bundle's config.json", e))?;
         let (child, ends, console) = prepare_stdio(stdio_cfg)?;
         // Everything up to the reaper's registration happens under the lock, so that the stray
         // reaper (which takes the lock) never collects one of our processes first.
-        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+        let _guard = RUNTIME_LOCK.lock();
         let pid = run_helper(
             id,
             dirs,
@@ -345,14 +440,31 @@ impl Container {
             HelperOp::Create {
                 bundle: bundle_dir.to_path_buf(),
             },
+            ExecutorParts {
+                seccomp: None,
+                capabilities_after_seccomp,
+            },
         )?;
-        let runtime = LcContainer::load(dirs.runtime_root.join(id))
-            .map_err(lc_err("load the created container"))?;
-        let ends = match console {
-            Some(c) => c.receive(stdio_cfg)?,
-            None => ends.unwrap_or_default(),
+        // From here on a failure must not leave the init process behind: kill it at once (the
+        // caller then removes its cgroup and state, see `cleanup_failed`).
+        let attached = (|| {
+            let runtime = LcContainer::load(dirs.runtime_root.join(id))
+                .map_err(lc_err("load the created container"))?;
+            let ends = match console {
+                Some(c) => c.receive(stdio_cfg)?,
+                None => ends.unwrap_or_default(),
+            };
+            let cgroup = ContainerCgroup::open(id, cgroup_path)?;
+            Ok((runtime, ends, cgroup))
+        })();
+        let (runtime, ends, cgroup) = match attached {
+            Ok(parts) => parts,
+            Err(e) => {
+                // SAFETY: kill(2) takes no pointers; the pid is the init the helper just made.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return Err(e);
+            }
         };
-        let cgroup = ContainerCgroup::open(id, cgroup_path)?;
         let init = Arc::new(Process::new(id, "", pid, Some(cgroup.oom.clone()), ends));
         reaper.register(init.clone());
         Ok(Self {
@@ -364,12 +476,13 @@ impl Container {
             runtime: Mutex::new(runtime),
             bundle: bundle_dir.to_path_buf(),
             dirs: dirs.clone(),
+            seccomp,
         })
     }
 
     /// Lets the init process run the user program. Blocking.
     pub fn start(&self) -> Result<()> {
-        let mut state = self.state.lock().expect("state lock");
+        let mut state = self.state.lock();
         if *state != State::Created {
             return Err(AgentError::FailedPrecondition(format!(
                 "container {:?} was already started",
@@ -379,10 +492,9 @@ impl Container {
         let pid = self.init.pid;
         let before_exec = executable_of(pid);
         {
-            let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+            let _guard = RUNTIME_LOCK.lock();
             self.runtime
                 .lock()
-                .expect("runtime")
                 .start()
                 .map_err(lc_err("start the container"))?;
         }
@@ -410,9 +522,7 @@ impl Container {
         process: &OciProcess,
         stdio_cfg: &StdioConfig,
     ) -> Result<Arc<Process>> {
-        if *self.state.lock().expect("state lock") != State::Running
-            || self.init.exit_status().is_some()
-        {
+        if *self.state.lock() != State::Running || self.init.exit_status().is_some() {
             return Err(AgentError::FailedPrecondition(format!(
                 "container {:?} is not running",
                 self.id
@@ -423,20 +533,22 @@ impl Container {
             .map_err(|e| AgentError::io("create the exec directory", e))?;
         let mut process = process.clone();
         process.set_terminal(Some(stdio_cfg.terminal));
+        let capabilities_after_seccomp = defer_capabilities(self.seccomp.is_some(), &mut process);
         let process_json = exec_dir.join("process.json");
         let text = serde_json::to_vec(&process)
             .map_err(|e| AgentError::runtime("encode process.json", e))?;
         std::fs::write(&process_json, text).map_err(|e| AgentError::io("write process.json", e))?;
         let (child, ends, console) = prepare_stdio(stdio_cfg)?;
-        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
+        let _guard = RUNTIME_LOCK.lock();
         let pid = run_helper(
             &self.id,
             &self.dirs,
             child,
             console.as_ref().map(ConsoleSocket::path).as_deref(),
-            HelperOp::Exec {
-                process_json,
-                seccomp: self.seccomp_profile()?,
+            HelperOp::Exec { process_json },
+            ExecutorParts {
+                seccomp: self.seccomp.clone(),
+                capabilities_after_seccomp,
             },
         )?;
         let ends = match console {
@@ -454,18 +566,11 @@ impl Container {
         Ok(process)
     }
 
-    /// The container's seccomp profile, from the agent's copy of its bundle.
-    fn seccomp_profile(&self) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
-        let spec = Spec::load(self.bundle.join("config.json"))
-            .map_err(|e| AgentError::runtime("read the container's config.json", e))?;
-        Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
-    }
-
     /// Freezes or thaws every process. Blocking.
     pub fn set_paused(&self, paused: bool) -> Result<()> {
-        let mut state = self.state.lock().expect("state lock");
-        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
-        let mut rt = self.runtime.lock().expect("runtime");
+        let mut state = self.state.lock();
+        let _guard = RUNTIME_LOCK.lock();
+        let mut rt = self.runtime.lock();
         match (paused, *state) {
             (true, State::Running) => rt.pause().map_err(lc_err("pause the container"))?,
             (false, State::Paused) => rt.resume().map_err(lc_err("resume the container"))?,
@@ -497,9 +602,9 @@ impl Container {
     /// processes to be reaped. Blocking.
     pub fn destroy(&self) -> Result<()> {
         {
-            let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
-            let mut rt = self.runtime.lock().expect("runtime");
-            if *self.state.lock().expect("state lock") == State::Paused {
+            let _guard = RUNTIME_LOCK.lock();
+            let mut rt = self.runtime.lock();
+            if *self.state.lock() == State::Paused {
                 let _ = rt.resume();
             }
             rt.delete(true).map_err(lc_err("delete the container"))?;
@@ -553,20 +658,27 @@ pub fn cgroupfs_path(spec_path: Option<&Path>, id: &str) -> PathBuf {
     Path::new("/").join(path)
 }
 
-/// Removes what a failed create may have left.
-fn cleanup_failed(dirs: &StateDirs, id: &str, bundle_dir: &Path) {
+/// Removes what a failed create may have left: libcontainer's container (processes, cgroup,
+/// state) when its state can be loaded, and in any case every process still in the cgroup and
+/// the cgroup itself (the helper may have cloned the init and then failed, or died, before
+/// libcontainer's state was complete).
+fn cleanup_failed(dirs: &StateDirs, id: &str, bundle_dir: &Path, cgroup_path: &Path) {
     let runtime_dir = dirs.runtime_root.join(id);
+    let _guard = RUNTIME_LOCK.lock();
     if runtime_dir.exists() {
-        let _guard = RUNTIME_LOCK.lock().expect("runtime lock");
         match LcContainer::load(runtime_dir.clone()) {
             Ok(mut c) => {
                 if let Err(e) = c.delete(true) {
                     tracing::warn!(error = %e, id, "clean up after a failed create");
                 }
             }
-            Err(_) => {
-                let _ = std::fs::remove_dir_all(&runtime_dir);
-            }
+            Err(e) => tracing::warn!(error = %e, id, "state of a failed create"),
+        }
+        let _ = std::fs::remove_dir_all(&runtime_dir);
+    }
+    if let Ok(cgroup) = ContainerCgroup::open(id, cgroup_path) {
+        if let Err(e) = cgroup.kill_all_and_remove() {
+            tracing::warn!(error = %e.chain(), id, "cgroup of a failed create");
         }
     }
     let _ = std::fs::remove_dir_all(bundle_dir);
@@ -575,6 +687,63 @@ fn cleanup_failed(dirs: &StateDirs, id: &str, bundle_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn executables_are_looked_up_as_runc_does() {
+        // A path runs without PATH; a bare name needs one.
+        assert_eq!(
+            find_executable("/bin/sh", None),
+            Ok(PathBuf::from("/bin/sh"))
+        );
+        let err = find_executable("sh", None).unwrap_err();
+        assert!(err.contains("no PATH"), "{err}");
+        assert!(find_executable("sh", Some("/nonexistent:/bin")).is_ok());
+        let err = find_executable("no-such-program-eci", Some("/bin")).unwrap_err();
+        assert!(err.contains("not found in $PATH"), "{err}");
+        assert!(find_executable("/nonexistent/x", None)
+            .unwrap_err()
+            .contains("does not exist"));
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        let plain = plain.path().to_str().unwrap();
+        assert!(find_executable(plain, None)
+            .unwrap_err()
+            .contains("not an executable"));
+    }
+
+    #[test]
+    fn capabilities_wait_for_seccomp_unless_no_new_privileges() {
+        let with_caps = || {
+            let mut p = oci_spec::runtime::Process::default();
+            assert!(
+                p.capabilities().is_some(),
+                "the default process has capabilities"
+            );
+            p.set_no_new_privileges(None);
+            p
+        };
+        let mut p = with_caps();
+        let caps = p.capabilities().clone();
+        assert_eq!(defer_capabilities(true, &mut p), caps);
+        assert!(
+            p.capabilities().is_none(),
+            "libcontainer must not drop them itself"
+        );
+        let mut p = with_caps();
+        assert_eq!(
+            defer_capabilities(false, &mut p),
+            None,
+            "no seccomp profile"
+        );
+        assert!(p.capabilities().is_some());
+        let mut p = with_caps();
+        p.set_no_new_privileges(Some(true));
+        assert_eq!(
+            defer_capabilities(true, &mut p),
+            None,
+            "no_new_privileges asked"
+        );
+        assert!(p.capabilities().is_some());
+    }
 
     #[test]
     fn cgroup_paths_for_cgroupfs() {

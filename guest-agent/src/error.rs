@@ -38,6 +38,10 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The agent itself failed (a bug): a request's handler panicked, or a task ended without
+    /// an answer. The agent keeps serving; the message says which request.
+    #[error("{0}")]
+    Internal(String),
     /// libcontainer refused or failed.
     #[error("{context}")]
     Runtime {
@@ -72,6 +76,16 @@ impl AgentError {
         }
     }
 
+    /// An [`AgentError::Internal`] for a handler of `what` that panicked with `payload`.
+    pub fn panicked(what: &str, payload: Box<dyn std::any::Any + Send>) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        Self::Internal(format!("{what} failed inside the agent (a bug): {message}"))
+    }
+
     /// A NotFound error for a container.
     pub fn no_container(id: &str) -> Self {
         Self::NotFound {
@@ -87,7 +101,7 @@ impl AgentError {
             Self::NotFound { .. } => Code::NOT_FOUND,
             Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-            Self::Io { .. } | Self::Runtime { .. } => Code::INTERNAL,
+            Self::Io { .. } | Self::Runtime { .. } | Self::Internal(_) => Code::INTERNAL,
         }
     }
 

@@ -13,7 +13,7 @@
 //! process's stdio (or /dev/null with a tty); fd 3 receives the JSON [`HelperReply`]; fd 4
 //! ([`LOG_FD`]) is the agent's log.
 
-use crate::container::SeccompExecutor;
+use crate::container::AgentExecutor;
 use crate::error::error_chain;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
@@ -40,10 +40,6 @@ pub enum HelperOp {
     Exec {
         /// The process document.
         process_json: PathBuf,
-        /// The container's seccomp profile: libcontainer rebuilds an exec's spec without
-        /// `linux.seccomp`, so the helper hands it to the executor itself.
-        #[serde(default)]
-        seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     },
 }
 
@@ -60,6 +56,13 @@ pub struct HelperRequest {
     pub pass_stdio: bool,
     /// The operation.
     pub op: HelperOp,
+    /// The container's seccomp profile for an exec (see [`AgentExecutor::seccomp`]).
+    #[serde(default)]
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// Capabilities the executor applies after installing the seccomp profile (see
+    /// [`crate::container::defer_capabilities`]); libcontainer sees none in the spec then.
+    #[serde(default)]
+    pub capabilities_after_seccomp: Option<oci_spec::runtime::LinuxCapabilities>,
 }
 
 /// The helper's answer.
@@ -81,11 +84,9 @@ fn run(req: &HelperRequest) -> Result<i32, String> {
     let mut b = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(&req.runtime_root)
         .map_err(|e| error_chain(&e))?
-        .with_executor(SeccompExecutor {
-            exec_profile: match &req.op {
-                HelperOp::Exec { seccomp, .. } => seccomp.clone(),
-                HelperOp::Create { .. } => None,
-            },
+        .with_executor(AgentExecutor {
+            seccomp: req.seccomp.clone(),
+            capabilities_after_seccomp: req.capabilities_after_seccomp.clone(),
         })
         .with_console_socket(req.console_socket.as_ref());
     if req.pass_stdio {
@@ -105,7 +106,7 @@ fn run(req: &HelperRequest) -> Result<i32, String> {
                 .map(|p| p.as_raw())
                 .ok_or_else(|| "created container has no init pid".to_string())
         }
-        HelperOp::Exec { process_json, .. } => b
+        HelperOp::Exec { process_json } => b
             .as_tenant()
             .with_process(Some(process_json))
             .with_detach(true)

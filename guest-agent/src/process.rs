@@ -4,9 +4,9 @@
 use crate::cgroup::OomCounter;
 use eci_protocol::agent::{ExitReason, WaitProcessResponse};
 use nix::sys::wait::WaitStatus;
+use parking_lot::Mutex;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
 use tokio::sync::watch;
 
 /// How a process ended.

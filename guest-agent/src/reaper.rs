@@ -7,8 +7,9 @@
 use crate::process::{ExitStatus, Process};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The registry of processes to reap.
 #[derive(Default)]
@@ -20,16 +21,13 @@ impl Reaper {
     /// Registers `process` and collects it at once if it has already exited.
     pub fn register(&self, process: Arc<Process>) {
         let pid = process.pid;
-        self.processes
-            .lock()
-            .expect("reaper lock")
-            .insert(pid, process);
+        self.processes.lock().insert(pid, process);
         self.reap_registered();
     }
 
     /// Waits (without blocking) for every registered pid; call on SIGCHLD.
     pub fn reap_registered(&self) {
-        let mut processes = self.processes.lock().expect("reaper lock");
+        let mut processes = self.processes.lock();
         processes.retain(|&pid, process| match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => true,
             Ok(status) => match ExitStatus::from_wait(status, process.oom.as_ref().map(|(c, b)| (c, *b))) {
@@ -63,7 +61,7 @@ impl Reaper {
     /// PID 1) orphans re-parented to the agent. Only runs while it holds the runtime lock, because
     /// libcontainer waits for its own helpers by pid under that lock.
     pub fn reap_strays(&self) {
-        let Ok(_guard) = crate::container::RUNTIME_LOCK.try_lock() else {
+        let Some(_guard) = crate::container::RUNTIME_LOCK.try_lock() else {
             return;
         };
         loop {
@@ -76,11 +74,7 @@ impl Reaper {
                 },
                 Err(_) => return,
             };
-            let registered = self
-                .processes
-                .lock()
-                .expect("reaper lock")
-                .contains_key(&pid.as_raw());
+            let registered = self.processes.lock().contains_key(&pid.as_raw());
             if registered {
                 self.reap_registered();
             } else {

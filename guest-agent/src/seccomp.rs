@@ -161,25 +161,55 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, SeccompError> 
     Ok(programs)
 }
 
-/// Installs `programs` in the calling thread. Without no_new_privileges this needs
-/// CAP_SYS_ADMIN; when the process lacks it, no_new_privileges is set (with a warning) so that
-/// the profile is enforced rather than dropped.
+/// Installs `programs` in the calling thread without setting no_new_privileges, as runc does
+/// for a process that does not ask for it: that needs CAP_SYS_ADMIN. When the process lacks it,
+/// no_new_privileges is set (with a warning) so that the profile is enforced rather than
+/// dropped. (seccompiler's own `apply_filter` always sets no_new_privileges, which changes what
+/// setuid programs do; hence the system call here.)
 pub fn install(programs: &[BpfProgram]) -> std::io::Result<()> {
     for program in programs {
-        if let Err(e) = seccompiler::apply_filter(program) {
-            let needs_nnp = matches!(&e, seccompiler::Error::Seccomp(io) if io.raw_os_error() == Some(libc::EACCES));
-            if !needs_nnp {
-                return Err(std::io::Error::other(e));
+        match set_filter(program) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                tracing::warn!(
+                    "seccomp without CAP_SYS_ADMIN: setting no_new_privileges to enforce the profile"
+                );
+                // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes no pointers and only affects this
+                // process.
+                if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                set_filter(program)?;
             }
-            tracing::warn!(
-                "seccomp without CAP_SYS_ADMIN: setting no_new_privileges to enforce the profile"
-            );
-            // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes no pointers and only affects this process.
-            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            seccompiler::apply_filter(program).map_err(std::io::Error::other)?;
+            Err(e) => return Err(e),
         }
+    }
+    Ok(())
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER) of one program for the calling thread.
+fn set_filter(program: &BpfProgram) -> std::io::Result<()> {
+    if program.is_empty() {
+        return Err(std::io::Error::other("empty seccomp program"));
+    }
+    let len = u16::try_from(program.len())
+        .map_err(|_| std::io::Error::other("seccomp program longer than 65535 instructions"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        // seccompiler's sock_filter is #[repr(C)] {u16, u8, u8, u32}, the kernel's layout.
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: the kernel copies the program from `fprog` during the call; both outlive it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -241,7 +271,18 @@ mod tests {
                 let code = match install(&programs) {
                     // SAFETY: a plain syscall without arguments.
                     Ok(()) => match unsafe { libc::syscall(libc::SYS_getppid) } {
-                        -1 if std::io::Error::last_os_error().raw_os_error() == Some(38) => 0,
+                        // As root (with CAP_SYS_ADMIN) the filter goes in without
+                        // no_new_privileges.
+                        -1 if std::io::Error::last_os_error().raw_os_error() == Some(38) => {
+                            // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes no pointers.
+                            let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+                            let is_root = nix::unistd::geteuid().is_root();
+                            if is_root && nnp != 0 {
+                                3
+                            } else {
+                                0
+                            }
+                        }
                         _ => 1,
                     },
                     Err(_) => 2,

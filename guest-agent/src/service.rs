@@ -1,5 +1,6 @@
 //! The ttrpc face of [`Agent`]: decodes nothing itself (ttrpc did), logs refusals, maps errors
-//! to status codes.
+//! to status codes, and keeps panics from crossing an RPC: a handler that panics answers
+//! INTERNAL (ttrpc would otherwise drop the request without an answer) and the agent serves on.
 
 use crate::agent::Agent;
 use crate::error::AgentError;
@@ -19,10 +20,23 @@ fn reply<T>(rpc: &str, r: Result<T, AgentError>) -> ttrpc::Result<T> {
     })
 }
 
+/// Runs one request's handler; a panic in it becomes an [`AgentError::Internal`] answer.
+async fn guarded<T>(
+    rpc: &'static str,
+    work: impl std::future::Future<Output = Result<T, AgentError>>,
+) -> ttrpc::Result<T> {
+    use futures::FutureExt;
+    let result = std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(AgentError::panicked(rpc, panic)));
+    reply(rpc, result)
+}
+
 #[async_trait]
 impl agent_ttrpc::Agent for AgentService {
     async fn ping(&self, _: &TtrpcContext, req: PingRequest) -> ttrpc::Result<PingResponse> {
-        reply("Ping", self.0.ping(&req))
+        guarded("Ping", async { self.0.ping(&req) }).await
     }
 
     async fn setup_sandbox(
@@ -30,10 +44,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: SetupSandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        reply(
-            "SetupSandbox",
-            self.0.setup_sandbox(&req).map(|_| Empty::new()),
-        )
+        guarded("SetupSandbox", async {
+            self.0.setup_sandbox(&req).map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn destroy_sandbox(
@@ -41,10 +55,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        reply(
-            "DestroySandbox",
-            self.0.destroy_sandbox(&req).await.map(|_| Empty::new()),
-        )
+        guarded("DestroySandbox", async {
+            self.0.destroy_sandbox(&req).await.map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn create_container(
@@ -52,7 +66,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<CreateContainerResponse> {
-        reply("CreateContainer", self.0.create_container(req).await)
+        guarded("CreateContainer", async {
+            self.0.create_container(req).await
+        })
+        .await
     }
 
     async fn start_container(
@@ -60,7 +77,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: StartContainerRequest,
     ) -> ttrpc::Result<StartContainerResponse> {
-        reply("StartContainer", self.0.start_container(&req).await)
+        guarded("StartContainer", async {
+            self.0.start_container(&req).await
+        })
+        .await
     }
 
     async fn remove_container(
@@ -68,10 +88,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        reply(
-            "RemoveContainer",
-            self.0.remove_container(&req).await.map(|_| Empty::new()),
-        )
+        guarded("RemoveContainer", async {
+            self.0.remove_container(&req).await.map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn pause_container(
@@ -79,10 +99,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: ContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        reply(
-            "PauseContainer",
-            self.0.set_paused(&req, true).await.map(|_| Empty::new()),
-        )
+        guarded("PauseContainer", async {
+            self.0.set_paused(&req, true).await.map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn resume_container(
@@ -90,10 +110,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: ContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        reply(
-            "ResumeContainer",
-            self.0.set_paused(&req, false).await.map(|_| Empty::new()),
-        )
+        guarded("ResumeContainer", async {
+            self.0.set_paused(&req, false).await.map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn update_container(
@@ -101,10 +121,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: UpdateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        reply(
-            "UpdateContainer",
-            self.0.update_container(&req).await.map(|_| Empty::new()),
-        )
+        guarded("UpdateContainer", async {
+            self.0.update_container(&req).await.map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn stats_container(
@@ -112,7 +132,7 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: ContainerRequest,
     ) -> ttrpc::Result<StatsContainerResponse> {
-        reply("StatsContainer", self.0.stats(&req).await)
+        guarded("StatsContainer", async { self.0.stats(&req).await }).await
     }
 
     async fn list_processes(
@@ -120,7 +140,7 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: ContainerRequest,
     ) -> ttrpc::Result<ListProcessesResponse> {
-        reply("ListProcesses", self.0.list_processes(&req))
+        guarded("ListProcesses", async { self.0.list_processes(&req) }).await
     }
 
     async fn exec_process(
@@ -128,7 +148,7 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: ExecProcessRequest,
     ) -> ttrpc::Result<ExecProcessResponse> {
-        reply("ExecProcess", self.0.exec_process(&req).await)
+        guarded("ExecProcess", async { self.0.exec_process(&req).await }).await
     }
 
     async fn signal_process(
@@ -136,10 +156,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        reply(
-            "SignalProcess",
-            self.0.signal_process(&req).await.map(|_| Empty::new()),
-        )
+        guarded("SignalProcess", async {
+            self.0.signal_process(&req).await.map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn wait_process(
@@ -147,22 +167,28 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: ProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
-        reply("WaitProcess", self.0.wait_process(&req).await)
+        guarded("WaitProcess", async { self.0.wait_process(&req).await }).await
     }
 
     async fn close_stdin(&self, _: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
-        reply("CloseStdin", self.0.close_stdin(&req).map(|_| Empty::new()))
+        guarded("CloseStdin", async {
+            self.0.close_stdin(&req).map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn resize_tty(&self, _: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
-        reply("ResizeTty", self.0.resize_tty(&req).map(|_| Empty::new()))
+        guarded("ResizeTty", async {
+            self.0.resize_tty(&req).map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn remove_process(&self, _: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
-        reply(
-            "RemoveProcess",
-            self.0.remove_process(&req).map(|_| Empty::new()),
-        )
+        guarded("RemoveProcess", async {
+            self.0.remove_process(&req).map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn stop_container(
@@ -170,10 +196,10 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: StopContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        reply(
-            "StopContainer",
-            self.0.stop_container(&req).map(|_| Empty::new()),
-        )
+        guarded("StopContainer", async {
+            self.0.stop_container(&req).map(|_| Empty::new())
+        })
+        .await
     }
 
     async fn probe_status(
@@ -181,11 +207,11 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: ContainerRequest,
     ) -> ttrpc::Result<ProbeStatusResponse> {
-        reply("ProbeStatus", self.0.probe_status(&req))
+        guarded("ProbeStatus", async { self.0.probe_status(&req) }).await
     }
 
     async fn get_event(&self, _: &TtrpcContext, _: GetEventRequest) -> ttrpc::Result<Event> {
-        Ok(self.0.next_event().await)
+        guarded("GetEvent", async { Ok(self.0.next_event().await) }).await
     }
 
     async fn listening_ports(
@@ -193,6 +219,27 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         _: ListeningPortsRequest,
     ) -> ttrpc::Result<ListeningPortsResponse> {
-        reply("ListeningPorts", self.0.listening_ports())
+        guarded("ListeningPorts", async { self.0.listening_ports() }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal_and_names_the_request() {
+        let answer: ttrpc::Result<()> = guarded("Ping", async { panic!("boom") }).await;
+        match answer {
+            Err(ttrpc::Error::RpcStatus(status)) => {
+                assert_eq!(status.code(), ttrpc::Code::INTERNAL);
+                assert!(
+                    status.message.contains("Ping") && status.message.contains("boom"),
+                    "{}",
+                    status.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -270,7 +270,7 @@ fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup, ports: bool) 
     };
     let kind = header.kind.enum_value_or_default();
     let fd = {
-        let mut ends = process.stdio.lock().expect("stdio lock");
+        let mut ends = process.stdio.lock();
         let taken = match kind {
             StreamKind::STDIN if ends.stdin_closed => None,
             StreamKind::STDIN => ends.stdin.take(),
@@ -307,7 +307,7 @@ fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup, ports: bool) 
             copy(&mut conn, &mut file);
             // Dropping the write end gives the process EOF.
             drop(file);
-            process.stdio.lock().expect("stdio lock").stdin_conn = None;
+            process.stdio.lock().stdin_conn = None;
         }
         _ => {
             copy(&mut file, &mut conn);
@@ -396,7 +396,7 @@ fn copy(from: &mut impl Read, to: &mut impl Write) {
 
 /// Ends a process's stdin: drops the pipe end if no stream took it, or ends the attached stream.
 pub fn close_stdin(process: &Process) {
-    let mut ends = process.stdio.lock().expect("stdio lock");
+    let mut ends = process.stdio.lock();
     ends.stdin_closed = true;
     ends.stdin = None;
     if let Some(conn) = ends.stdin_conn.take() {

@@ -79,14 +79,18 @@ mod tests {
 
     #[test]
     fn removes_a_cgroup_everywhere() {
-        if !nix::unistd::geteuid().is_root() || !Path::new("/sys/fs/cgroup/pids").exists() {
-            eprintln!("SKIP: needs root and a cgroup v1 pids hierarchy");
+        if eci_test_support::skip_unless_ready(eci_test_support::missing_root()) {
             return;
         }
+        // One hierarchy that exists on this host: the unified root (v2) or the v1 pids one.
+        let root = Path::new(CGROUP_ROOT);
+        let hierarchy = if root.join("cgroup.controllers").exists() {
+            root.to_path_buf()
+        } else {
+            root.join("pids")
+        };
         let name = format!("/eci-shim-test-{}", std::process::id());
-        let dir = Path::new("/sys/fs/cgroup/pids")
-            .join(name.trim_start_matches('/'))
-            .join("inner");
+        let dir = hierarchy.join(name.trim_start_matches('/')).join("inner");
         std::fs::create_dir_all(&dir).unwrap();
         assert!(cgroup_dirs(&format!("{name}/inner")).contains(&dir));
         assert!(remove(&format!("{name}/inner")).is_empty());

@@ -228,7 +228,15 @@ impl Hypervisor for LocalAgent {
         let subscription = ExitSubscription::new().await.map_err(spawn_error)?;
         let pid = clone_into_namespaces(&args, log.as_raw_fd()).map_err(spawn_error)?;
         drop(log);
-        std::fs::write(pod.pid_file(), pid.to_string()).map_err(spawn_error)?;
+        if let Err(e) = std::fs::write(pod.pid_file(), pid.to_string()) {
+            // The namespace init and the agent run already: take them down (killing the init of
+            // a PID namespace kills every process in it) before giving up.
+            let (status, _) = subscription
+                .wait_or_kill(pid, std::time::Duration::ZERO)
+                .await;
+            log::warn!("sandbox process {pid} killed after a failed launch (status {status})");
+            return Err(spawn_error(e));
+        }
         Ok(Launched {
             pid,
             endpoint: Endpoint::Unix {

@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod paths;
 pub mod pidmap;
+pub mod publisher;
 pub mod reaper;
 pub mod sandbox;
 pub mod stdio;

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Context as _;
 use containerd_shim::{
-    asynchronous::{monitor::monitor_notify_by_pid, publisher::RemotePublisher, ExitSignal},
+    asynchronous::{monitor::monitor_notify_by_pid, ExitSignal},
     protos::{shim::shim::DeleteResponse, shim_async::create_task},
     Flags, StartOpts, Task,
 };
@@ -223,12 +223,17 @@ async fn kill_sandbox(pod: &PodPaths) {
         return;
     };
     // The pid may have been reused: only kill the namespace init whose child is this pod's agent.
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children = procfs::process::Process::new(pid)
+        .and_then(|p| p.task_main_thread())
+        .and_then(|t| t.children())
+        .unwrap_or_default();
     let socket = pod.api_socket().display().to_string();
-    let ours = children.split_whitespace().any(|child| {
-        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&cmdline).contains(&socket)
+    let ours = children.into_iter().any(|child| {
+        i32::try_from(child)
+            .ok()
+            .and_then(|child| procfs::process::Process::new(child).ok())
+            .and_then(|p| p.cmdline().ok())
+            .is_some_and(|args| args.iter().any(|a| a.contains(&socket)))
     });
     if ours {
         kill_and_wait(pid).await;
@@ -250,15 +255,9 @@ async fn kill_and_wait(pid: i32) {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.state == 'Z')
 }
 
 /// Task service names: containerd 1.x calls the Task API `containerd.task.v2.Task`, 2.x
@@ -283,10 +282,7 @@ pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("open the shim log")?;
     let ttrpc_address = std::env::var(TTRPC_ADDRESS).context("TTRPC_ADDRESS is not set")?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("connect to containerd's event service")?;
+    let publisher = crate::publisher::EventPublisher::start(&ttrpc_address);
     let exit = Arc::new(ExitSignal::default());
     let pod = Pod::new(
         &flags.id,

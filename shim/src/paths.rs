@@ -162,11 +162,12 @@ fn not_found_ok(e: io::Error) -> io::Result<()> {
 
 /// Mount points at or under `dir`, deepest first, read from /proc/self/mountinfo.
 pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let info = procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .map_err(io::Error::other)?;
     let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .into_iter()
+        .map(|m| PathBuf::from(unescape_mountinfo(&m.mount_point.to_string_lossy())))
         .filter(|p| p.starts_with(dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -174,7 +175,8 @@ pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
+/// mountinfo escapes space, tab, newline and backslash as octal, and procfs hands mount points
+/// over as they are written there.
 fn unescape_mountinfo(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let bytes = s.as_bytes();
@@ -247,8 +249,7 @@ mod tests {
 
     #[test]
     fn prepare_and_remove_leave_nothing() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: needs root to mount");
+        if eci_test_support::skip_unless_ready(eci_test_support::missing_root()) {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

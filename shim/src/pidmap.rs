@@ -5,22 +5,21 @@
 //! A sandbox process is found by the second entry of its `NSpid` line (its pid in the agent's
 //! namespace) and by having the agent among its ancestors.
 
-use std::fs;
+/// Every pid in the host's /proc.
+fn all_pids() -> impl Iterator<Item = u32> {
+    procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|p| u32::try_from(p.pid).ok())
+}
 
 /// The host pid of the process with pid `ns_pid` in the namespace of `sandbox_pid`.
 pub fn host_pid(sandbox_pid: i32, ns_pid: u32) -> Option<u32> {
     if ns_pid == 1 {
         return u32::try_from(sandbox_pid).ok();
     }
-    let entries = fs::read_dir("/proc").ok()?;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         let Some(status) = read_status(pid) else {
             continue;
         };
@@ -34,25 +33,16 @@ pub fn host_pid(sandbox_pid: i32, ns_pid: u32) -> Option<u32> {
 /// Maps every pid in `ns_pids` at once (one scan of /proc).
 pub fn host_pids(sandbox_pid: i32, ns_pids: &[u32]) -> Vec<(u32, Option<u32>)> {
     let mut found: Vec<(u32, Option<u32>)> = ns_pids.iter().map(|p| (*p, None)).collect();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Some(status) = read_status(pid) else {
-                continue;
-            };
-            let Some(inner) = status.ns_pids.get(1) else {
-                continue;
-            };
-            if let Some(slot) = found.iter_mut().find(|(n, h)| n == inner && h.is_none()) {
-                if descends_from(pid, sandbox_pid) {
-                    slot.1 = Some(pid);
-                }
+    for pid in all_pids() {
+        let Some(status) = read_status(pid) else {
+            continue;
+        };
+        let Some(inner) = status.ns_pids.get(1) else {
+            continue;
+        };
+        if let Some(slot) = found.iter_mut().find(|(n, h)| n == inner && h.is_none()) {
+            if descends_from(pid, sandbox_pid) {
+                slot.1 = Some(pid);
             }
         }
     }
@@ -84,24 +74,23 @@ pub fn translate_ns_path(sandbox_pid: i32, path: &str) -> Option<String> {
 
 struct Status {
     ppid: u32,
+    /// The pid in each PID namespace, outermost first (`NSpid`).
     ns_pids: Vec<u32>,
 }
 
 fn read_status(pid: u32) -> Option<Status> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mut ppid = 0;
-    let mut ns_pids = Vec::new();
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("PPid:") {
-            ppid = v.trim().parse().ok()?;
-        } else if let Some(v) = line.strip_prefix("NSpid:") {
-            ns_pids = v
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect();
-        }
-    }
-    Some(Status { ppid, ns_pids })
+    let status = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .and_then(|p| p.status())
+        .ok()?;
+    Some(Status {
+        ppid: u32::try_from(status.ppid).ok()?,
+        ns_pids: status
+            .nspid
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| u32::try_from(p).ok())
+            .collect(),
+    })
 }
 
 fn descends_from(mut pid: u32, ancestor: i32) -> bool {
@@ -143,8 +132,9 @@ mod tests {
 
     #[test]
     fn finds_a_child_in_a_new_pid_namespace() {
-        if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/unshare").exists() {
-            eprintln!("SKIP: needs root and unshare(1)");
+        if eci_test_support::skip_unless_ready(
+            eci_test_support::missing_root().or_else(|| eci_test_support::missing_tool("unshare")),
+        ) {
             return;
         }
         // unshare --fork: unshare (host) -> sh (ns pid 1) -> sleep (ns pid 2).
@@ -162,21 +152,24 @@ mod tests {
         let unshare_pid = child.id();
         let mut sandbox = None;
         for _ in 0..200 {
-            let children =
-                fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
-                    .unwrap_or_default();
-            sandbox = children
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse::<i32>().ok());
-            if sandbox.is_some() && host_pid(sandbox.unwrap(), 2).is_some() {
+            sandbox = procfs::process::Process::new(unshare_pid as i32)
+                .and_then(|p| p.task_main_thread())
+                .and_then(|t| t.children())
+                .ok()
+                .and_then(|c| c.first().and_then(|p| i32::try_from(*p).ok()));
+            // Found once the forked shell has become sleep (its comm changes at the exec).
+            let sleeping = sandbox
+                .and_then(|s| host_pid(s, 2))
+                .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+                .is_some_and(|comm| comm.trim() == "sleep");
+            if sleeping {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let sandbox = sandbox.expect("sandbox process");
         let sleep_pid = host_pid(sandbox, 2).expect("sleep found");
-        let comm = fs::read_to_string(format!("/proc/{sleep_pid}/comm")).unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{sleep_pid}/comm")).unwrap();
         assert_eq!(comm.trim(), "sleep");
         assert_eq!(
             host_pids(sandbox, &[1, 2]),

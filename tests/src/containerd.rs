@@ -6,7 +6,9 @@
 //! `ECI_CONTAINERD=2`, the 2.x build of `scripts/install-deps.sh`), each with its own config
 //! format ([`CriConfig`] renders the CRI part for either). The shim's config reaches every shim
 //! through `ECI_SHIM_CONFIG` in containerd's environment: local mode unless
-//! `ECI_TEST_HYPERVISOR=eci-vmm` makes it VM mode (scripts/vm-tier, inside `scripts/testhost`).
+//! `ECI_TEST_HYPERVISOR=eci-vmm` makes it VM mode (scripts/vm-tier, inside `scripts/testhost`). [`Containerd::stop_daemon`] and
+//! [`Containerd::restart`] stop and start the daemon alone, keeping its state, its shims and their
+//! pods, as a containerd restart on a node does.
 
 use std::{
     io,
@@ -250,6 +252,10 @@ pub struct Containerd {
     /// The shim config containerd passes to its shims (`ECI_SHIM_CONFIG`).
     pub shim_config: PathBuf,
     path_env: String,
+    /// Extra environment of the daemon (see [`ContainerdOptions::env`]).
+    env: Vec<(String, String)>,
+    /// Network namespace the daemon runs in (see [`ContainerdOptions::netns`]).
+    netns: Option<String>,
 }
 
 /// Why a private containerd cannot run here, if it cannot. containerd 2.x selected but not
@@ -334,34 +340,9 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         path_env
             .push(std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
         let path_env = path_env.join(":");
-        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
-        let mut command = match &options.netns {
-            Some(netns) => {
-                let mut command = Command::new("nsenter");
-                command
-                    .arg(format!("--net=/run/netns/{netns}"))
-                    .arg("--")
-                    .arg(version.tool("containerd"));
-                command
-            }
-            None => Command::new(version.tool("containerd")),
-        };
-        let child = command
-            .arg("--config")
-            .arg(&config_path)
-            // CRI creates missing mount sources relative to containerd's working directory
-            // (e.g. `eci-volume://name`): keep them in the temp dir, not in the test's.
-            .current_dir(dir.path())
-            .env("PATH", &path_env)
-            .env("ECI_SHIM_CONFIG", &shim_config)
-            .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
         let mut containerd = Self {
             dir,
-            child: Some(child),
+            child: None,
             socket,
             namespace: options
                 .namespace
@@ -370,7 +351,45 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
             version,
             shim_config,
             path_env,
+            env: options.env.clone(),
+            netns: options.netns.clone(),
         };
+        containerd.spawn_daemon()?;
+        Ok(containerd)
+    }
+
+    /// Starts the daemon on the config in the directory and waits until it answers.
+    fn spawn_daemon(&mut self) -> io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))?;
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net=/run/netns/{netns}"))
+                    .arg("--")
+                    .arg(self.version.tool("containerd"));
+                command
+            }
+            None => Command::new(self.version.tool("containerd")),
+        };
+        let child = command
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            // CRI creates missing mount sources relative to containerd's working directory
+            // (e.g. `eci-volume://name`): keep them in the temp dir, not in the test's.
+            .current_dir(self.dir.path())
+            .env("PATH", &self.path_env)
+            .env("ECI_SHIM_CONFIG", &self.shim_config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let containerd = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if containerd.ctr(&["version"]).status.success() {
@@ -390,7 +409,38 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(containerd)
+        Ok(())
+    }
+
+    /// The daemon's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the daemon alone with `signal` (SIGTERM: a clean stop; SIGKILL: a crash) and
+    /// reaps it. Its state, its shims and their pods stay for [`Containerd::restart`].
+    pub fn stop_daemon(&mut self, signal: nix::sys::signal::Signal) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the daemon again on the same config, root and state (after
+    /// [`Containerd::stop_daemon`]).
+    pub fn restart(&mut self) -> io::Result<()> {
+        assert!(self.child.is_none(), "containerd still runs: stop it first");
+        self.spawn_daemon()
     }
 
     pub fn dir(&self) -> &Path {
@@ -473,12 +523,15 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         Ok(())
     }
 
-    /// Stops containerd and releases what it left (mounts under its directories).
+    /// Stops containerd and releases what it left: mounts under its directories, and the shims
+    /// and local-mode pods a test that failed halfway left running (they outlive containerd, as
+    /// on a node).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         crate::terminate(&mut child, Duration::from_secs(10));
+        release_runtime_processes(&self.socket);
         unmount_under(self.dir.path());
     }
 }
@@ -500,6 +553,35 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found
+}
+
+/// Kills the shims of the containerd at `socket` and what descends from them (killing a
+/// local-mode pod's init ends its PID namespace), then unmounts and removes the pod directories
+/// their agents named (`--listen <pod dir>/agent.sock`).
+fn release_runtime_processes(socket: &Path) {
+    let procs = crate::census::runtime_processes(socket);
+    let pod_dirs: Vec<PathBuf> = procs
+        .iter()
+        .filter_map(|p| {
+            let mut args = p.cmdline.split(' ');
+            args.find(|a| *a == "--listen")?;
+            Path::new(args.next()?).parent().map(Path::to_path_buf)
+        })
+        .filter(|d| d.starts_with("/run/eci"))
+        .collect();
+    for p in &procs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if !procs.is_empty() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for dir in pod_dirs {
+        unmount_under(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 fn unmount_under(dir: &Path) {

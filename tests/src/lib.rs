@@ -4,12 +4,13 @@
 //! - [`rootfs`]: an offline busybox rootfs / bundle from Debian's busybox-static.
 //! - [`agent`]: a local-mode `eci-agent` process with a ttrpc client and stream helpers.
 //! - [`containerd`]: a private containerd; [`cni`]: one with CRI and CNI in its own network
-//!   namespace; [`cri`]: a CRI client; [`registry`]: docker-registry with credentials;
+//!   namespace; [`census`]: what the runtime holds on the host, for leak checks; [`cri`]: a CRI client; [`registry`]: docker-registry with credentials;
 //!   [`eci_server`]: a running `eci serve`.
 //! - [`vm`]: the VM tiers' guest images, KVM check and console watcher.
 
 pub mod agent;
 pub mod bins;
+pub mod census;
 pub mod cni;
 pub mod containerd;
 pub mod cri;
@@ -20,7 +21,10 @@ pub mod rootfs;
 pub mod streaming;
 pub mod vm;
 
-/// Whether the test runs as root; tests that need root print a SKIP line otherwise.
+/// What a test does when a prerequisite is missing (fail under CI, SKIP line otherwise).
+pub use eci_test_support as prereq;
+
+/// Whether the test runs as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

@@ -33,12 +33,11 @@ fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
 #[tokio::test]
 #[ignore = "benchmark: run with make bench-agent"]
 async fn bench_agent_vs_runc() {
-    if let Some(why) = eci_tests::agent::missing() {
-        eprintln!("SKIP bench: {why}");
+    if eci_tests::prereq::skip_unless_ready(eci_tests::agent::missing()) {
         return;
     }
     let Ok(runc) = which("runc") else {
-        eprintln!("SKIP bench: runc not installed");
+        eci_tests::prereq::missing_prerequisite("runc (apt-get install runc)");
         return;
     };
     let runs: usize = std::env::var("BENCH_RUNS")

@@ -1,7 +1,7 @@
 //! End-to-end tests of the agent's container core in local mode: each test starts its own
 //! `eci-agent --local`, builds a busybox bundle and drives the agent through the generated
 //! ttrpc client and the stream socket. They need root (namespaces, cgroups, mounts) and
-//! Debian's busybox-static; without them they print SKIP and return.
+//! Debian's busybox-static; without them they fail under CI (SKIP line elsewhere).
 
 use eci_protocol::agent::*;
 use eci_protocol::stream::StreamKind;
@@ -21,10 +21,9 @@ struct Env {
     bundle: BusyboxBundle,
 }
 
-/// The agent and a bundle, or None (after printing why) when the machine cannot run them.
-async fn env(test: &str) -> Option<Env> {
-    if let Some(why) = eci_tests::agent::missing() {
-        eprintln!("SKIP {test}: {why}");
+/// The agent and a bundle, or None when the machine cannot run them (a failure under CI).
+async fn env(_test: &str) -> Option<Env> {
+    if eci_tests::prereq::skip_unless_ready(eci_tests::agent::missing()) {
         return None;
     }
     let agent = LocalAgent::start().await.expect("start eci-agent");
@@ -908,6 +907,163 @@ async fn tty_works_with_a_64_character_cri_id() {
     env.start(&id).await;
     let text = read_all(out).await.unwrap();
     assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert_eq!(env.wait(&id, "").await.exit_code, 0);
+    env.remove(&id).await;
+}
+
+/// A valid spec without `process.env` runs an absolute args[0], as runc does; a bare name has
+/// no PATH to be looked up in and is refused at create (runc refuses it too).
+#[tokio::test]
+async fn process_without_env_runs_an_absolute_program() {
+    let Some(env) = env("no_env").await else {
+        return;
+    };
+    let mut spec = default_spec(&["/bin/echo", "no env needed"]);
+    spec.process_mut().as_mut().unwrap().set_env(None);
+    let (out, err, exit) = env.run(&unique("noenv"), &spec).await;
+    assert_eq!(
+        (out.as_str(), exit.exit_code),
+        ("no env needed\n", 0),
+        "stderr: {err}"
+    );
+    let mut spec = default_spec(&["echo", "bare"]);
+    spec.process_mut().as_mut().unwrap().set_env(None);
+    let id = unique("noenv-bare");
+    let refused = env.create(&id, &spec, stdio(false, false)).await;
+    assert!(refused.is_err(), "a bare args[0] without PATH was accepted");
+    assert!(cgroup_dirs_of(&id).is_empty(), "{:?}", cgroup_dirs_of(&id));
+}
+
+/// The `NoNewPrivs`, `Seccomp` and capability lines of /proc/self/status, sorted.
+const STATUS_LINES: &str =
+    "grep -E '^(NoNewPrivs|Seccomp|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/self/status | sort";
+
+/// With a seccomp profile and without `noNewPrivileges`, a process runs as under runc: the
+/// profile is installed, no_new_privs stays off (setuid programs keep working) and the
+/// capabilities are the spec's. Init and exec both; runc runs the same spec for comparison.
+#[tokio::test]
+async fn seccomp_without_no_new_privileges_matches_runc() {
+    let Some(env) = env("seccomp_nnp").await else {
+        return;
+    };
+    if eci_tests::prereq::skip_unless_ready(eci_tests::prereq::missing_tool("runc")) {
+        return;
+    }
+    let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    }))
+    .unwrap();
+    let mut spec = sh(STATUS_LINES);
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_seccomp(Some(profile));
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .set_no_new_privileges(None);
+
+    let runc_root = tempfile::tempdir().unwrap();
+    spec.save(env.bundle.bundle().join("config.json")).unwrap();
+    let runc_out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(runc_root.path())
+        .args(["run", "--bundle"])
+        .arg(env.bundle.bundle())
+        .arg(unique("runc-seccomp"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let runc_lines = String::from_utf8_lossy(&runc_out.stdout).into_owned();
+    assert!(
+        runc_out.status.success() && runc_lines.contains("NoNewPrivs:\t0"),
+        "runc: {runc_lines} {}",
+        String::from_utf8_lossy(&runc_out.stderr)
+    );
+
+    let (out, err, exit) = env.run(&unique("seccomp-nnp"), &spec).await;
+    assert_eq!(exit.exit_code, 0, "{err}");
+    assert!(out.contains("Seccomp:\t2"), "no filter installed: {out}");
+    assert_eq!(out, runc_lines, "init differs from runc");
+
+    // An exec in such a container is set up the same way.
+    let id = unique("seccomp-nnp-exec");
+    let mut long = spec.clone();
+    long.process_mut()
+        .as_mut()
+        .unwrap()
+        .set_args(Some(vec!["sleep".into(), "1000".into()]));
+    env.create(&id, &long, stdio(false, false)).await.unwrap();
+    env.start(&id).await;
+    let req = exec_request(&id, "e1", &["sh", "-c", STATUS_LINES], stdio(false, false));
+    let mut process: oci_spec::runtime::Process =
+        serde_json::from_slice(&req.process_json).unwrap();
+    process.set_no_new_privileges(None);
+    let req = ExecProcessRequest {
+        process_json: serde_json::to_vec(&process).unwrap(),
+        ..req
+    };
+    env.agent.client.exec_process(ctx(), &req).await.unwrap();
+    let out = env.agent.attach(&id, "e1", StreamKind::STDOUT).unwrap();
+    assert_eq!(
+        read_all(out).await.unwrap(),
+        runc_lines,
+        "exec differs from runc"
+    );
+    assert_eq!(env.wait(&id, "e1").await.exit_code, 0);
+    env.remove(&id).await;
+}
+
+/// A CreateContainer whose caller gives up while the agent creates (its deadline passes) leaves
+/// no process and no cgroup behind, and the id can be used again.
+#[tokio::test]
+async fn abandoned_create_leaves_nothing_behind() {
+    let Some(env) = env("abandoned_create").await else {
+        return;
+    };
+    let id = unique("abandoned");
+    let req = CreateContainerRequest {
+        container_id: id.clone(),
+        oci_spec_json: serde_json::to_vec(&default_spec(&["sleep", "1000"])).unwrap(),
+        bundle: env.bundle.bundle().display().to_string(),
+        stdio: Some(stdio(false, false)).into(),
+        ..Default::default()
+    };
+    // Long enough for the request to reach the agent's runtime helper, far too short for the
+    // create to finish.
+    let short = ttrpc::context::with_timeout(Duration::from_millis(30).as_nanos() as i64);
+    let answer = env.agent.client.create_container(short, &req).await;
+    assert!(answer.is_err(), "the create finished within 30 ms");
+    // The agent finishes the create, then undoes it: the init process (still the runtime
+    // helper's clone, whose command line names the container) and the cgroup go, and the id is
+    // free again (refused as existing while the create is under way).
+    let again = default_spec(&["echo", "again"]);
+    let mut left = Vec::new();
+    let mut recreated = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = eci_tests::cni::processes_with(&format!("\"id\":\"{id}\""))
+            .into_iter()
+            .map(|pid| format!("process {pid}"))
+            .chain(cgroup_dirs_of(&id).iter().map(|d| d.display().to_string()))
+            .collect();
+        if !left.is_empty() {
+            continue;
+        }
+        match env.create(&id, &again, stdio(false, false)).await {
+            Ok(_) => {
+                recreated = true;
+                break;
+            }
+            Err(e) => assert_code(&e, ttrpc::Code::ALREADY_EXISTS),
+        }
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(recreated, "the id stayed taken");
+    let out = env.agent.attach(&id, "", StreamKind::STDOUT).unwrap();
+    env.start(&id).await;
+    assert_eq!(read_all(out).await.unwrap(), "again\n");
     assert_eq!(env.wait(&id, "").await.exit_code, 0);
     env.remove(&id).await;
 }

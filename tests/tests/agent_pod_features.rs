@@ -1,7 +1,7 @@
 //! End-to-end tests of the agent's pod features (issue 6) in local mode: `io.eci.*` probes and
 //! lifecycle hooks, StopContainer, sysctls, tmpfs and pod volumes, statistics. Each test starts
-//! its own `eci-agent --local` and busybox bundle; they need root and busybox-static and print
-//! SKIP otherwise. Probe periods are 1 s so that the file stays fast.
+//! its own `eci-agent --local` and busybox bundle; they need root and busybox-static and fail
+//! under CI without them (SKIP line elsewhere). Probe periods are 1 s so that the file stays fast.
 
 use eci_protocol::agent::*;
 use eci_protocol::stream::StreamKind;
@@ -23,9 +23,8 @@ struct Env {
     events: mpsc::UnboundedReceiver<Event>,
 }
 
-async fn env(test: &str) -> Option<Env> {
-    if let Some(why) = eci_tests::agent::missing() {
-        eprintln!("SKIP {test}: {why}");
+async fn env(_test: &str) -> Option<Env> {
+    if eci_tests::prereq::skip_unless_ready(eci_tests::agent::missing()) {
         return None;
     }
     let agent = LocalAgent::start().await.expect("start eci-agent");
@@ -689,7 +688,7 @@ async fn config_file_volume_has_exact_content_and_modes_and_is_read_only() {
 async fn disk_volume_from_an_ext4_image_is_mounted_read_only() {
     let Some(env) = env("disk").await else { return };
     if which("mkfs.ext4").is_none() || !Path::new("/dev/loop-control").exists() {
-        eprintln!("SKIP disk volume: needs mkfs.ext4 (e2fsprogs) and /dev/loop-control");
+        eci_tests::prereq::missing_prerequisite("mkfs.ext4 (e2fsprogs) and /dev/loop-control");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -994,7 +993,9 @@ async fn unmountable_nfs_volume_fails_create_naming_the_volume() {
     // client): the mount must fail, quickly and clearly, and leave nothing behind. A real NFS
     // mount is exercised in the VM tier.
     if std::net::TcpStream::connect("127.0.0.1:2049").is_ok() {
-        eprintln!("SKIP nfs failure: something listens on 127.0.0.1:2049");
+        eci_tests::prereq::missing_prerequisite(
+            "a free 127.0.0.1:2049 (something listens there, so the mount could succeed)",
+        );
         return;
     }
     let id = unique("nfs");

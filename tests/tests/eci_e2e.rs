@@ -25,8 +25,9 @@ use serde_json::{json, Value};
 /// exists only in the test's namespace, and dropping the fixture leaves nothing behind.
 #[test]
 fn cni_fixture_gives_a_runc_pod_an_address_and_leaves_nothing() {
-    if let Some(reason) = eci_tests::cni::missing().or_else(eci_tests::images::missing_tools) {
-        eprintln!("SKIP: {reason}");
+    if eci_tests::prereq::skip_unless_ready(
+        eci_tests::cni::missing().or_else(eci_tests::images::missing_tools),
+    ) {
         return;
     }
     let net = CriNetwork::start(CriNetworkOptions::default()).expect("start containerd in netns");
@@ -641,8 +642,7 @@ fn update_changes_the_image_and_keeps_the_pod_ip() {
 /// create without it pulls.
 #[test]
 fn image_cache_hit_skips_the_pull() {
-    if let Some(reason) = registry::missing_tools() {
-        eprintln!("SKIP: {reason}");
+    if eci_tests::prereq::skip_unless_ready(registry::missing_tools()) {
         return;
     }
     let Some(env) = Env::start(EnvOptions::default()) else {
@@ -1116,12 +1116,7 @@ fn probes_hooks_and_sysctls_reach_the_pod() {
     });
     let id = env.create(&body);
     env.wait_running(&id);
-    let exec = |command: &[&str]| {
-        env.post(
-            &format!("/v1/containerGroups/{id}/containers/main/exec"),
-            &json!({ "command": command }),
-        )
-    };
+    let exec = |command: &[&str]| env.exec(&id, "main", command);
     let sysctl = exec(&["cat", "/proc/sys/net/ipv4/tcp_keepalive_time"]);
     assert_eq!(
         sysctl.body["stdout"], "1234\n",
@@ -1155,5 +1150,104 @@ fn probes_hooks_and_sysctls_reach_the_pod() {
         alive.text
     );
     env.delete(&id);
+    env.assert_containerd_empty();
+}
+
+/// A container's `ready` follows its readiness probe (the pod's `/eci/probe` results), not
+/// merely its running state: false while the probe fails, true once it passes, false again when
+/// it fails again. A container without a probe is ready while it runs.
+#[test]
+fn ready_follows_the_readiness_probe() {
+    let Some(env) = Env::start(fast_backoff()) else {
+        return;
+    };
+    let body = json!({
+        "name": "readiness",
+        "cpu": 1,
+        "memory": 2,
+        "restartPolicy": "Always",
+        "containers": [
+            {
+                "name": "main",
+                "image": BUSYBOX,
+                "imagePullPolicy": "IfNotPresent",
+                "commands": ["sleep", "3600"],
+                "readinessProbe": {
+                    "exec": {"command": ["test", "-f", "/tmp/ready"]},
+                    "periodSeconds": 1,
+                    "failureThreshold": 1
+                }
+            },
+            {"name": "plain", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent", "commands": ["sleep", "3600"]}
+        ],
+    });
+    let id = env.create(&body);
+    env.wait_running(&id);
+    let exec = |command: &[&str]| env.exec(&id, "main", command);
+    // Several probe periods: running, not ready.
+    std::thread::sleep(Duration::from_secs(3));
+    let group = env.group(&id);
+    assert_eq!(container(&group, "main")["state"], "Running", "{group:#}");
+    assert_eq!(container(&group, "main")["ready"], false, "{group:#}");
+    assert_eq!(container(&group, "plain")["ready"], true, "{group:#}");
+
+    assert_eq!(exec(&["touch", "/tmp/ready"]).body["exitCode"], 0);
+    env.wait_group(&id, "ready", Duration::from_secs(30), |g| {
+        container(g, "main")["ready"] == true
+    });
+    assert_eq!(exec(&["rm", "/tmp/ready"]).body["exitCode"], 0);
+    let group = env.wait_group(&id, "unready again", Duration::from_secs(30), |g| {
+        container(g, "main")["ready"] == false
+    });
+    assert_eq!(container(&group, "main")["restartCount"], 0, "{group:#}");
+    env.delete(&id);
+    env.assert_containerd_empty();
+}
+
+/// When CRI cannot remove a group's pod (here: CNI cannot tear the pod's network down, its
+/// plugin is missing), the group is not forgotten: it stays Terminating with a FailedKillPod
+/// event, and the delete is retried until CRI succeeds.
+#[test]
+fn group_whose_pod_cri_cannot_remove_stays_until_it_can() {
+    let Some(env) = Env::start(fast_backoff()) else {
+        return;
+    };
+    let id = env.create(&simple_group("sticky", "Always", "exec sleep 3600"));
+    env.wait_running(&id);
+    let conflist = env.net.cni_conf_dir.join("10-eci.conflist");
+    let good = std::fs::read_to_string(&conflist).unwrap();
+    let broken = good.replace("\"type\": \"bridge\"", "\"type\": \"eci-missing-plugin\"");
+    assert_ne!(broken, good, "the conflist names the bridge plugin: {good}");
+    // Put back whatever happens, so that the fixture's own clean-up can tear the pod down.
+    struct Restore(std::path::PathBuf, String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, &self.1);
+        }
+    }
+    let restore = Restore(conflist.clone(), good);
+    std::fs::write(&conflist, broken).unwrap();
+    // containerd reloads its CNI config when the directory changes.
+    std::thread::sleep(Duration::from_secs(3));
+    let answer = env.request(
+        reqwest::Method::DELETE,
+        &format!("/v1/containerGroups/{id}"),
+        None,
+    );
+    assert!((200..300).contains(&answer.status), "{}", answer.text);
+    let failed = wait_until(Duration::from_secs(60), || {
+        env.events(&id)
+            .into_iter()
+            .find(|e| e["reason"] == "FailedKillPod")
+    });
+    let group = env.group(&id);
+    drop(restore);
+    assert!(failed.is_some(), "no FailedKillPod event: {group:#}");
+    assert_eq!(group["status"], "Terminating", "{group:#}");
+    // With the network plugin back, a retry removes the pod and then the record.
+    let gone = wait_until(Duration::from_secs(90), || {
+        (env.get(&format!("/v1/containerGroups/{id}")).status == 404).then_some(())
+    });
+    assert!(gone.is_some(), "group {id} never deleted");
     env.assert_containerd_empty();
 }

@@ -212,7 +212,7 @@ fn selftest_passes_in_a_tcg_microvm() {
     let art = match artefacts() {
         Ok(art) => art,
         Err(reason) => {
-            eprintln!("SKIP: {reason}");
+            eci_tests::prereq::missing_prerequisite(&reason);
             return;
         }
     };
@@ -230,7 +230,7 @@ fn selftest_passes_with_cgroup_v1() {
     let art = match artefacts() {
         Ok(art) => art,
         Err(reason) => {
-            eprintln!("SKIP: {reason}");
+            eci_tests::prereq::missing_prerequisite(&reason);
             return;
         }
     };
@@ -245,7 +245,7 @@ fn selftest_reports_failure_in_the_production_initramfs() {
     let art = match artefacts() {
         Ok(art) => art,
         Err(reason) => {
-            eprintln!("SKIP: {reason}");
+            eci_tests::prereq::missing_prerequisite(&reason);
             return;
         }
     };
@@ -265,7 +265,7 @@ fn time_to_agent_ready_median_of_5() {
     let art = match artefacts() {
         Ok(art) => art,
         Err(reason) => {
-            eprintln!("SKIP: {reason}");
+            eci_tests::prereq::missing_prerequisite(&reason);
             return;
         }
     };

@@ -170,36 +170,6 @@ fn exec_gets_the_containers_seccomp_profile() {
     assert_nothing_left(&ctd, &[id]);
 }
 
-fn task_status(ctd: &eci_tests::containerd::Containerd, id: &str) -> String {
-    let list = ctd.ctr_ok(&["task", "ls"]);
-    list.lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-        .to_owned()
-}
-
-/// Waits (generously: a VM boots first, possibly on an emulated host) until `id` runs.
-fn wait_running(ctd: &eci_tests::containerd::Containerd, id: &str) {
-    for _ in 0..6000 {
-        if task_status(ctd, id) == "RUNNING" {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("task {id} did not start: {}", ctd.ctr_ok(&["task", "ls"]));
-}
-
-fn wait_stopped(ctd: &eci_tests::containerd::Containerd, id: &str) {
-    for _ in 0..1200 {
-        if task_status(ctd, id) == "STOPPED" {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("task {id} did not stop: {}", ctd.ctr_ok(&["task", "ls"]));
-}
-
 /// `ctr task kill <kill_flags> id`, then, once the task has stopped, deletes the task and the
 /// container.
 fn kill_and_delete(ctd: &eci_tests::containerd::Containerd, id: &str, kill_flags: &[&str]) {

@@ -8,9 +8,7 @@
 mod shim_common;
 
 use std::{
-    io::{BufRead, BufReader},
     process::{Child, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -31,68 +29,6 @@ impl Drop for CleanupOnPanic<'_> {
         for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
             let _ = ctd.ctr(&["task", "delete", "--force", id]);
             let _ = ctd.ctr(&["container", "delete", id]);
-        }
-    }
-}
-
-/// A running `ctr events` whose lines are collected as they arrive.
-struct Events {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Events {
-    fn subscribe(ctd: &Containerd) -> Self {
-        let mut child = ctd
-            .events_command()
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("ctr events");
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        // Give it a moment to subscribe before the caller acts.
-        std::thread::sleep(Duration::from_millis(300));
-        Self {
-            child,
-            lines,
-            reader: Some(reader),
-        }
-    }
-
-    fn all(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Index (in arrival order) of the first line satisfying `pred`, waiting up to `timeout`.
-    fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(i) = self.all().iter().position(|l| pred(l)) {
-                return i;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no event {what} within {timeout:?}; events:\n{}",
-                self.all().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
         }
     }
 }

@@ -8,8 +8,7 @@ use shim_common::*;
 
 #[test]
 fn image_pulled_with_credentials_runs() {
-    if let Some(reason) = registry::missing_tools() {
-        eprintln!("SKIP: {reason}");
+    if eci_tests::prereq::skip_unless_ready(registry::missing_tools()) {
         return;
     }
     let Some(ctd) = containerd_with_busybox() else {

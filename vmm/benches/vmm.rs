@@ -180,7 +180,7 @@ fn rss_mib(guests: &Path) -> (f64, f64) {
 fn main() {
     let kind = KvmKind::detect();
     if kind == KvmKind::Absent {
-        println!("SKIP bench-vmm: /dev/kvm is missing");
+        println!("SKIP (bench-vmm: /dev/kvm is missing)");
         return;
     }
     let runs: usize = std::env::var("BENCH_RUNS")

@@ -54,6 +54,34 @@ pub fn active_state(mem: &GuestMemoryMmap, n: usize) -> ActiveState {
     }
 }
 
+/// How far one run of a device fuzz body got, for the unit tests to assert on (the cargo-fuzz
+/// targets ignore it): a body that silently gave up at set-up would otherwise test nothing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FuzzReach {
+    /// The device was built and activated over the fuzzed memory.
+    pub activated: bool,
+    /// Descriptor chains the device returned to the guest, over all its queues.
+    pub chains_used: u32,
+}
+
+/// Zeroes the used-ring index of the first `queues` queues (device-written, so nothing a guest
+/// controls is lost), so that [`used_chains`] can tell afterwards what the device returned.
+fn zero_used_indexes(mem: &GuestMemoryMmap, queues: usize) {
+    for i in 0..queues as u64 {
+        let _ = mem.write_obj(0u16, GuestAddress(i * 0x1000 + USED_RING + 2));
+    }
+}
+
+/// Chains the device put in the used rings of the first `queues` queues.
+fn used_chains(mem: &GuestMemoryMmap, queues: usize) -> u32 {
+    (0..queues as u64)
+        .map(|i| {
+            mem.read_obj::<u16>(GuestAddress(i * 0x1000 + USED_RING + 2))
+                .map_or(0, u32::from)
+        })
+        .sum()
+}
+
 /// Walks every available chain as a device would: readable part, then writable part.
 pub fn fuzz_descriptor_chains(data: &[u8]) {
     let mem = memory_from(data);
@@ -81,7 +109,7 @@ pub fn fuzz_descriptor_chains(data: &[u8]) {
 }
 
 /// Runs the vsock device over guest-built tx and rx queues.
-pub fn fuzz_vsock_packets(data: &[u8]) {
+pub fn fuzz_vsock_packets(data: &[u8]) -> FuzzReach {
     use crate::devices::virtio::vsock::Vsock;
     use crate::devices::virtio::VirtioDevice;
     let dir = std::env::temp_dir().join(format!(
@@ -90,31 +118,41 @@ pub fn fuzz_vsock_packets(data: &[u8]) {
         std::thread::current().id()
     ));
     if std::fs::create_dir_all(&dir).is_err() {
-        return;
+        return FuzzReach::default();
     }
     let mem = memory_from(data);
+    zero_used_indexes(&mem, 3);
+    let mut reach = FuzzReach::default();
     if let Ok(mut dev) = Vsock::new(3, &dir.join("v.sock")) {
         if dev.activate(active_state(&mem, 3)).is_ok() {
+            reach.activated = true;
             dev.process_queues_for_test();
+            reach.chains_used = used_chains(&mem, 3);
         }
     } // the device removes its socket on drop
     let _ = std::fs::remove_dir(&dir);
+    reach
 }
 
 /// Runs the block device over a guest-built request queue against a small scratch disk.
-pub fn fuzz_block_requests(data: &[u8]) {
+pub fn fuzz_block_requests(data: &[u8]) -> FuzzReach {
     use crate::devices::virtio::blk::Block;
     use crate::devices::virtio::VirtioDevice;
     let Ok(file) = tempfile_disk(64 * 1024) else {
-        return;
+        return FuzzReach::default();
     };
     let mem = memory_from(data);
+    zero_used_indexes(&mem, 1);
     let read_only = data.first().is_some_and(|b| b & 1 == 1);
     let mut dev = Block::from_file(file, read_only, "fuzz".into());
     if dev.activate(active_state(&mem, 1)).is_err() {
-        return;
+        return FuzzReach::default();
     }
     dev.process_requests();
+    FuzzReach {
+        activated: true,
+        chains_used: used_chains(&mem, 1),
+    }
 }
 
 /// Drives the virtio-mmio transport (with a block device behind it) with guest register
@@ -400,11 +438,44 @@ mod tests {
         }
     }
 
+    /// Makes the avail ring of the queue at `base` plausible (a few entries, heads in range), so
+    /// that random descriptors and buffers reach the device instead of failing the ring check.
+    fn plausible_avail_ring(input: &mut Vec<u8>, base: usize, seed: u8) {
+        let ring = base + AVAIL_RING as usize;
+        if input.len() < ring + 4 + 2 * QUEUE_SIZE as usize {
+            input.resize(ring + 4 + 2 * QUEUE_SIZE as usize, seed);
+        }
+        let entries = 1 + u16::from(seed) % QUEUE_SIZE;
+        input[ring + 2..ring + 4].copy_from_slice(&entries.to_le_bytes());
+        for i in 0..QUEUE_SIZE as usize {
+            let head = u16::from(input[ring + 4 + 2 * i]) % QUEUE_SIZE;
+            input[ring + 4 + 2 * i..ring + 6 + 2 * i].copy_from_slice(&head.to_le_bytes());
+        }
+    }
+
+    /// Runs `body` over random inputs (each with plausible avail rings for `queues` queues) and
+    /// asserts what makes the test worth having: every run set the device up, and a good share
+    /// of the runs got chains through to the device.
+    fn assert_device_reached(seed: u64, queues: usize, body: fn(&[u8]) -> FuzzReach) {
+        let (mut runs, mut reached) = (0, 0);
+        for (n, mut input) in random_inputs(seed, 200).enumerate() {
+            for q in 0..queues {
+                plausible_avail_ring(&mut input, q * 0x1000, (n + q) as u8);
+            }
+            let reach = body(&input);
+            assert!(reach.activated, "run {n}: the device was not set up");
+            runs += 1;
+            reached += usize::from(reach.chains_used > 0);
+        }
+        assert!(
+            reached * 4 >= runs,
+            "only {reached} of {runs} random inputs reached the device"
+        );
+    }
+
     #[test]
     fn vsock_survives_random_input() {
-        for input in random_inputs(0x9abc_def0, 200) {
-            fuzz_vsock_packets(&input);
-        }
+        assert_device_reached(0x9abc_def0, 3, fuzz_vsock_packets);
     }
 
     #[test]
@@ -470,8 +541,6 @@ mod tests {
 
     #[test]
     fn block_survives_random_input() {
-        for input in random_inputs(0x0fed_cba9, 200) {
-            fuzz_block_requests(&input);
-        }
+        assert_device_reached(0x0fed_cba9, 1, fuzz_block_requests);
     }
 }

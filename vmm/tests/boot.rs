@@ -252,7 +252,7 @@ fn runs_when_started_without_capabilities() {
         return;
     };
     if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("SKIP no-caps: setpriv (util-linux) is missing");
+        eci_test_support::missing_prerequisite("setpriv (util-linux)");
         return;
     }
     // A jailed VMM may start without capabilities (here: root with SECBIT_NOROOT, so a full

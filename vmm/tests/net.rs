@@ -157,14 +157,16 @@ fn guest_frame_reaches_the_tap_and_a_reply_reaches_the_guest() {
     };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP net: needs root for a network namespace and a tap");
+        eci_test_support::missing_prerequisite("root, for a network namespace and a tap");
         return;
     }
     let ns_name = format!("eci-vmm-net-{}", std::process::id());
     let ns = match NetNs::create(&ns_name) {
         Ok(ns) => ns,
         Err(e) => {
-            eprintln!("SKIP net: cannot create a namespace with a tap: {e}");
+            eci_test_support::missing_prerequisite(&format!(
+                "a network namespace with a tap (ip netns, /dev/net/tun): {e}"
+            ));
             return;
         }
     };
@@ -236,14 +238,16 @@ fn tap_fd_handed_over_by_the_caller() {
     };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP net-fd: needs root for a network namespace and a tap");
+        eci_test_support::missing_prerequisite("root, for a network namespace and a tap");
         return;
     }
     let ns_name = format!("eci-vmm-netfd-{}", std::process::id());
     let ns = match NetNs::create(&ns_name) {
         Ok(ns) => ns,
         Err(e) => {
-            eprintln!("SKIP net-fd: cannot create a namespace with a tap: {e}");
+            eci_test_support::missing_prerequisite(&format!(
+                "a network namespace with a tap (ip netns, /dev/net/tun): {e}"
+            ));
             return;
         }
     };

@@ -241,12 +241,13 @@ mod tests {
     /// namespaces of its own (the "host" one holds the bridge), removed at the end.
     #[test]
     fn real_plugins_give_the_pod_an_address() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: CNI plugins need root");
+        if eci_test_support::skip_unless_ready(eci_test_support::missing_root()) {
             return;
         }
         if !Path::new(DEFAULT_PLUGIN_DIR).join("bridge").exists() {
-            eprintln!("SKIP: no CNI plugins in {DEFAULT_PLUGIN_DIR}");
+            eci_test_support::missing_prerequisite(&format!(
+                "CNI plugins in {DEFAULT_PLUGIN_DIR} (containernetworking-plugins)"
+            ));
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -36,8 +36,11 @@ use super::{
     group::{Command, GroupWorker, Start},
     images, logs, metrics,
     policy::Backoff,
-    translate,
+    probes, translate,
 };
+
+/// The containerd namespace of everything CRI makes.
+const CRI_NAMESPACE: &str = "k8s.io";
 
 /// How the runtime reaches containerd and shapes pods.
 #[derive(Debug, Clone)]
@@ -75,6 +78,8 @@ pub(crate) struct Inner {
     pub store: Store,
     pub cri: CriClient,
     pub config: RuntimeConfig,
+    /// Readiness probe results from containerd's `/eci/probe` events.
+    pub readiness: Arc<probes::Readiness>,
     cpu_samples: metrics::CpuSamples,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
 }
@@ -113,6 +118,7 @@ impl Controller {
                 store,
                 cri,
                 config,
+                readiness: Arc::default(),
                 cpu_samples: metrics::CpuSamples::default(),
                 workers: Mutex::new(HashMap::new()),
             }),
@@ -165,7 +171,14 @@ impl Controller {
     }
 
     /// Matches the store with containerd (see the module doc) and starts a worker per group.
+    /// Also starts following the pods' readiness probe results (before any worker runs, so
+    /// that none is missed).
     pub async fn reconcile(&self) -> Result<(), BackendError> {
+        tokio::spawn(probes::follow(
+            self.inner.cri.channel(),
+            CRI_NAMESPACE.to_string(),
+            self.inner.readiness.clone(),
+        ));
         let store = &self.inner.store;
         let records = store.group_records()?;
         let known: std::collections::HashSet<String> =

@@ -69,6 +69,8 @@ pub struct PullAuth {
 pub struct CriClient {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
+    /// The connection itself, for containerd's other services (events).
+    channel: Channel,
 }
 
 impl CriClient {
@@ -85,8 +87,14 @@ impl CriClient {
             }));
         Self {
             runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
-            images: ImageServiceClient::new(channel).max_decoding_message_size(64 << 20),
+            images: ImageServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+            channel,
         }
+    }
+
+    /// The connection to containerd (its other gRPC services share it).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     pub async fn run_pod_sandbox(&self, config: PodSandboxConfig, handler: &str) -> Result<String> {

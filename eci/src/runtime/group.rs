@@ -23,6 +23,11 @@ use super::{
     translate::{self, PodLayout},
 };
 
+/// First delay before a teardown that CRI refused is tried again; it doubles up to
+/// [`TEARDOWN_RETRY_MAX`].
+const TEARDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const TEARDOWN_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the API asks of a running group.
 #[derive(Debug)]
 pub enum Command {
@@ -55,6 +60,8 @@ struct Tracked {
     restart_at: Option<Instant>,
     /// The CRI state seen last, to act on changes only.
     last_state: Option<i32>,
+    /// The `ready` stored last for the current instance.
+    ready: Option<bool>,
 }
 
 pub struct GroupWorker {
@@ -283,7 +290,8 @@ impl GroupWorker {
             .cloned()
             .unwrap_or_default();
         if let Some(old) = &previous.cri_id {
-            self.remove_container(old, 0).await;
+            // A failure is logged; the new instance is made anyway.
+            let _ = self.remove_container(old, 0).await;
         }
         let attempt = if previous.cri_id.is_some() {
             previous.attempt + 1
@@ -321,6 +329,8 @@ impl GroupWorker {
         tracked.attempt = attempt;
         tracked.restart_at = None;
         tracked.last_state = None;
+        let ready_when_started = container.readiness_probe.is_none();
+        tracked.ready = Some(ready_when_started);
         let id_for_store = cri_id.clone();
         self.update_container(&container.name, |r| {
             r.cri_container_id = Some(id_for_store);
@@ -341,7 +351,8 @@ impl GroupWorker {
             r.status.state = ContainerState::Running;
             r.status.reason = None;
             r.status.started_at = Some(Utc::now());
-            r.status.ready = true;
+            // With a readiness probe: not ready until the probe says so (as kubelet).
+            r.status.ready = ready_when_started;
         });
         self.event(
             EventType::Normal,
@@ -359,17 +370,23 @@ impl GroupWorker {
         self.update_container(name, |r| apply_cri_status(r, &status));
     }
 
-    async fn remove_container(&self, cri_id: &str, grace: i64) {
+    /// Stops and removes one CRI container; the first failure other than "not found".
+    async fn remove_container(&self, cri_id: &str, grace: i64) -> Result<()> {
+        self.inner.readiness.forget(cri_id);
+        let mut failure = None;
         if let Err(e) = self.inner.cri.stop_container(cri_id, grace).await {
             if !e.is_not_found() {
                 tracing::warn!(group = %self.id, "{e}");
+                failure = Some(e);
             }
         }
         if let Err(e) = self.inner.cri.remove_container(cri_id).await {
             if !e.is_not_found() {
                 tracing::warn!(group = %self.id, "{e}");
+                failure = failure.or(Some(e));
             }
         }
+        failure.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Takes over the sandbox and containers recorded in the store.
@@ -387,6 +404,8 @@ impl GroupWorker {
         for container in self.inner.store.containers(&self.id)? {
             let mut tracked = Tracked {
                 cri_id: container.cri_container_id.clone(),
+                // Probe results are not replayed: keep what was stored until the next one.
+                ready: Some(container.status.ready),
                 ..Default::default()
             };
             if let Some(cri_id) = &container.cri_container_id {
@@ -483,6 +502,9 @@ impl GroupWorker {
                 .tracked
                 .get(&container.name)
                 .is_some_and(|t| t.restart_at.is_some());
+            if state == ContainerState::Running && !waiting_restart {
+                self.follow_readiness(&container, &cri_id);
+            }
             if waiting_restart {
                 phases.push((ContainerState::Waiting, None));
             } else {
@@ -503,6 +525,26 @@ impl GroupWorker {
                     &format!("every container has terminated; group {phase}"),
                 );
             }
+        }
+    }
+
+    /// Stores `ready` of a running container as its readiness probe says (always ready without
+    /// one); before the probe's first result the last stored value stands.
+    fn follow_readiness(&mut self, container: &Container, cri_id: &str) {
+        let Some(tracked) = self.tracked.get_mut(&container.name) else {
+            return;
+        };
+        let ready = if container.readiness_probe.is_none() {
+            true
+        } else {
+            self.inner
+                .readiness
+                .get(cri_id)
+                .unwrap_or(tracked.ready.unwrap_or(false))
+        };
+        if tracked.ready != Some(ready) {
+            tracked.ready = Some(ready);
+            self.update_container(&container.name, |r| r.status.ready = ready);
         }
     }
 
@@ -654,32 +696,77 @@ impl GroupWorker {
         }
     }
 
-    /// Deletion: stop and remove everything in CRI, the pod directories and the record.
+    /// Deletion: stop and remove everything in CRI, then the pod directories and the record.
+    /// Until CRI has confirmed that every sandbox of the group is gone, the record stays
+    /// (Terminating, with a `FailedKillPod` warning event) and the removal is retried with
+    /// back-off: a group forgotten while its pod may still run would never be cleaned up.
     async fn teardown(&mut self) {
         self.set_status(GroupStatus::Terminating);
         self.event(EventType::Normal, "Killing", "stopping the group");
+        let mut last_failure = String::new();
+        let mut attempt = 0;
+        loop {
+            let failures = self.remove_from_cri().await;
+            if failures.is_empty() {
+                break;
+            }
+            let failure = failures.join("; ");
+            if failure != last_failure {
+                self.event(EventType::Warning, "FailedKillPod", &failure);
+                last_failure = failure;
+            }
+            let delay = TEARDOWN_RETRY
+                .saturating_mul(1 << attempt.min(5))
+                .min(TEARDOWN_RETRY_MAX);
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
+        self.forget_group();
+    }
+
+    /// One pass of stopping and removing the group's containers and sandboxes in CRI; the
+    /// failures (a sandbox or container that is gone already is no failure).
+    async fn remove_from_cri(&mut self) -> Vec<String> {
+        let mut failures = Vec::new();
         self.stop_all().await;
         let mut sandboxes: Vec<String> = self.sandbox.iter().map(|(id, _)| id.clone()).collect();
         // Whatever else carries the group's label (e.g. a sandbox made while the delete came).
         let labels = HashMap::from([(translate::LABEL_GROUP_ID.to_string(), self.id.clone())]);
-        if let Ok(found) = self.inner.cri.list_pod_sandboxes(labels).await {
-            sandboxes.extend(found.into_iter().map(|s| s.id));
+        match self.inner.cri.list_pod_sandboxes(labels).await {
+            Ok(found) => sandboxes.extend(found.into_iter().map(|s| s.id)),
+            Err(e) => failures.push(e.to_string()),
         }
         sandboxes.sort();
         sandboxes.dedup();
         for sandbox in sandboxes {
-            if let Ok(containers) = self.inner.cri.list_containers(&sandbox).await {
-                for c in containers {
-                    self.remove_container(&c.id, 0).await;
+            match self.inner.cri.list_containers(&sandbox).await {
+                Ok(containers) => {
+                    for c in containers {
+                        if let Err(e) = self.remove_container(&c.id, 0).await {
+                            failures.push(e.to_string());
+                        }
+                    }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => failures.push(e.to_string()),
+            }
+            for result in [
+                self.inner.cri.stop_pod_sandbox(&sandbox).await,
+                self.inner.cri.remove_pod_sandbox(&sandbox).await,
+            ] {
+                if let Err(e) = result {
+                    if !e.is_not_found() {
+                        tracing::warn!(group = %self.id, "{e}");
+                        failures.push(e.to_string());
+                    }
                 }
             }
-            if let Err(e) = self.inner.cri.stop_pod_sandbox(&sandbox).await {
-                tracing::warn!(group = %self.id, "{e}");
-            }
-            if let Err(e) = self.inner.cri.remove_pod_sandbox(&sandbox).await {
-                tracing::warn!(group = %self.id, "{e}");
-            }
         }
+        failures
+    }
+
+    /// The group is gone from CRI: its directories and its record go too.
+    fn forget_group(&mut self) {
         if let Err(e) = self.layout.remove() {
             tracing::warn!(group = %self.id, "removing {}: {e}", self.layout.root().display());
         }
@@ -749,9 +836,9 @@ pub fn apply_cri_status(
         record.status.message = (!status.message.is_empty()).then(|| status.message.clone());
         record.status.ready = false;
     } else if state == ContainerState::Running {
+        // `ready` is the readiness probe's (GroupWorker::follow_readiness).
         record.status.reason = None;
         record.status.exit_code = None;
         record.status.finished_at = None;
-        record.status.ready = true;
     }
 }

@@ -12,6 +12,7 @@ pub mod images;
 pub mod logs;
 pub mod metrics;
 pub mod policy;
+pub mod probes;
 pub mod translate;
 
 pub use controller::{Controller, RuntimeConfig};

@@ -247,7 +247,7 @@ async fn exec(target: &Target, exec_id: &str, command: &[String], timeout: Durat
         Err(e) => return Outcome::fail(format!("exec {:?}: {e}", command[0])),
     };
     let (out, err) = {
-        let mut ends = p.stdio.lock().expect("stdio lock");
+        let mut ends = p.stdio.lock();
         (ends.stdout.take(), ends.stderr.take())
     };
     let (out, err) = (collect(out), collect(err));

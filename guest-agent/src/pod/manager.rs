@@ -10,9 +10,10 @@ use eci_protocol::agent::{ProbeStatusResponse, StatsContainerResponse, WaitProce
 use eci_protocol::annotations::PodAnnotations;
 use eci_protocol::validate::sysctl_namespace;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
@@ -72,7 +73,7 @@ impl PodManager {
 
     /// Records the pod-wide sysctls (already validated).
     pub fn set_pod_sysctls(&self, sysctls: HashMap<String, String>) {
-        *self.sysctls.lock().expect("sysctls lock") = sysctls;
+        *self.sysctls.lock() = sysctls;
     }
 
     /// Before a container is created (blocking: mounts): creates the pod's volumes when it is
@@ -92,7 +93,7 @@ impl PodManager {
             sandbox_id
         }
         .to_string();
-        let mut pods = self.pods.lock().expect("pods lock");
+        let mut pods = self.pods.lock();
         if !pods.volumes.contains_key(&sandbox) {
             let declared: &[_] = if sandbox == id {
                 &annotations.volumes
@@ -127,7 +128,7 @@ impl PodManager {
 
     /// Adds the pod sysctls the container does not set itself and whose namespace it owns.
     fn merge_pod_sysctls(&self, spec: &mut Spec) {
-        let pod = self.sysctls.lock().expect("sysctls lock").clone();
+        let pod = self.sysctls.lock().clone();
         if pod.is_empty() {
             return;
         }
@@ -176,16 +177,12 @@ impl PodManager {
             features,
             events: self.events.clone(),
         };
-        self.containers
-            .lock()
-            .expect("containers lock")
-            .insert(container.id.clone(), ctx);
+        self.containers.lock().insert(container.id.clone(), ctx);
     }
 
     fn ctx(&self, id: &str) -> Result<Ctx> {
         self.containers
             .lock()
-            .expect("containers lock")
             .get(id)
             .cloned()
             .ok_or_else(|| AgentError::no_container(id))
@@ -209,9 +206,7 @@ impl PodManager {
         skip_pre_stop: bool,
     ) -> Result<()> {
         let ctx = self.ctx(id)?;
-        if *ctx.target.container.state.lock().expect("state lock")
-            == crate::container::State::Created
-        {
+        if *ctx.target.container.state.lock() == crate::container::State::Created {
             return Err(AgentError::FailedPrecondition(format!(
                 "container {id:?} was not started: remove it instead"
             )));
@@ -241,8 +236,8 @@ impl PodManager {
     pub fn probe_status(&self, id: &str) -> Result<ProbeStatusResponse> {
         let ctx = self.ctx(id)?;
         let c = &ctx.target.container;
-        let running = c.init.exit_status().is_none()
-            && *c.state.lock().expect("state lock") != crate::container::State::Created;
+        let running =
+            c.init.exit_status().is_none() && *c.state.lock() != crate::container::State::Created;
         Ok(ctx.features.status(running))
     }
 
@@ -253,7 +248,7 @@ impl PodManager {
         let c = ctx.target.container.clone();
         let sample =
             |c: &Container| super::stats::cpu_usage_ns(&c.cgroup).map(|u| (u, Instant::now()));
-        let previous = *ctx.features.cpu_sample.lock().expect("cpu lock");
+        let previous = *ctx.features.cpu_sample.lock();
         let previous = match previous {
             Some(p) => Some(p),
             None => {
@@ -263,7 +258,7 @@ impl PodManager {
             }
         };
         let now = sample(&c);
-        *ctx.features.cpu_sample.lock().expect("cpu lock") = now;
+        *ctx.features.cpu_sample.lock() = now;
         let nanocores = match (previous, now) {
             (Some(a), Some(b)) => super::stats::nanocores(a, b),
             _ => 0,
@@ -290,10 +285,10 @@ impl PodManager {
 
     /// Forgets a container; its pod's volumes go with the pod's last container. Blocking.
     pub fn release(&self, id: &str) {
-        if let Some(ctx) = self.containers.lock().expect("containers lock").remove(id) {
+        if let Some(ctx) = self.containers.lock().remove(id) {
             ctx.features.abort_tasks();
         }
-        let mut pods = self.pods.lock().expect("pods lock");
+        let mut pods = self.pods.lock();
         let Some(sandbox) = pods.sandbox_of.remove(id) else {
             return;
         };
@@ -311,7 +306,7 @@ impl PodManager {
 
     /// Removes every pod volume (DestroySandbox, shutdown). Blocking.
     pub fn teardown_all(&self) {
-        let mut pods = self.pods.lock().expect("pods lock");
+        let mut pods = self.pods.lock();
         for (_, mut v) in pods.volumes.drain() {
             v.teardown();
         }

@@ -18,8 +18,9 @@ use eci_protocol::agent::{
     ProbeState, ProbeStatusResponse, WaitProcessResponse,
 };
 use eci_protocol::annotations::PodAnnotations;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Where probe and hook results go (the agent's GetEvent queue).
@@ -88,14 +89,14 @@ impl PodFeatures {
 
     /// Records a task to abort on remove.
     pub fn add_task(&self, handle: tokio::task::AbortHandle) {
-        let mut tasks = self.tasks.lock().expect("tasks lock");
+        let mut tasks = self.tasks.lock();
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle);
     }
 
     /// Aborts every probe and hook task.
     pub fn abort_tasks(&self) {
-        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+        for t in self.tasks.lock().drain(..) {
             t.abort();
         }
     }
@@ -111,7 +112,7 @@ impl PodFeatures {
 
     /// Records why the agent kills the container (first reason wins).
     pub fn set_kill_reason(&self, reason: ExitReason, message: String) {
-        let mut r = self.kill_reason.lock().expect("kill reason lock");
+        let mut r = self.kill_reason.lock();
         if r.is_none() {
             *r = Some((reason, message));
         }
@@ -122,8 +123,7 @@ impl PodFeatures {
         if resp.reason.enum_value() == Ok(ExitReason::OOM_KILLED) {
             return;
         }
-        if let Some((reason, message)) = self.kill_reason.lock().expect("kill reason lock").clone()
-        {
+        if let Some((reason, message)) = self.kill_reason.lock().clone() {
             resp.reason = reason.into();
             resp.message = message;
         }
@@ -137,7 +137,7 @@ impl PodFeatures {
         message: &str,
         consecutive: u32,
     ) -> Option<ProbeEvent> {
-        let mut probes = self.probes.lock().expect("probes lock");
+        let mut probes = self.probes.lock();
         let state = probes
             .iter_mut()
             .find(|p| p.kind.enum_value() == Ok(kind))?;
@@ -158,7 +158,7 @@ impl PodFeatures {
 
     /// ProbeStatus of this container; `running` is whether its init still runs.
     pub fn status(&self, running: bool) -> ProbeStatusResponse {
-        let probes = self.probes.lock().expect("probes lock").clone();
+        let probes = self.probes.lock().clone();
         let result_of = |kind: ProbeKind| {
             probes
                 .iter()

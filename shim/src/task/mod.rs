@@ -37,8 +37,20 @@ use process::Process;
 const AGENT_CALL: Duration = Duration::from_secs(30);
 
 /// The Task service containerd talks to.
+#[derive(Clone)]
 pub struct TaskService {
     pub pod: Arc<Pod>,
+}
+
+/// Runs a Task API operation that changes the pod to its end in a task of its own. ttrpc drops
+/// a request's handler when containerd's connection goes (containerd restarted or was killed):
+/// an exec started but never watched would never report its exit, a create would stop halfway.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ShimError>> + Send + 'static,
+) -> Result<T, ShimError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ShimError::Internal(format!("task API operation failed: {e}")))?
 }
 
 impl TaskService {
@@ -402,11 +414,13 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         log::info!("create {} in pod {}", req.id, self.pod.pod_id);
-        let pid = self
-            .pod
-            .create(&req)
-            .await
-            .inspect_err(|e| log::error!("create {}: {e}", req.id))?;
+        let pod = self.pod.clone();
+        let pid = to_completion(async move {
+            pod.create(&req)
+                .await
+                .inspect_err(|e| log::error!("create {}: {e}", req.id))
+        })
+        .await?;
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -414,7 +428,8 @@ impl Task for TaskService {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        let pid = self.start_process(&req).await?;
+        let svc = self.clone();
+        let pid = to_completion(async move { svc.start_process(&req).await }).await?;
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -422,7 +437,8 @@ impl Task for TaskService {
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        Ok(self.delete_process(&req).await?)
+        let svc = self.clone();
+        Ok(to_completion(async move { svc.delete_process(&req).await }).await?)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -434,12 +450,14 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        self.pause_or_resume(&req.id, true).await?;
+        let svc = self.clone();
+        to_completion(async move { svc.pause_or_resume(&req.id, true).await }).await?;
         Ok(Empty::new())
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        self.pause_or_resume(&req.id, false).await?;
+        let svc = self.clone();
+        to_completion(async move { svc.pause_or_resume(&req.id, false).await }).await?;
         Ok(Empty::new())
     }
 
@@ -455,12 +473,14 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        self.kill_process(&req).await?;
+        let svc = self.clone();
+        to_completion(async move { svc.kill_process(&req).await }).await?;
         Ok(Empty::new())
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        self.add_exec(&req).await?;
+        let svc = self.clone();
+        to_completion(async move { svc.add_exec(&req).await }).await?;
         Ok(Empty::new())
     }
 

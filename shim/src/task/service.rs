@@ -16,8 +16,6 @@ use containerd_shim::{
         topics,
         types::task::Status,
     },
-    publisher::RemotePublisher,
-    Context,
 };
 use eci_protocol::agent::{
     event, CreateContainerRequest, Event, ExitReason, GetEventRequest, ProcessRequest,
@@ -38,6 +36,7 @@ use crate::{
     hooks::{self, HostHooks},
     paths::{self, PodPaths},
     pidmap,
+    publisher::EventPublisher,
     sandbox::Sandbox,
     stdio::{ProcessIo, StdioPaths},
 };
@@ -50,12 +49,30 @@ pub struct Pod {
     pub pod_id: String,
     pub namespace: String,
     pub containerd_address: String,
-    publisher: RemotePublisher,
+    publisher: EventPublisher,
     pub exit: Arc<ExitSignal>,
     sandbox: AsyncMutex<Option<Arc<Sandbox>>>,
     pub containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Creates under way: the sandbox is not unused while one is.
+    creating: std::sync::atomic::AtomicUsize,
     /// Containers whose OOM kill was already published (from the agent's event stream).
     oom_published: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Counts one create under way in [`Pod::creating`] until dropped.
+struct CreateUnderWay<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> CreateUnderWay<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for CreateUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Pod {
@@ -63,7 +80,7 @@ impl Pod {
         pod_id: &str,
         namespace: &str,
         containerd_address: &str,
-        publisher: RemotePublisher,
+        publisher: EventPublisher,
         exit: Arc<ExitSignal>,
     ) -> Self {
         Self {
@@ -74,6 +91,7 @@ impl Pod {
             exit,
             sandbox: AsyncMutex::new(None),
             containers: Mutex::new(HashMap::new()),
+            creating: std::sync::atomic::AtomicUsize::new(0),
             oom_published: Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -148,13 +166,7 @@ impl Pod {
     }
 
     pub async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self
-            .publisher
-            .publish(Context::default(), topic, &self.namespace, event)
-            .await
-        {
-            log::warn!("publish {topic}: {e}");
-        }
+        self.publisher.publish(topic, &self.namespace, event);
     }
 
     /// The running sandbox, started with the options of this create when it is the pod's first.
@@ -275,8 +287,7 @@ impl Pod {
                 "restore from checkpoint is not supported by io.containerd.eci.v2".into(),
             ));
         }
-        let bundle = PathBuf::from(&req.bundle);
-        let mut spec = load_spec(&bundle)?;
+        let mut spec = load_spec(&PathBuf::from(&req.bundle))?;
         let annotations = spec.annotations().clone();
         let pod_id = pod_id_of(&req.id, annotations.as_ref());
         if pod_id != self.pod_id {
@@ -300,8 +311,33 @@ impl Pod {
                 ))));
             }
         }
+        let under_way = CreateUnderWay::new(&self.creating);
         let hooks = HostHooks::take_from(&mut spec);
         let (sandbox, hooks_ran) = self.sandbox_for(req, &hostname, &spec, &hooks).await?;
+        let created = self
+            .create_in(req, spec, annotations, sandbox, hooks, hooks_ran)
+            .await;
+        drop(under_way);
+        if created.is_err() {
+            // Whatever failed after the sandbox started: a pod left without containers must
+            // not keep its sandbox until containerd shuts the shim down.
+            self.stop_sandbox_if_unused().await;
+        }
+        created
+    }
+
+    /// The steps of a create once the pod's sandbox runs. `hooks_ran`: this create's prestart
+    /// and createRuntime hooks ran before the VM started (see [`Self::sandbox_for`]).
+    async fn create_in(
+        self: &Arc<Self>,
+        req: &CreateTaskRequest,
+        mut spec: oci_spec::runtime::Spec,
+        annotations: Option<HashMap<String, String>>,
+        sandbox: Arc<Sandbox>,
+        hooks: HostHooks,
+        hooks_ran: bool,
+    ) -> Result<u32, ShimError> {
+        let bundle = PathBuf::from(&req.bundle);
 
         // Root filesystem: containerd's mounts go under the pod's shared directory.
         let mut mounted_dir = None;
@@ -318,7 +354,6 @@ impl Pod {
                 .ok_or_else(|| ShimError::InvalidArgument("OCI spec: `root` is missing".into()))?;
             if let Err(e) = crate::vm::share::bind_rootfs(&source, &dir.join("rootfs")) {
                 release_container_dir(&dir);
-                self.stop_sandbox_if_unused().await;
                 return Err(e);
             }
             mounted_dir = Some(dir.clone());
@@ -404,7 +439,6 @@ impl Pod {
                 if let Some(dir) = &mounted_dir {
                     release_container_dir(dir);
                 }
-                self.stop_sandbox_if_unused().await;
                 return Err(rpc("CreateContainer")(e));
             }
         };
@@ -487,7 +521,6 @@ impl Pod {
         }
         container.init.io.lock().await.take();
         self.release_container(container).await;
-        self.stop_sandbox_if_unused().await;
     }
 
     /// Releases the host resources of a removed container.
@@ -508,9 +541,11 @@ impl Pod {
         }
     }
 
-    /// Stops the sandbox when no container is left.
+    /// Stops the sandbox when no container is left (and none is being created).
     pub async fn stop_sandbox_if_unused(&self) {
-        if !self.containers.lock().expect("containers lock").is_empty() {
+        if !self.containers.lock().expect("containers lock").is_empty()
+            || self.creating.load(std::sync::atomic::Ordering::SeqCst) > 0
+        {
             return;
         }
         if let Some(sandbox) = self.sandbox.lock().await.take() {
@@ -536,13 +571,20 @@ impl Pod {
                 force: true,
                 ..Default::default()
             };
-            if let Err(e) = container
+            match container
                 .sandbox
                 .agent
                 .remove_container(ctx(AGENT_CALL), &req)
                 .await
             {
-                log::warn!("RemoveContainer {}: {e}", container.id);
+                Ok(_) => {}
+                Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::NOT_FOUND => {}
+                // The agent may still run it: keep the container (and its host resources), so
+                // that the delete can be retried, rather than forget it.
+                Err(e) if !container.sandbox.is_dead() => {
+                    return Err(rpc("RemoveContainer")(e));
+                }
+                Err(e) => log::warn!("RemoveContainer {}: {e} (the sandbox died)", container.id),
             }
         }
         // A created but never started container has no exit yet; the agent just removed it.
@@ -764,6 +806,15 @@ async fn release_after_sandbox_death(pod: Arc<Pod>, sandbox: Arc<Sandbox>) {
         .values()
         .cloned()
         .collect();
+    if containers.iter().any(|c| Arc::ptr_eq(&c.sandbox, &sandbox)) {
+        // Not a stop the shim asked for (that happens once the pod is empty): a crash, a kill,
+        // a guest kernel panic. What the sandbox said last is the evidence.
+        log::error!(
+            "pod {}: the sandbox ended under its containers; {}",
+            pod.pod_id,
+            sandbox.diagnostics()
+        );
+    }
     for c in containers
         .iter()
         .filter(|c| Arc::ptr_eq(&c.sandbox, &sandbox))

@@ -65,10 +65,9 @@ pub struct Answer {
 }
 
 impl Env {
-    /// The environment, or None (SKIP printed) when this machine cannot run it.
+    /// The environment, or None when this machine cannot run it (a failure under CI).
     pub fn start(options: EnvOptions) -> Option<Self> {
-        if let Some(reason) = missing() {
-            eprintln!("SKIP: {reason}");
+        if eci_tests::prereq::skip_unless_ready(missing()) {
             return None;
         }
         let eci = bins::require_workspace_binary("eci");
@@ -137,6 +136,14 @@ impl Env {
 
     pub fn post(&self, path: &str, body: &Value) -> Answer {
         self.request(reqwest::Method::POST, path, Some(body))
+    }
+
+    /// Runs `command` in `container` of group `id` through the exec API.
+    pub fn exec(&self, id: &str, container: &str, command: &[&str]) -> Answer {
+        self.post(
+            &format!("/v1/containerGroups/{id}/containers/{container}/exec"),
+            &json!({ "command": command }),
+        )
     }
 
     /// Creates a group and returns its id; panics with the answer unless it succeeded.

@@ -3,16 +3,24 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+pub mod direct;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use eci_tests::{bins, containerd, images};
 
 pub const ECI: &str = "io.containerd.eci.v2";
 pub const RUNC: &str = "io.containerd.runc.v2";
 
-/// A private containerd with the shim on its PATH and busybox imported, or None (SKIP printed)
-/// when this machine cannot run one. Its pods are VMs when `ECI_TEST_HYPERVISOR=eci-vmm`
-/// (scripts/vm-tier), else local mode.
+/// A private containerd with the shim on its PATH and busybox imported, or None when this machine
+/// cannot run one (a failure under CI, see [`eci_tests::prereq`]). Its pods are VMs when
+/// `ECI_TEST_HYPERVISOR=eci-vmm` (scripts/vm-tier), else local mode.
 pub fn containerd_with_busybox() -> Option<containerd::Containerd> {
     containerd_with(containerd::ContainerdOptions::default())
 }
@@ -25,8 +33,7 @@ pub fn vm_mode() -> bool {
 pub fn containerd_with(
     mut options: containerd::ContainerdOptions,
 ) -> Option<containerd::Containerd> {
-    if let Some(reason) = containerd::missing().or_else(images::missing_tools) {
-        eprintln!("SKIP: {reason}");
+    if eci_tests::prereq::skip_unless_ready(containerd::missing().or_else(images::missing_tools)) {
         return None;
     }
     if vm_mode() {
@@ -61,6 +68,88 @@ pub fn run_detached(ctd: &containerd::Containerd, id: &str, command: &[&str]) {
     ctd.ctr_ok(&args);
 }
 
+/// The status column of `ctr task ls` for task `id` ("" when it is not listed).
+pub fn task_status(ctd: &containerd::Containerd, id: &str) -> String {
+    let list = ctd.ctr_ok(&["task", "ls"]);
+    list.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Waits (generously: a VM boots first, possibly on an emulated host) until task `id` runs.
+pub fn wait_running(ctd: &containerd::Containerd, id: &str) {
+    for _ in 0..6000 {
+        if task_status(ctd, id) == "RUNNING" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("task {id} did not start: {}", ctd.ctr_ok(&["task", "ls"]));
+}
+
+/// Waits (60 s at most: a VM pod's exit crosses the guest and the hybrid vsock) until task `id`
+/// is STOPPED.
+pub fn wait_stopped(ctd: &containerd::Containerd, id: &str) {
+    for _ in 0..1200 {
+        if task_status(ctd, id) == "STOPPED" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("task {id} did not stop: {}", ctd.ctr_ok(&["task", "ls"]));
+}
+
+/// A shim config in `ctd`'s directory that asks for local mode (`hypervisor = "none"`), for
+/// `ctr run --runtime-config-path`: local-mode tests must not depend on the default.
+pub fn local_mode_config(ctd: &containerd::Containerd) -> String {
+    let path = ctd.dir().join("shim-local.toml");
+    if !path.exists() {
+        std::fs::write(&path, "hypervisor = \"none\"\n").unwrap();
+    }
+    path.display().to_string()
+}
+
+/// `ctr run <flags>` of busybox `command` as container `id` with the eci runtime, local mode
+/// set explicitly.
+pub fn ctr_run_local(
+    ctd: &containerd::Containerd,
+    flags: &[&str],
+    id: &str,
+    command: &[&str],
+) -> std::process::Output {
+    let config = local_mode_config(ctd);
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--runtime", ECI, "--runtime-config-path", &config]);
+    args.extend_from_slice(&[images::BUSYBOX_IMAGE, id]);
+    args.extend_from_slice(command);
+    ctd.ctr(&args)
+}
+
+/// `ctr run -d` of busybox `command` as container `id`, local mode set explicitly.
+pub fn run_detached_local(ctd: &containerd::Containerd, id: &str, command: &[&str]) {
+    let out = ctr_run_local(ctd, &["-d"], id, command);
+    assert!(
+        out.status.success(),
+        "ctr run {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The container's cgroup directory in one hierarchy of this host (v1 pids, or v2), for the
+/// default `cgroupsPath` `/<namespace>/<id>`.
+pub fn container_cgroup(ctd: &containerd::Containerd, id: &str) -> PathBuf {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let hierarchy = if root.join("cgroup.controllers").exists() {
+        root.to_path_buf()
+    } else {
+        root.join("pids")
+    };
+    hierarchy.join(&ctd.namespace).join(id)
+}
+
 /// A container id unique in this test process.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -72,22 +161,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Processes whose command line contains `needle` (excluding this test process).
-pub fn processes_with(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .contains(needle)
-        })
-        .collect()
-}
+pub use eci_tests::census::processes_with;
 
 /// The eci shim processes serving `ctd` (their command line names its socket).
 pub fn shim_processes(ctd: &containerd::Containerd) -> Vec<u32> {
@@ -155,7 +229,7 @@ pub fn assert_nothing_left(ctd: &containerd::Containerd, pod_ids: &[String]) {
 
 /// A private containerd whose CRI has the runtime handler `eci` (this shim in local mode, with
 /// the `io.eci.*` annotations passed on, as the README's config), the pause image imported, and
-/// a CRI runtime client; state under `tmp`. None (SKIP printed) when this machine cannot run it.
+/// a CRI runtime client; state under `tmp`. None when this machine cannot run it.
 pub async fn cri_containerd(
     tmp: &std::path::Path,
 ) -> Option<(
@@ -218,5 +292,93 @@ pub fn host_network_pod(
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A running `ctr events` whose lines are collected as they arrive.
+pub struct Events {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Events {
+    pub fn subscribe(ctd: &containerd::Containerd) -> Self {
+        let mut child = ctd
+            .events_command()
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ctr events");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        // Give it a moment to subscribe before the caller acts.
+        std::thread::sleep(Duration::from_millis(300));
+        Self {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Index (in arrival order) of the first line satisfying `pred`, waiting up to `timeout`.
+    pub fn find(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.all().iter().position(|l| pred(l)) {
+                return Some(i);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Like [`Events::find`], panicking with every event seen when none came.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> usize {
+        self.find(timeout, pred).unwrap_or_else(|| {
+            panic!(
+                "no event {what} within {timeout:?}; events:\n{}",
+                self.all().join("\n")
+            )
+        })
+    }
+
+    /// The exit status of the first /tasks/exit of container `id`'s process `exec_id` (""
+    /// for its init process) within `timeout`.
+    pub fn exit_status(&self, id: &str, exec_id: &str, timeout: Duration) -> Option<u32> {
+        let process = if exec_id.is_empty() { id } else { exec_id };
+        let is_exit = |l: &str| {
+            l.contains("/tasks/exit")
+                && l.contains(&format!("\"container_id\":\"{id}\""))
+                && l.contains(&format!("\"id\":\"{process}\""))
+        };
+        let i = self.find(timeout, is_exit)?;
+        let line = self.all().swap_remove(i);
+        let rest = line.split("\"exit_status\":").nth(1)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }

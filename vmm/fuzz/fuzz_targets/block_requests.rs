@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    eci_vmm::fuzzing::fuzz_block_requests(data);
+    let _ = eci_vmm::fuzzing::fuzz_block_requests(data);
 });

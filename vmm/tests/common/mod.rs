@@ -35,11 +35,12 @@ pub fn guest(name: &str) -> PathBuf {
     guests_dir().join(name)
 }
 
-/// The KVM kind, printed once; `None` (with a SKIP line) when /dev/kvm is missing.
+/// The KVM kind, printed once; `None` (with a `SKIP (...)` line: hardware, not a
+/// prerequisite) when /dev/kvm is missing.
 pub fn kvm_or_skip(test: &str) -> Option<KvmKind> {
     let kind = KvmKind::detect();
     if kind == KvmKind::Absent {
-        eprintln!("SKIP {test}: /dev/kvm is missing");
+        eci_test_support::missing_hardware(&format!("{test}: /dev/kvm is missing"));
         return None;
     }
     eprintln!("{test}: KVM kind: {kind}");

@@ -8,6 +8,7 @@
 //! The vhost-user handshake for the rings runs on the event loop thread
 //! ([`VirtioDevice::register_backend`]), never on a vCPU thread.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use event_manager::{EventOps, Events};
@@ -22,6 +23,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{
     read_config_bytes, ActivateError, ActiveState, VirtioDevice, BACKEND_EVENT_BASE, TYPE_FS,
 };
+
+/// Event data of the backend's socket (watched for the backend hanging up).
+const SOCKET_EVENT: u32 = BACKEND_EVENT_BASE + 0x80;
 
 /// The high-priority queue plus one request queue.
 const QUEUE_SIZES: [u16; 2] = [1024, 1024];
@@ -246,6 +250,11 @@ impl VirtioDevice for Fs {
                 EventSet::IN,
             ));
         }
+        let _ = ops.remove(Events::with_data_raw(
+            self.frontend.as_raw_fd(),
+            SOCKET_EVENT,
+            EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP,
+        ));
         self.calls_registered = false;
     }
 
@@ -281,12 +290,26 @@ impl VirtioDevice for Fs {
                     EventSet::IN,
                 ));
             }
+            // The backend never writes unasked: readable or hung up means it went away.
+            let _ = ops.add(Events::with_data_raw(
+                self.frontend.as_raw_fd(),
+                SOCKET_EVENT,
+                EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP,
+            ));
             self.calls_registered = true;
         }
         self.active = Some(active);
     }
 
-    fn process_backend(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process_backend(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == SOCKET_EVENT {
+            // Stop watching (the socket stays readable); the device is dead from here on.
+            let _ = ops.remove(events);
+            let message = "the vhost-user backend closed its connection".to_owned();
+            eprintln!("eci-vmm: virtio-fs: {message}");
+            self.failed = Some(message);
+            return;
+        }
         let index = events.data().wrapping_sub(BACKEND_EVENT_BASE) as usize;
         if let Some(call) = self.calls.get(index) {
             let _ = call.read();

@@ -10,6 +10,7 @@ use std::path::Path;
 use event_manager::{EventOps, Events};
 use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::{
     read_config_bytes, ActivateError, ActiveState, VirtioDevice, BACKEND_EVENT_BASE, TYPE_VSOCK,
@@ -22,6 +23,11 @@ const TX: usize = 1;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 const LISTENER_EVENT: u32 = BACKEND_EVENT_BASE;
 const STREAM_EVENT: u32 = BACKEND_EVENT_BASE + 1;
+const TIMER_EVENT: u32 = BACKEND_EVENT_BASE + 2;
+/// Period of the connect-timeout timer. It ticks from construction on (arming it later would
+/// need timerfd_settime in the event loop's seccomp list) and is in epoll only while a
+/// host-initiated connection waits for the guest, so an idle device never wakes up for it.
+const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub struct Vsock {
     cid: u64,
@@ -30,18 +36,25 @@ pub struct Vsock {
     /// Our view of what is registered with the event loop, per fd.
     registered: HashMap<RawFd, EventSet>,
     listener_registered: bool,
+    /// Expires host-initiated connections the guest does not answer (see [`TIMER_TICK`]).
+    connect_timer: TimerFd,
+    timer_registered: bool,
     /// Chains the guest gave us that could not be parsed.
     pub bad_chains: u64,
 }
 
 impl Vsock {
     pub fn new(cid: u64, uds: &Path) -> std::io::Result<Self> {
+        let mut connect_timer = TimerFd::new()?;
+        connect_timer.reset(TIMER_TICK, Some(TIMER_TICK))?;
         Ok(Vsock {
             cid,
             muxer: Muxer::new(cid, uds)?,
             active: None,
             registered: HashMap::new(),
             listener_registered: false,
+            connect_timer,
+            timer_registered: false,
             bad_chains: 0,
         })
     }
@@ -150,6 +163,18 @@ impl Vsock {
             }
         }
         self.muxer.graveyard.clear();
+        let want_timer = self.muxer.has_connecting();
+        if want_timer != self.timer_registered {
+            let timer = Events::with_data(&self.connect_timer, TIMER_EVENT, EventSet::IN);
+            let done = if want_timer {
+                ops.add(timer)
+            } else {
+                ops.remove(timer)
+            };
+            if done.is_ok() {
+                self.timer_registered = want_timer;
+            }
+        }
     }
 }
 
@@ -215,6 +240,8 @@ impl VirtioDevice for Vsock {
             "connections": self.muxer.connection_count(),
             "bad_packets": st.bad_packets,
             "resets_sent": st.resets_sent,
+            "connect_timeouts": st.connect_timeouts,
+            "over_limit": st.over_limit,
             "bad_chains": self.bad_chains,
         })
     }
@@ -222,6 +249,10 @@ impl VirtioDevice for Vsock {
     fn process_backend(&mut self, events: Events, ops: &mut EventOps) {
         if events.data() == LISTENER_EVENT {
             self.muxer.accept_ready();
+        } else if events.data() == TIMER_EVENT {
+            // Consume the expirations; epoll said the read will not block.
+            let _ = self.connect_timer.wait();
+            self.muxer.expire(std::time::Instant::now());
         } else {
             self.muxer.stream_ready(events.fd(), events.event_set());
         }

@@ -7,6 +7,11 @@
 //! Flow control follows the virtio-vsock credit scheme in both directions. The muxer knows
 //! nothing about virtqueues or the event loop: packets in and out, plus a list of epoll
 //! interest changes the device applies.
+//!
+//! Limits, as Firecracker's: a host-initiated connection the guest has not answered within
+//! [`CONNECT_TIMEOUT`] is reset (host stream closed, RST to the guest), and a guest holds at
+//! most [`MAX_CONNECTIONS`] connections (a REQUEST beyond gets RST; a host connection beyond is
+//! closed). Expiry runs on every muxer entry point and on the device's periodic timer.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -14,6 +19,7 @@ use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -28,6 +34,26 @@ const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Longest `CONNECT <port>\n` line accepted.
 const MAX_CONNECT_LINE: usize = 32;
+/// How long a host-initiated connection waits for the guest's RESPONSE (Firecracker: 2 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections one guest may hold at once (Firecracker: 1023).
+pub const MAX_CONNECTIONS: usize = 1023;
+
+/// The muxer's limits; [`MuxerLimits::default`] is Firecracker's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MuxerLimits {
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for MuxerLimits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: CONNECT_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
 
 pub type ConnKey = (u32, u32); // (host port, guest port)
 
@@ -41,6 +67,8 @@ enum ConnState {
 struct Conn {
     stream: UnixStream,
     state: ConnState,
+    /// While Connecting: when the connection is given up if the guest has not answered.
+    connect_deadline: Option<Instant>,
     peer_buf_alloc: u32,
     peer_fwd_cnt: Wrapping<u32>,
     /// Bytes sent to the guest.
@@ -62,6 +90,7 @@ impl Conn {
         Conn {
             stream,
             state,
+            connect_deadline: None,
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
             rx_cnt: Wrapping(0),
@@ -145,6 +174,10 @@ struct Accepting {
 pub struct MuxerStats {
     pub bad_packets: u64,
     pub resets_sent: u64,
+    /// Host-initiated connections the guest did not answer in time.
+    pub connect_timeouts: u64,
+    /// Connections refused because the guest held [`MuxerLimits::max_connections`].
+    pub over_limit: u64,
 }
 
 pub struct Muxer {
@@ -156,6 +189,7 @@ pub struct Muxer {
     accepting: HashMap<RawFd, Accepting>,
     orphan_rst: VecDeque<Header>,
     next_local_port: u32,
+    limits: MuxerLimits,
     /// Epoll interest changes for the device to apply: `Some(set)` add/modify, `None` remove.
     pub interest: Vec<(RawFd, Option<EventSet>)>,
     /// Streams to close once their epoll registration is removed.
@@ -164,8 +198,18 @@ pub struct Muxer {
 }
 
 impl Muxer {
-    /// Binds the hybrid vsock socket at `uds_path` (a stale socket file is replaced).
+    /// Binds the hybrid vsock socket at `uds_path` (a stale socket file is replaced), with
+    /// Firecracker's limits.
     pub fn new(guest_cid: u64, uds_path: &Path) -> std::io::Result<Self> {
+        Self::with_limits(guest_cid, uds_path, MuxerLimits::default())
+    }
+
+    /// Like [`Muxer::new`] with other limits (tests).
+    pub fn with_limits(
+        guest_cid: u64,
+        uds_path: &Path,
+        limits: MuxerLimits,
+    ) -> std::io::Result<Self> {
         if let Ok(meta) = std::fs::symlink_metadata(uds_path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() {
@@ -183,6 +227,7 @@ impl Muxer {
             accepting: HashMap::new(),
             orphan_rst: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            limits,
             interest: Vec::new(),
             graveyard: Vec::new(),
             stats: MuxerStats::default(),
@@ -195,6 +240,35 @@ impl Muxer {
 
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Whether a host-initiated connection waits for the guest (the device's timer is needed).
+    pub fn has_connecting(&self) -> bool {
+        self.conns.values().any(|c| c.connect_deadline.is_some())
+    }
+
+    /// Resets every host-initiated connection whose guest did not answer by its deadline:
+    /// the host stream is closed and the guest gets RST (a late RESPONSE then finds nothing).
+    pub fn expire(&mut self, now: Instant) {
+        let expired: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.connect_deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            self.stats.connect_timeouts += 1;
+            self.reset_conn(key);
+        }
+    }
+
+    /// Whether one more connection would exceed the limit (counted when refused).
+    fn at_limit(&mut self) -> bool {
+        let full = self.conns.len() >= self.limits.max_connections;
+        if full {
+            self.stats.over_limit += 1;
+        }
+        full
     }
 
     /// Drops every connection and pending accept (the guest driver reset the device: its
@@ -213,6 +287,7 @@ impl Muxer {
 
     /// Accepts pending host connections; each must send `CONNECT <port>\n` first.
     pub fn accept_ready(&mut self) {
+        self.expire(Instant::now());
         while let Ok((stream, _)) = self.listener.accept() {
             if stream.set_nonblocking(true).is_err() {
                 continue;
@@ -231,6 +306,7 @@ impl Muxer {
 
     /// A host stream is ready.
     pub fn stream_ready(&mut self, fd: RawFd, set: EventSet) {
+        self.expire(Instant::now());
         if self.accepting.contains_key(&fd) {
             self.read_connect_line(fd);
             return;
@@ -277,9 +353,13 @@ impl Muxer {
         let Some(port) = port else {
             return self.drop_accepting(fd);
         };
+        if self.at_limit() {
+            return self.drop_accepting(fd);
+        }
         let acc = self.accepting.remove(&fd).expect("checked above");
         let local = self.alloc_local_port(port);
         let mut conn = Conn::new(acc.stream, ConnState::Connecting);
+        conn.connect_deadline = Some(Instant::now() + self.limits.connect_timeout);
         conn.readable = false;
         conn.pending.push_back((OP_REQUEST, 0));
         let key = (local, port);
@@ -343,6 +423,7 @@ impl Muxer {
     /// Handles one packet from the guest. Malformed packets are counted and answered with
     /// RST where a reply makes sense.
     pub fn send(&mut self, pkt: TxPacket) {
+        self.expire(Instant::now());
         let h = pkt.hdr;
         let (src_cid, dst_cid, type_, op) = (h.src_cid, h.dst_cid, h.type_, h.op);
         let key: ConnKey = (h.dst_port, h.src_port);
@@ -371,6 +452,7 @@ impl Muxer {
         match op {
             OP_RESPONSE if conn.state == ConnState::Connecting => {
                 conn.state = ConnState::Established;
+                conn.connect_deadline = None;
                 conn.tx_buf.extend(format!("OK {}\n", key.0).as_bytes());
                 // The OK line is ours, not guest data: do not count it as forwarded.
                 conn.fwd_cnt -= Wrapping(conn.tx_buf.len() as u32);
@@ -419,6 +501,9 @@ impl Muxer {
             self.stats.bad_packets += 1;
             return self.reset_conn(key);
         }
+        if self.at_limit() {
+            return self.queue_orphan_rst(key.0, key.1);
+        }
         let path = format!("{}_{}", self.uds_path.display(), key.0);
         let stream = match connect_nonblocking(Path::new(&path)) {
             Ok(s) => s,
@@ -461,6 +546,7 @@ impl Muxer {
 
     /// The next packet for the guest with at most `max_data` payload bytes, if any.
     pub fn recv(&mut self, max_data: usize) -> Option<(Header, Vec<u8>)> {
+        self.expire(Instant::now());
         if let Some(h) = self.orphan_rst.pop_front() {
             return Some((h, Vec::new()));
         }
@@ -711,6 +797,118 @@ mod tests {
                 Ok(n) => assert_eq!(n, 0, "closed"),
                 Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
             }
+        }
+    }
+
+    /// A host process connects and asks for a guest port; the guest never answers.
+    fn host_connect(m: &mut Muxer, uds: &Path, port: u32) -> UnixStream {
+        let mut host = UnixStream::connect(uds).unwrap();
+        host.write_all(format!("CONNECT {port}\n").as_bytes())
+            .unwrap();
+        m.accept_ready();
+        let fds: Vec<_> = m.accepting.keys().copied().collect();
+        for fd in fds {
+            m.stream_ready(fd, EventSet::IN);
+        }
+        host
+    }
+
+    /// A host connection stuck in Connecting (the guest never sends RESPONSE) is given up
+    /// after CONNECT_TIMEOUT, as in Firecracker: the host sees EOF and the guest gets RST. Real
+    /// time, through the muxer's own entry points only.
+    #[test]
+    fn unanswered_host_connection_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let mut m = Muxer::new(CID, &uds).unwrap();
+        let mut host = host_connect(&mut m, &uds, 1024);
+        let (h, _) = m.recv(4096).unwrap();
+        assert_eq!({ h.op }, OP_REQUEST);
+        assert_eq!(m.connection_count(), 1);
+        std::thread::sleep(Duration::from_millis(2100));
+        let (h, _) = m.recv(4096).expect("a RST for the expired connection");
+        assert_eq!((h.op, h.dst_port), (OP_RST, 1024));
+        assert_eq!(m.connection_count(), 0);
+        drain_interest(&mut m);
+        host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(host.read(&mut b).unwrap(), 0, "the host stream is closed");
+    }
+
+    #[test]
+    fn connect_deadline_is_the_limit_and_an_answer_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let limits = MuxerLimits {
+            connect_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let mut m = Muxer::with_limits(CID, &uds, limits).unwrap();
+        let _a = host_connect(&mut m, &uds, 1024);
+        let _b = host_connect(&mut m, &uds, 1025);
+        assert!(m.has_connecting());
+        let (req, _) = m.recv(4096).unwrap();
+        let (req2, _) = m.recv(4096).unwrap();
+        // The guest answers one of them: only the other one expires.
+        m.send(pkt(req.dst_port, req.src_port, OP_RESPONSE, b""));
+        m.expire(Instant::now() + Duration::from_secs(59));
+        assert_eq!(m.connection_count(), 2, "not yet");
+        m.expire(Instant::now() + Duration::from_secs(61));
+        assert_eq!(m.connection_count(), 1);
+        assert!(!m.has_connecting());
+        assert_eq!(m.stats.connect_timeouts, 1);
+        let (rst, _) = m.recv(4096).unwrap();
+        assert_eq!((rst.op, rst.dst_port), (OP_RST, req2.dst_port));
+    }
+
+    /// A guest may not open connections without bound (Firecracker caps them at 1023): the
+    /// first REQUEST over the limit gets RST, and the host sockets stay at the limit.
+    #[test]
+    fn guest_connections_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Muxer::new(CID, &dir.path().join("v.sock")).unwrap();
+        let listener = UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut accepted = Vec::new();
+        for port in 0..=MAX_CONNECTIONS as u32 {
+            m.send(pkt(10_000 + port, 52, OP_REQUEST, b""));
+            while let Ok((s, _)) = listener.accept() {
+                accepted.push(s);
+            }
+        }
+        let mut answers = Vec::new();
+        while let Some((h, _)) = m.recv(100) {
+            answers.push((h.op, h.dst_port));
+        }
+        drain_interest(&mut m);
+        let responses = answers.iter().filter(|(op, _)| *op == OP_RESPONSE).count();
+        assert_eq!(responses, MAX_CONNECTIONS);
+        assert!(
+            answers.contains(&(OP_RST, 10_000 + MAX_CONNECTIONS as u32)),
+            "the connection over the limit was not refused"
+        );
+        assert_eq!(m.connection_count(), MAX_CONNECTIONS);
+        assert_eq!(m.stats.over_limit, 1);
+    }
+
+    #[test]
+    fn host_connections_over_the_limit_are_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let limits = MuxerLimits {
+            max_connections: 1,
+            ..Default::default()
+        };
+        let mut m = Muxer::with_limits(CID, &uds, limits).unwrap();
+        let _first = host_connect(&mut m, &uds, 1024);
+        let mut second = host_connect(&mut m, &uds, 1025);
+        drain_interest(&mut m);
+        assert_eq!(m.connection_count(), 1);
+        assert_eq!(m.stats.over_limit, 1);
+        let mut b = [0u8; 1];
+        match second.read(&mut b) {
+            Ok(n) => assert_eq!(n, 0, "closed"),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
         }
     }
 }
