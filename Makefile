@@ -38,14 +38,14 @@ test: build kernel rootfs
 # The VM tiers, where a Linux guest boots: directly on a VMX/SVM host, else inside the test host
 # (scripts/testhost), one boot per line. eci-vmm's own tests (test guests, KVM kind svm there),
 # then eci-vmm booting the guest kernel, and pods in VMs through containerd 1.6 and ctr (vm_ctr,
-# and the shim_ctr tier in VM mode).
+# and the shim_ctr tier in VM mode), and through CRI with the CNI bridge (vm_cri_network).
 VM_TIER_TIMEOUT ?= 3600
 .PHONY: test-vm
 test-vm: build kernel rootfs
 	@status=0; \
 	scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) -p eci-vmm --tests || status=1; \
 	ECI_TEST_HYPERVISOR=eci-vmm scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) \
-		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr -- --include-ignored --test-threads=2 \
+		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr --test vm_cri_network -- --include-ignored --test-threads=2 \
 		|| status=1; \
 	exit $$status
 

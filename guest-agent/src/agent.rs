@@ -316,25 +316,6 @@ impl Agent {
         Ok(())
     }
 
-    /// ListeningPorts (guest mode): the TCP ports listening in the guest's network namespace.
-    pub fn listening_ports(&self) -> Result<ListeningPortsResponse> {
-        if self.mode != Mode::Guest {
-            return Err(AgentError::FailedPrecondition(
-                "ListeningPorts is for guest mode: in local mode the pod's ports are the host's \
-                 namespace's"
-                    .into(),
-            ));
-        }
-        let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-            .iter()
-            .filter_map(|t| std::fs::read_to_string(t).ok())
-            .collect();
-        Ok(ListeningPortsResponse {
-            ports: crate::stdio::listening_ports(&tables),
-            ..Default::default()
-        })
-    }
-
     /// DestroySandbox: removes every container.
     pub async fn destroy_sandbox(&self, req: &DestroySandboxRequest) -> Result<()> {
         validate::id("sandbox_id", &req.sandbox_id)?;

@@ -231,7 +231,7 @@ mod tests {
             .contains("10.88.0.5\tweb"));
     }
 
-    /// The whole set-up in a network namespace of the test thread's own, on a dummy NIC that
+    /// The whole set-up in a network namespace of the test thread's own, on a veth NIC that
     /// stands for the VM's virtio-net (root).
     #[test]
     fn an_interface_is_found_by_mac_renamed_addressed_and_routed() {
@@ -246,7 +246,10 @@ mod tests {
                     "address",
                     "0a:58:0a:58:00:05",
                     "type",
-                    "dummy",
+                    "veth",
+                    "peer",
+                    "name",
+                    "peer9",
                 ])
                 .output()
                 .unwrap();

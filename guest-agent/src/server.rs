@@ -127,7 +127,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let lookup: Arc<dyn crate::stdio::ProcessLookup> = agent.clone();
     std::thread::Builder::new()
         .name("streams".into())
-        .spawn(move || serve_streams(streams, lookup, mode == Mode::Guest))
+        .spawn(move || serve_streams(streams, lookup))
         .map_err(bind_err("stream endpoint thread"))?;
 
     let service = agent_ttrpc::create_agent(Arc::new(AgentService(agent.clone())));

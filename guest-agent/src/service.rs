@@ -213,14 +213,6 @@ impl agent_ttrpc::Agent for AgentService {
     async fn get_event(&self, _: &TtrpcContext, _: GetEventRequest) -> ttrpc::Result<Event> {
         guarded("GetEvent", async { Ok(self.0.next_event().await) }).await
     }
-
-    async fn listening_ports(
-        &self,
-        _: &TtrpcContext,
-        _: ListeningPortsRequest,
-    ) -> ttrpc::Result<ListeningPortsResponse> {
-        guarded("ListeningPorts", async { self.0.listening_ports() }).await
-    }
 }
 
 #[cfg(test)]

@@ -192,16 +192,15 @@ pub trait ProcessLookup: Send + Sync + 'static {
     fn lookup(&self, container_id: &str, exec_id: &str) -> Result<Arc<Process>>;
 }
 
-/// Serves stream connections from `listener` forever, each on its own thread. PORT streams
-/// only when `ports` (guest mode: the guest's loopback is the pod's, not the host's).
-pub fn serve_streams(listener: StreamListener, lookup: Arc<dyn ProcessLookup>, ports: bool) {
+/// Serves stream connections from `listener` forever, each on its own thread.
+pub fn serve_streams(listener: StreamListener, lookup: Arc<dyn ProcessLookup>) {
     loop {
         match listener.accept() {
             Ok(conn) => {
                 let lookup = lookup.clone();
                 std::thread::Builder::new()
                     .name("stream".into())
-                    .spawn(move || handle_stream(conn, lookup.as_ref(), ports))
+                    .spawn(move || handle_stream(conn, lookup.as_ref()))
                     .map(drop)
                     .unwrap_or_else(|e| tracing::error!(error = %e, "spawn a stream thread"));
             }
@@ -248,7 +247,7 @@ fn refuse(conn: &mut UnixStream, error: String) {
     );
 }
 
-fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup, ports: bool) {
+fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup) {
     // A client that never sends its header must not hold a thread forever.
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let header: StreamHeader = match read_frame(&mut conn) {
@@ -257,12 +256,6 @@ fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup, ports: bool) 
     };
     if let Err(e) = eci_protocol::validate::stream_header(&header) {
         return refuse(&mut conn, e.to_string());
-    }
-    if header.kind.enum_value_or_default() == StreamKind::PORT {
-        if !ports {
-            return refuse(&mut conn, "PORT streams are for guest mode only".into());
-        }
-        return forward_port(conn, header.port as u16);
     }
     let process = match lookup.lookup(&header.container_id, &header.exec_id) {
         Ok(p) => p,
@@ -276,7 +269,7 @@ fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup, ports: bool) 
             StreamKind::STDIN => ends.stdin.take(),
             StreamKind::STDOUT => ends.stdout.take(),
             StreamKind::STDERR => ends.stderr.take(),
-            StreamKind::STREAM_KIND_UNSPECIFIED | StreamKind::PORT => None,
+            StreamKind::STREAM_KIND_UNSPECIFIED => None,
         };
         if taken.is_some() && kind == StreamKind::STDIN {
             ends.stdin_conn = conn.try_clone().ok();
@@ -316,69 +309,6 @@ fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup, ports: bool) 
     }
 }
 
-/// A PORT stream: a connection to `port` on the guest's loopback (IPv4, else IPv6), its bytes
-/// copied both ways until both directions ended.
-fn forward_port(mut conn: UnixStream, port: u16) {
-    let target = std::net::TcpStream::connect(("127.0.0.1", port))
-        .or_else(|_| std::net::TcpStream::connect(("::1", port)));
-    let mut tcp = match target {
-        Ok(t) => t,
-        Err(e) => return refuse(&mut conn, format!("connect to port {port}: {e}")),
-    };
-    if write_frame(
-        &mut conn,
-        &StreamAck {
-            ok: true,
-            ..Default::default()
-        },
-    )
-    .is_err()
-    {
-        return;
-    }
-    let _ = conn.set_read_timeout(None);
-    let (Ok(mut conn_in), Ok(mut tcp_out)) = (conn.try_clone(), tcp.try_clone()) else {
-        return;
-    };
-    let inbound = std::thread::Builder::new()
-        .name("port-in".into())
-        .spawn(move || {
-            copy(&mut conn_in, &mut tcp_out);
-            let _ = tcp_out.shutdown(Shutdown::Write);
-        });
-    copy(&mut tcp, &mut conn);
-    let _ = conn.shutdown(Shutdown::Write);
-    if let Ok(handle) = inbound {
-        let _ = handle.join();
-    }
-}
-
-/// The TCP ports in LISTEN state on a wildcard or loopback address in `/proc/net/tcp` or
-/// `/proc/net/tcp6` text (`local_address` is `hex address:hex port`), sorted.
-pub fn listening_ports(tables: &[String]) -> Vec<u32> {
-    const LISTEN: &str = "0A";
-    let mut ports: Vec<u32> = tables
-        .iter()
-        .flat_map(|t| t.lines().skip(1))
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1)?;
-            let state = fields.nth(1)?;
-            let (addr, port) = local.split_once(':')?;
-            let reachable = addr.chars().all(|c| c == '0')
-                || addr == "0100007F"
-                || addr == "00000000000000000000000001000000";
-            (state == LISTEN && reachable)
-                .then(|| u32::from_str_radix(port, 16).ok())
-                .flatten()
-        })
-        .filter(|p| *p > 0)
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
 /// Copies until EOF or an error on either side. A tty master reports the end of the slave
 /// side as EIO, which ends the copy like EOF.
 fn copy(from: &mut impl Read, to: &mut impl Write) {
@@ -401,28 +331,5 @@ pub fn close_stdin(process: &Process) {
     ends.stdin = None;
     if let Some(conn) = ends.stdin_conn.take() {
         let _ = conn.shutdown(Shutdown::Read);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listening_ports_on_wildcard_and_loopback_only() {
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-            0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
-            1: 0100007F:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1\n\
-            2: 0500580A:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1\n\
-            3: 0100007F:1F90 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 4 1\n"
-            .to_string();
-        let tcp6 = "  sl  local_address                         remote_address                        st\n\
-            0: 00000000000000000000000000000000:0BB8 00000000000000000000000000000000:0000 0A 0\n\
-            1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0\n"
-            .to_string();
-        // 8080 twice (v4 wildcard, v6 loopback), 80 on 127.0.0.1, 3000 on ::; not 22 on the
-        // pod IP alone, not an established connection.
-        assert_eq!(listening_ports(&[tcp, tcp6]), vec![80, 3000, 8080]);
-        assert!(listening_ports(&["garbage\nx y z".into()]).is_empty());
     }
 }

@@ -495,35 +495,6 @@ impl Netlink {
         )
         .map(drop)
     }
-
-    /// The kinds of the filters on the ingress of link `index` (`u32`, ...).
-    pub fn ingress_filters(&mut self, index: u32) -> Result<Vec<String>> {
-        let mut message = TcMessage::with_index(index as i32);
-        message.header.parent = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        let answers = match self.request(
-            &|| format!("list the ingress filters of link {index}"),
-            RouteNetlinkMessage::GetTrafficFilter(message),
-            NLM_F_DUMP,
-        ) {
-            Err(e) if matches!(e.errno(), Some(libc::EINVAL | libc::ENOENT)) => Vec::new(),
-            other => other?,
-        };
-        Ok(answers
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewTrafficFilter(f) => {
-                    f.attributes.into_iter().find_map(|a| match a {
-                        TcAttribute::Kind(k) => Some(k),
-                        _ => None,
-                    })
-                }
-                _ => None,
-            })
-            .collect())
-    }
 }
 
 fn ingress_qdisc(index: u32) -> TcMessage {

@@ -356,42 +356,11 @@ pub fn stream_header(h: &StreamHeader) -> Result {
     optional_id("exec_id", &h.exec_id)?;
     match h.kind.enum_value() {
         Ok(StreamKind::STDIN | StreamKind::STDOUT | StreamKind::STDERR) => Ok(()),
-        Ok(StreamKind::PORT) => port("port", h.port).map(drop),
         _ => Err(ValidationError::new(
             "kind",
-            format!("{} is not STDIN, STDOUT, STDERR or PORT", h.kind.value()),
+            format!("{} is not STDIN, STDOUT or STDERR", h.kind.value()),
         )),
     }
-}
-
-/// Most ports [`listening_ports`] accepts from the guest.
-pub const MAX_LISTENING_PORTS: usize = 1024;
-
-/// A TCP port: 1..=65535.
-pub fn port(field: &str, port: u32) -> Result<u16> {
-    u16::try_from(port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| ValidationError::new(field, format!("{port} is not in 1..=65535")))
-}
-
-/// Checks a ListeningPorts answer (the guest's, untrusted): at most [`MAX_LISTENING_PORTS`]
-/// ports in 1..=65535, returned sorted without duplicates.
-pub fn listening_ports(ports: &[u32]) -> Result<Vec<u16>> {
-    if ports.len() > MAX_LISTENING_PORTS {
-        return Err(ValidationError::new(
-            "ports",
-            format!("more than {MAX_LISTENING_PORTS}"),
-        ));
-    }
-    let mut checked = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| port(&format!("ports[{i}]"), *p))
-        .collect::<Result<Vec<u16>>>()?;
-    checked.sort_unstable();
-    checked.dedup();
-    Ok(checked)
 }
 
 #[cfg(test)]

@@ -176,33 +176,6 @@ pub async fn open_stream(
     exec_id: &str,
     kind: StreamKind,
 ) -> Result<UnixStream, AgentError> {
-    let header = StreamHeader {
-        container_id: container_id.to_owned(),
-        exec_id: exec_id.to_owned(),
-        kind: kind.into(),
-        ..Default::default()
-    };
-    handshake(endpoint, header).await
-}
-
-/// Opens a PORT stream: a connection to TCP `port` on the guest's loopback (VM mode).
-pub async fn open_port_stream(
-    endpoint: &Endpoint,
-    pod_id: &str,
-    port: u16,
-) -> Result<UnixStream, AgentError> {
-    let header = StreamHeader {
-        container_id: pod_id.to_owned(),
-        kind: StreamKind::PORT.into(),
-        port: port.into(),
-        ..Default::default()
-    };
-    handshake(endpoint, header).await
-}
-
-async fn handshake(endpoint: &Endpoint, header: StreamHeader) -> Result<UnixStream, AgentError> {
-    let (container_id, exec_id) = (header.container_id.as_str(), header.exec_id.as_str());
-    let kind = header.kind.enum_value_or_default();
     let io_error = |source| AgentError::StreamIo {
         path: endpoint.describe(),
         source,
@@ -212,6 +185,12 @@ async fn handshake(endpoint: &Endpoint, header: StreamHeader) -> Result<UnixStre
         source,
     };
     let mut stream = endpoint.dial(true).await.map_err(io_error)?;
+    let header = StreamHeader {
+        container_id: container_id.to_owned(),
+        exec_id: exec_id.to_owned(),
+        kind: kind.into(),
+        ..Default::default()
+    };
     write_frame(&mut stream, &header)
         .await
         .map_err(frame_error)?;

@@ -132,11 +132,6 @@ impl Sandbox {
             sandbox.stop().await;
             return Err(rpc("SetupSandbox")(e));
         }
-        if netns.is_some() && sandbox.is_vm() {
-            // The VMM lives in the pod's namespace (a holder's namespace outlives the holder).
-            let namespace = PathBuf::from(format!("/proc/{pid}/ns/net"));
-            tokio::spawn(crate::vm::portfwd::run(sandbox.clone(), namespace));
-        }
         Ok(sandbox)
     }
 
@@ -193,7 +188,9 @@ impl Sandbox {
 }
 
 /// The pod's resolver configuration: the file the spec binds at /etc/resolv.conf (CRI and
-/// nerdctl make one per pod from the DNS config they were given).
+/// nerdctl make one per pod from the DNS config they were given; a host-network pod gets the
+/// host's). One the agent would refuse is left out with a warning: the containers still see
+/// the file through their bind mount.
 fn dns_of(spec: &Spec) -> Option<DnsConfig> {
     let source = spec
         .mounts()
@@ -205,7 +202,14 @@ fn dns_of(spec: &Spec) -> Option<DnsConfig> {
     let text = std::fs::read_to_string(&source)
         .map_err(|e| log::warn!("pod DNS from {}: {e}", source.display()))
         .ok()?;
-    Some(eci_protocol::validate::network::parse_resolv_conf(&text))
+    let config = eci_protocol::validate::network::parse_resolv_conf(&text);
+    match eci_protocol::validate::network::dns("dns", &config) {
+        Ok(_) => Some(config),
+        Err(e) => {
+            log::warn!("pod DNS from {}: {e}", source.display());
+            None
+        }
+    }
 }
 
 async fn kill_and_reap(pid: i32, mut dead: watch::Receiver<Option<i32>>) {

@@ -18,7 +18,6 @@ pub mod eci_server;
 pub mod images;
 pub mod registry;
 pub mod rootfs;
-pub mod streaming;
 pub mod vm;
 
 /// What a test does when a prerequisite is missing (fail under CI, SKIP line otherwise).

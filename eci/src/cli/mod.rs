@@ -5,7 +5,7 @@
 
 mod client;
 mod commands;
-pub mod exec_stream;
+mod exec_stream;
 mod output;
 mod serve;
 

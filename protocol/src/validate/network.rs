@@ -464,7 +464,10 @@ pub fn parse_resolv_conf(text: &str) -> DnsConfig {
         let line = line.split(['#', ';']).next().unwrap_or_default();
         let mut words = line.split_whitespace();
         match words.next() {
-            Some("nameserver") => config.nameservers.extend(words.next().map(str::to_owned)),
+            // Resolvers read the first three; so does this.
+            Some("nameserver") if config.nameservers.len() < MAX_NAMESERVERS => {
+                config.nameservers.extend(words.next().map(str::to_owned))
+            }
             Some("search") | Some("domain") => {
                 config.searches = words.map(str::to_owned).collect();
             }
@@ -642,6 +645,13 @@ mod tests {
                     search default.svc.cluster.local svc.cluster.local\noptions ndots:5 edns0\n";
         let parsed = parse_resolv_conf(text);
         let d = dns("dns", &parsed).unwrap();
+        let four =
+            "nameserver 10.0.0.1\nnameserver 10.0.0.2\nnameserver 10.0.0.3\nnameserver 10.0.0.4\n";
+        assert_eq!(
+            parse_resolv_conf(four).nameservers.len(),
+            3,
+            "the first three"
+        );
         assert_eq!(
             d.resolv_conf(),
             "nameserver 10.96.0.10\nnameserver fd00::10\n\
@@ -652,7 +662,10 @@ mod tests {
             f(&mut c);
             assert_eq!(dns("dns", &c).unwrap_err().field, field);
         };
-        bad(&|c| c.nameservers.push("1.1.1.1".into()), "dns.nameservers");
+        bad(
+            &|c| c.nameservers.extend(["1.1.1.1".into(), "8.8.8.8".into()]),
+            "dns.nameservers",
+        );
         bad(&|c| c.nameservers[0] = "ten".into(), "dns.nameservers[0]");
         bad(&|c| c.searches[1] = "a b".into(), "dns.searches[1]");
         bad(&|c| c.searches[0] = "a..b".into(), "dns.searches[0]");

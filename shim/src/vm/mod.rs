@@ -20,7 +20,6 @@ pub mod disks;
 pub mod kvm;
 pub mod net;
 pub mod netns;
-pub mod portfwd;
 mod process;
 pub mod share;
 pub mod sizing;

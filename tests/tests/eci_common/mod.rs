@@ -41,8 +41,6 @@ pub struct EnvOptions {
     pub serve_args: Vec<String>,
     /// Environment of `eci serve`.
     pub serve_env: Vec<(String, String)>,
-    /// Pods in VMs whatever `ECI_TEST_HYPERVISOR` says (VM-tier tests).
-    pub vm: bool,
 }
 
 /// One test's world: containerd (CRI, handler `eci` in local mode, CNI) in its own network
@@ -73,12 +71,9 @@ impl Env {
         let eci = bins::require_workspace_binary("eci");
         let shim = bins::require_workspace_binary("containerd-shim-eci-v2");
         bins::require_workspace_binary("eci-agent");
-        if options.vm {
-            eci_tests::vm::require_vm_kvm("eci in VM mode");
-        }
         let net = CriNetwork::start(CriNetworkOptions {
             eci_shim: Some(shim),
-            shim_config: options.vm.then(|| eci_tests::vm::vm_shim_config("")),
+            shim_config: None,
         })
         .expect("start containerd with CNI in a test netns");
         let tmp = tempfile::Builder::new()
