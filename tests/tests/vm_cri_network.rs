@@ -16,8 +16,8 @@ use eci_tests::{
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, DnsConfig, ExecSyncRequest,
     ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 
 const DNS_SERVERS: [&str; 2] = ["10.88.0.53", "192.0.2.53"];
@@ -158,36 +158,6 @@ async fn remove_pod(cri: &mut Cri, pod_id: &str) {
         .expect("RemovePodSandbox");
 }
 
-/// The pod's IP and network namespace path, as CRI reports them.
-async fn pod_ip_and_netns(cri: &mut Cri, pod_id: &str) -> (String, String) {
-    let status = cri
-        .runtime
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.into(),
-            verbose: true,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner();
-    let ip = status
-        .status
-        .and_then(|s| s.network)
-        .map(|n| n.ip)
-        .unwrap_or_default();
-    let info: serde_json::Value =
-        serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}"))
-            .unwrap_or_default();
-    let netns = info["runtimeSpec"]["linux"]["namespaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|ns| ns["type"] == "network")
-        .and_then(|ns| ns["path"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    (ip, netns)
-}
-
 /// `args` run in the network namespace at `netns` (nsenter: the mounts stay the test's).
 fn in_netns(netns: &Path, args: &[&str]) -> std::process::Output {
     Command::new("nsenter")
@@ -240,7 +210,10 @@ async fn a_vm_pod_on_the_cni_network_serves_its_ip_and_leaves_nothing() {
     let (pod_id, container_id) = run_pod(&net, &mut cri, &config, &script).await;
     let pod_dir =
         eci_shim::paths::PodPaths::new(&net.socket().display().to_string(), "k8s.io", &pod_id).dir;
-    let (pod_ip, pod_netns) = pod_ip_and_netns(&mut cri, &pod_id).await;
+    let (pod_ip, pod_netns) = cri
+        .pod_ip_and_netns(&pod_id)
+        .await
+        .expect("PodSandboxStatus");
     assert!(
         pod_ip.starts_with("10.88."),
         "CNI gave the pod an address: {pod_ip:?}"
