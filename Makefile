@@ -37,16 +37,18 @@ test: build kernel rootfs
 
 # The VM tiers, where a Linux guest boots: directly on a VMX/SVM host, else inside the test host
 # (scripts/testhost), one boot per line. eci-vmm's own tests (test guests, KVM kind svm there),
-# then eci-vmm booting the guest kernel, and pods in VMs through containerd 1.6 and ctr (vm_ctr,
-# and the shim_ctr tier in VM mode), and through CRI with the CNI bridge (vm_cri_network).
+# then eci-vmm booting the guest kernel, and pods in VMs through containerd 1.6 and ctr (vm_ctr;
+# the shim_ctr, containerd_restart and soak tiers in VM mode: VM_SOAK_CYCLES cycles and the kill
+# -9 matrix), and through CRI with the CNI bridge (vm_cri_network).
 VM_TIER_TIMEOUT ?= 3600
+VM_SOAK_CYCLES ?= 12
 .PHONY: test-vm
 test-vm: build kernel rootfs
 	@status=0; \
 	scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) -p eci-vmm --tests || status=1; \
-	ECI_TEST_HYPERVISOR=eci-vmm scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) \
-		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr --test vm_cri_network -- --include-ignored --test-threads=2 \
-		|| status=1; \
+	ECI_TEST_HYPERVISOR=eci-vmm ECI_SOAK_CYCLES=$(VM_SOAK_CYCLES) scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) \
+		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr --test containerd_restart --test soak \
+		--test vm_cri_network -- --include-ignored --test-threads=2 || status=1; \
 	exit $$status
 
 # The CRI conformance suite (critest) against containerd 2.x with eci as the default runtime,
@@ -142,12 +144,15 @@ install: deps kernel rootfs
 # SOAK_PARALLEL (4) at a time, then a census of what the runtime holds (cycle p50/p99,
 # `leaks: N`), and kill -9 of shim, pod init, agent (eci-vmm, virtiofsd in VM mode) and
 # containerd at create, while running and during an exec, as a table. `make test` runs the
-# same with 40 cycles. SOAK_MODE=vm (hypervisor = "eci-vmm") is for inside scripts/testhost.
-.PHONY: soak
+# same with 40 cycles, and `make test-vm` with VM pods. `make soak-vm`: SOAK_VM_CYCLES (50) VM
+# pods, inside the test host where /dev/kvm cannot boot a Linux guest.
+.PHONY: soak soak-vm
 soak: build
 	ECI_SOAK_CYCLES=$${SOAK_CYCLES:-1000} ECI_SOAK_PARALLEL=$${SOAK_PARALLEL:-4} \
-	ECI_SOAK_MODE=$${SOAK_MODE:-local} \
 		$(CARGO) test --locked -p eci-tests --test soak -- --nocapture --test-threads=1
+soak-vm: build kernel rootfs
+	ECI_TEST_HYPERVISOR=eci-vmm ECI_SOAK_CYCLES=$${SOAK_VM_CYCLES:-50} ECI_SOAK_PARALLEL=4 \
+		scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) -p eci-tests --test soak -- --nocapture --test-threads=1
 
 # --- eci control plane ---
 # Create-to-Running latency of a one-container group through `eci serve` vs the same pod straight

@@ -71,12 +71,19 @@ pub fn vm_mode() -> bool {
 
 /// The shim config of VM-mode tests: the images of `make kernel rootfs`, this build's eci-vmm,
 /// a boot deadline for emulated hosts; `extra` is appended (TOML lines).
+///
+/// `ECI_TEST_GUEST_CMDLINE` adds to the guest kernel's command line (e.g. `loglevel=7`: the whole
+/// boot in each pod's console.log, whose last lines a failed start reports).
 pub fn vm_shim_config(extra: &str) -> String {
     let images = guest_images();
     let vmm = crate::bins::require_workspace_binary("eci-vmm");
+    let cmdline = match std::env::var("ECI_TEST_GUEST_CMDLINE") {
+        Ok(c) if !c.is_empty() => format!("kernel_cmdline = {c:?}\n"),
+        _ => String::new(),
+    };
     format!(
         "hypervisor = \"eci-vmm\"\nkernel = \"{}\"\ninitrd = \"{}\"\nvmm_path = \"{}\"\n\
-         agent_timeout_secs = 600\nlog_level = \"debug\"\n{extra}",
+         agent_timeout_secs = 600\nlog_level = \"debug\"\n{cmdline}{extra}",
         images.vmlinux.display(),
         images.initramfs.display(),
         vmm.display()

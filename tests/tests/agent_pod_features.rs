@@ -990,8 +990,8 @@ async fn kubelet_tmpfs_empty_dir_becomes_a_pod_tmpfs() {
 async fn unmountable_nfs_volume_fails_create_naming_the_volume() {
     let Some(env) = env("nfs").await else { return };
     // No NFS server listens on this machine's loopback (and the kernel may lack the NFS
-    // client): the mount must fail, quickly and clearly, and leave nothing behind. A real NFS
-    // mount is exercised in the VM tier.
+    // client): the mount must fail, quickly and clearly, and leave nothing behind. Only this
+    // failure path is tested: no tier mounts a real NFS export yet.
     if std::net::TcpStream::connect("127.0.0.1:2049").is_ok() {
         eci_tests::prereq::missing_prerequisite(
             "a free 127.0.0.1:2049 (something listens there, so the mount could succeed)",

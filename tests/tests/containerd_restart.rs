@@ -1,5 +1,5 @@
 //! containerd stopped (SIGTERM) or killed (SIGKILL) and started again while eci pods run
-//! (local mode): the tasks are still listed as running, exec, kill and delete work, an exit that
+//! (local mode, or VM pods with `ECI_TEST_HYPERVISOR=eci-vmm` in `make test-vm`): the tasks are still listed as running, exec, kill and delete work, an exit that
 //! happens while containerd is down and one after it is back both reach containerd as
 //! /tasks/exit events, and nothing is left at the end.
 
@@ -21,15 +21,25 @@ fn wait_exit(events: &Events, id: &str, status: u32, timeout: Duration) {
     );
 }
 
+/// An upper bound for an exit to travel to containerd (a VM pod's crosses the guest, on an
+/// emulated host in the test host).
+fn exit_wait() -> Duration {
+    if eci_tests::vm::vm_mode() {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
 fn restart_while_pods_run(signal: Signal) {
     let Some(mut ctd) = containerd_with_busybox() else {
         return;
     };
     let (long, during, after) = (unique("long"), unique("during"), unique("after"));
-    run_detached_local(&ctd, &long, &["sleep", "3600"]);
-    run_detached_local(&ctd, &after, &["sleep", "3600"]);
+    run_detached(&ctd, &long, &["sleep", "3600"]);
+    run_detached(&ctd, &after, &["sleep", "3600"]);
     // Exits while containerd is down.
-    run_detached_local(&ctd, &during, &["sh", "-c", "sleep 2; exit 3"]);
+    run_detached(&ctd, &during, &["sh", "-c", "sleep 2; exit 3"]);
     ctd.stop_daemon(signal);
     std::thread::sleep(Duration::from_secs(4));
     ctd.restart().expect("start containerd again");
@@ -38,7 +48,7 @@ fn restart_while_pods_run(signal: Signal) {
     assert_eq!(task_status(&ctd, &long), "RUNNING", "{}", ctd.log_tail());
     assert_eq!(task_status(&ctd, &after), "RUNNING");
     // The exit that happened while containerd was down reaches it once it is back.
-    wait_exit(&events, &during, 3, Duration::from_secs(30));
+    wait_exit(&events, &during, 3, exit_wait());
     wait_stopped(&ctd, &during);
     let out = ctd.ctr_ok(&[
         "task",
@@ -52,9 +62,9 @@ fn restart_while_pods_run(signal: Signal) {
     assert_eq!(out, "still here\n");
     // An exit after the restart.
     ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &after]);
-    wait_exit(&events, &after, 137, Duration::from_secs(30));
+    wait_exit(&events, &after, 137, exit_wait());
     ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &long]);
-    wait_exit(&events, &long, 137, Duration::from_secs(30));
+    wait_exit(&events, &long, 137, exit_wait());
     for id in [&long, &during, &after] {
         wait_stopped(&ctd, id);
         ctd.ctr_ok(&["task", "delete", id]);

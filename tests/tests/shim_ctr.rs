@@ -241,12 +241,20 @@ fn metrics_ps_pause_resume() {
     );
     assert!(metrics.contains("pids.current"), "{metrics}");
 
-    let ps = ctd.ctr_ok(&["task", "ps", &id]);
-    let pids: Vec<u32> = ps
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
+    // The shell forks sleep after it started: wait for both (slow in a VM on an emulated host).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (ps, pids) = loop {
+        let ps = ctd.ctr_ok(&["task", "ps", &id]);
+        let pids: Vec<u32> = ps
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        if pids.len() >= 2 || std::time::Instant::now() > deadline {
+            break (ps, pids);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert!(pids.len() >= 2, "sh and sleep expected: {ps}");
     if !vm_mode() {
         // Local mode: host pids (a VM's processes have only guest pids).

@@ -74,15 +74,6 @@ fn annotation(key: &str, value: &str) -> Vec<String> {
     vec!["--annotation".into(), format!("{key}={value}")]
 }
 
-fn task_status(ctd: &Containerd, id: &str) -> String {
-    ctd.ctr_ok(&["task", "ls"])
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-        .to_owned()
-}
-
 fn wait_status(ctd: &Containerd, id: &str, status: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while task_status(ctd, id) != status {

@@ -8,9 +8,9 @@
 //!   each time the task must report an exit (or the create fail) and the census be clean after
 //!   containerd's clean-up. Prints the matrix.
 //!
-//! `ECI_SOAK_MODE=local` (default) runs the pods in local mode here; `ECI_SOAK_MODE=vm` asks
-//! for `hypervisor = "eci-vmm"` with `ECI_SOAK_KERNEL` / `ECI_SOAK_INITRD` (default `build/`
-//! of the workspace) and is meant to run inside `scripts/testhost`.
+//! The pods run in local mode here, or in VMs with `ECI_TEST_HYPERVISOR=eci-vmm` (the images of
+//! `make kernel rootfs`, inside `scripts/testhost` on this project's machines: `make test-vm`).
+//! In VM mode the agent is the guest's PID 1, out of the host's reach: its row is n/a there.
 
 mod shim_common;
 
@@ -39,29 +39,36 @@ struct Mode {
 
 impl Mode {
     fn from_env() -> Self {
-        let name = std::env::var("ECI_SOAK_MODE").unwrap_or_else(|_| "local".into());
-        let build = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build");
-        let file = |var: &str, default: &str| {
-            std::env::var(var).unwrap_or_else(|_| build.join(default).display().to_string())
-        };
-        let shim_config = match name.as_str() {
-            "local" => "hypervisor = \"none\"\n".to_owned(),
-            "vm" => format!(
-                "hypervisor = \"eci-vmm\"\nkernel = \"{}\"\ninitrd = \"{}\"\n",
-                file("ECI_SOAK_KERNEL", "vmlinux"),
-                file("ECI_SOAK_INITRD", "initramfs.cpio.zst")
-            ),
-            other => panic!("ECI_SOAK_MODE={other}: local or vm"),
-        };
-        Self { name, shim_config }
+        if eci_tests::vm::vm_mode() {
+            eci_tests::vm::require_vm_kvm("soak in VM mode");
+            Self {
+                name: "vm".into(),
+                shim_config: eci_tests::vm::vm_shim_config(""),
+            }
+        } else {
+            Self {
+                name: "local".into(),
+                shim_config: "hypervisor = \"none\"\n".into(),
+            }
+        }
     }
 
-    /// Whether process `name` exists in this mode.
+    /// Whether process `name` exists on the host in this mode.
     fn has(&self, name: &str) -> bool {
         match name {
             "eci-vmm" | "virtiofsd" => self.name == "vm",
-            "eci-pod-init" => self.name == "local",
+            "eci-pod-init" | "eci-agent" => self.name == "local",
             _ => true,
+        }
+    }
+
+    /// How long to wait for what takes `local` in local mode: a VM boots first, on an emulated
+    /// host in the test host (upper bounds only; nothing is timed).
+    fn patience(&self, local: Duration) -> Duration {
+        if self.name == "vm" {
+            local * 10
+        } else {
+            local
         }
     }
 }
@@ -283,6 +290,7 @@ struct Cell {
 /// Kills `victim` of a fresh task in `phase`; what the task reported and whether the census
 /// came back to `baseline` after containerd's clean-up.
 fn kill_scenario(
+    mode: &Mode,
     ctd: &mut Containerd,
     config: &str,
     baseline: &Census,
@@ -293,11 +301,11 @@ fn kill_scenario(
     let id = format!("kill-{}-{n}", std::process::id());
     let mut events = Events::subscribe(ctd);
     let mut report = Vec::new();
-    let wait = Duration::from_secs(30);
+    let wait = mode.patience(Duration::from_secs(30));
     match phase {
         Phase::AtCreate => {
             let run = ctr_run(ctd, config, &["-d"], &id, &["sleep", "3600"]);
-            match wait_victim(ctd, &id, victim, Duration::from_secs(30)) {
+            match wait_victim(ctd, &id, victim, mode.patience(Duration::from_secs(30))) {
                 Some(pid) => {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
@@ -347,7 +355,7 @@ fn kill_scenario(
                 // Started as containerd sees it (the shim published it): from then on its
                 // exit must be reported. (Its process runs a little earlier, while the agent
                 // still answers; a kill then fails the exec's start instead.)
-                let started = events.find(Duration::from_secs(30), |l| {
+                let started = events.find(mode.patience(Duration::from_secs(30)), |l| {
                     l.contains("/tasks/exec-started")
                         && l.contains(&format!("\"container_id\":\"{id}\""))
                         && l.contains("\"exec_id\":\"e1\"")
@@ -392,7 +400,8 @@ fn kill_scenario(
     // The follower's connection is no fd containerd leaked.
     drop(events);
     // containerd's clean-up as a user triggers it, then the census.
-    for _ in 0..100 {
+    let deadline = Instant::now() + mode.patience(Duration::from_secs(5));
+    while Instant::now() < deadline {
         let status = task_status(ctd, &id);
         if status.is_empty() || status == "STOPPED" {
             break;
@@ -401,7 +410,12 @@ fn kill_scenario(
     }
     let _ = ctd.ctr(&["task", "delete", &id]);
     let _ = ctd.ctr(&["container", "delete", &id]);
-    let (_, leaks) = census::settle(ctd, &[pod_dir(ctd, &id)], baseline, Duration::from_secs(30));
+    let (_, leaks) = census::settle(
+        ctd,
+        &[pod_dir(ctd, &id)],
+        baseline,
+        mode.patience(Duration::from_secs(30)),
+    );
     let reported = report
         .iter()
         .any(|r| r.starts_with("exit") || r == "create failed")
@@ -459,7 +473,7 @@ fn kill_matrix() {
             if victim == "containerd" {
                 base.containerd_fds = None;
             }
-            let cell = kill_scenario(&mut ctd, &config, &base, victim, phase, n);
+            let cell = kill_scenario(&mode, &mut ctd, &config, &base, victim, phase, n);
             let mark = if cell.clean { "clean" } else { "LEAK" };
             cells.push(format!("{} [{mark}]", cell.outcome));
             if !cell.clean {

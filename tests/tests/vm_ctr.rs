@@ -1,14 +1,14 @@
 //! VM tier, through containerd and ctr: what only a pod in its own VM shows. That it really is
 //! a VM (the guest kernel, the pod's vCPUs and memory), the process spec applied in the guest,
-//! host binds through virtio-fs, one VM per pod, and that killing eci-vmm, virtiofsd or the shim
-//! ends the task and leaves nothing behind, also over many cycles.
+//! host binds through virtio-fs, and one VM per pod.
+//!
+//! Kills of eci-vmm, virtiofsd, the shim and containerd at each phase of a VM pod, and many
+//! create/delete cycles with a census of host resources, are `soak.rs` in VM mode (`make test-vm`).
 //!
 //! The container basics shared with local mode (echo, exit codes, tty, exec, kill, metrics,
 //! events, stdin, OOM, log URIs) are `shim_ctr.rs`, which scripts/vm-tier runs in VM mode too.
 
 mod shim_common;
-
-use std::time::Duration;
 
 use eci_tests::containerd::Containerd;
 use eci_tests::images::BUSYBOX_IMAGE;
@@ -41,19 +41,6 @@ fn vm_processes(ctd: &Containerd, pod_id: &str) -> Vec<(u32, String)> {
             (pid, comm.trim().to_owned())
         })
         .collect()
-}
-
-fn pid_of(ctd: &Containerd, pod_id: &str, comm: &str) -> u32 {
-    vm_processes(ctd, pod_id)
-        .into_iter()
-        .find(|(_, c)| c == comm)
-        .unwrap_or_else(|| {
-            panic!(
-                "no {comm} for pod {pod_id}: {:?}",
-                vm_processes(ctd, pod_id)
-            )
-        })
-        .0
 }
 
 #[test]
@@ -233,114 +220,9 @@ fn containers_of_one_pod_share_one_vm() {
     );
     for id in [&second, &pod] {
         ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
-        wait_for_exit(&ctd, id);
+        wait_stopped(&ctd, id);
         ctd.ctr_ok(&["task", "delete", id]);
         ctd.ctr_ok(&["container", "delete", id]);
     }
     assert_nothing_left(&ctd, &[pod]);
-}
-
-fn task_status(ctd: &Containerd, id: &str) -> String {
-    ctd.ctr_ok(&["task", "ls"])
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-        .to_owned()
-}
-
-fn wait_for_exit(ctd: &Containerd, id: &str) {
-    for _ in 0..1200 {
-        if task_status(ctd, id) == "STOPPED" {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("task {id} did not stop: {}", ctd.ctr_ok(&["task", "ls"]));
-}
-
-/// Starts a long-running pod, kills `victim` (eci-vmm, virtiofsd or the pod's shim) with
-/// SIGKILL, and checks that ctr sees the task exit non-zero and that nothing is left.
-fn kill_and_check(test: &str, victim: &str) {
-    let ctd = vm_containerd(test);
-    let id = unique("kill");
-    let mut run = ctd
-        .ctr_command(&[
-            "run",
-            "--rm",
-            "--runtime",
-            ECI,
-            BUSYBOX_IMAGE,
-            &id,
-            "sleep",
-            "600",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..6000 {
-        if task_status(&ctd, &id) == "RUNNING" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(task_status(&ctd, &id), "RUNNING");
-    let pid = match victim {
-        "shim" => *shim_processes(&ctd).first().expect("the pod's shim"),
-        comm => pid_of(&ctd, &id, comm),
-    };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let status = run.wait().unwrap();
-    assert_ne!(
-        status.code(),
-        Some(0),
-        "{victim} killed: ctr must see a failed task"
-    );
-    if victim == "shim" {
-        // containerd runs the shim's delete action; ctr run --rm may leave the container record.
-        let _ = ctd.ctr(&["container", "delete", &id]);
-    }
-    assert_nothing_left(&ctd, &[id]);
-}
-
-#[test]
-#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
-fn killing_eci_vmm_ends_the_task_and_releases_everything() {
-    kill_and_check("killing_eci_vmm", "eci-vmm");
-}
-
-#[test]
-#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
-fn killing_virtiofsd_ends_the_task_and_releases_everything() {
-    kill_and_check("killing_virtiofsd", "virtiofsd");
-}
-
-#[test]
-#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
-fn killing_the_shim_ends_the_task_and_releases_everything() {
-    kill_and_check("killing_the_shim", "shim");
-}
-
-#[test]
-#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
-fn twenty_create_delete_cycles_leave_nothing() {
-    let ctd = vm_containerd("twenty_create_delete_cycles_leave_nothing");
-    // Two at a time: each cycle boots and ends a VM.
-    let ids: Vec<String> = (0..20).map(|_| unique("cycle")).collect();
-    std::thread::scope(|s| {
-        for pair in ids.chunks(10) {
-            let ctd = &ctd;
-            s.spawn(move || {
-                for id in pair {
-                    assert_eq!(run_rm(ctd, &[], id, &["echo", "cycle"]), "cycle\n");
-                }
-            });
-        }
-    });
-    assert_nothing_left(&ctd, &ids);
 }
