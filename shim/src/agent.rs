@@ -101,6 +101,12 @@ impl Endpoint {
 pub enum AgentError {
     #[error("agent did not come up at {address} within {waited:?}")]
     NotUp { address: String, waited: Duration },
+    #[error("stopped waiting for the agent at {address} after {after:?}: {reason}")]
+    GaveUp {
+        address: String,
+        after: Duration,
+        reason: String,
+    },
     #[error("agent speaks protocol version {0}, the shim speaks {PROTOCOL_VERSION}")]
     Version(u32),
     #[error("agent call {call}")]
@@ -127,13 +133,15 @@ pub enum AgentError {
     },
 }
 
-/// Connects to the agent at `endpoint`, retrying until it answers a ping or `give_up` says stop.
+/// Connects to the agent at `endpoint`, retrying until it answers a ping, `wait` has passed, or
+/// `give_up` gives a reason to stop (e.g. the VM ended).
 pub async fn connect(
     endpoint: &Endpoint,
     wait: Duration,
-    mut give_up: impl FnMut() -> bool,
+    mut give_up: impl FnMut() -> Option<String>,
 ) -> Result<(AgentClient, PingResponse), AgentError> {
-    let deadline = tokio::time::Instant::now() + wait;
+    let started = tokio::time::Instant::now();
+    let deadline = started + wait;
     loop {
         if let Ok(conn) = endpoint.dial(false).await {
             let socket = ttrpc::asynchronous::transport::Socket::from(conn);
@@ -149,7 +157,14 @@ pub async fn connect(
                 return Ok((client, pong));
             }
         }
-        if give_up() || tokio::time::Instant::now() >= deadline {
+        if let Some(reason) = give_up() {
+            return Err(AgentError::GaveUp {
+                address: endpoint.describe(),
+                after: started.elapsed(),
+                reason,
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
             return Err(AgentError::NotUp {
                 address: endpoint.describe(),
                 waited: wait,
@@ -329,5 +344,25 @@ mod tests {
             .to_string();
         assert!(err.contains(uds.to_str().unwrap()), "{err}");
         assert!(server.await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_vm_that_ended_stops_the_wait_with_its_reason_not_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let endpoint = Endpoint::HybridVsock { uds: uds.clone() };
+        let mut polls = 0;
+        let err = connect(&endpoint, Duration::from_secs(600), || {
+            polls += 1;
+            (polls == 3).then(|| "the VMM (pid 7) exited with status 0".to_owned())
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+        assert!(matches!(err, AgentError::GaveUp { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("exited with status 0"), "{text}");
+        assert!(text.contains(uds.to_str().unwrap()), "{text}");
+        assert!(!text.contains("600"), "not reported as a timeout: {text}");
     }
 }

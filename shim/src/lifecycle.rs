@@ -135,7 +135,7 @@ pub async fn cleanup(flags: &Flags) -> anyhow::Result<DeleteResponse> {
     };
     if reachable {
         if let Ok((client, _)) =
-            agent::connect(&endpoint, Duration::from_millis(500), || false).await
+            agent::connect(&endpoint, Duration::from_millis(500), || None).await
         {
             let req = eci_protocol::agent::RemoveContainerRequest {
                 container_id: flags.id.clone(),

@@ -79,7 +79,8 @@ impl Sandbox {
         let watch_dead = dead.clone();
         let started = std::time::Instant::now();
         let connected = agent::connect(&launched.endpoint, hypervisor.agent_timeout(), || {
-            watch_dead.borrow().is_some()
+            let code = (*watch_dead.borrow())?;
+            Some(format!("the VMM (pid {pid}) exited with status {code}"))
         })
         .await;
         let share = hypervisor.guest_share(&paths);

@@ -8,12 +8,11 @@
 //!
 //! The tests build nothing: they skip, saying so, when the artefacts or qemu are missing.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use eci_tests::vm::WatchedProcess;
 
 /// Generous: TCG on two busy shared cores; the self-test boots in seconds when the host is idle.
 const SELFTEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -64,19 +63,14 @@ fn artefacts() -> Result<Artefacts, String> {
     }
 }
 
-/// A running qemu whose serial console lines arrive on `lines`; killed and reaped on drop.
-struct Guest {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-    started: Instant,
-}
+/// A qemu guest whose console (stdout) and qemu's stderr lines a test waits on.
+struct Guest(WatchedProcess);
 
 impl Guest {
     fn boot(kernel: &Path, initramfs: &Path, extra_cmdline: &str) -> Guest {
         let cmdline = format!("{BASE_CMDLINE} {extra_cmdline}");
-        let started = Instant::now();
-        let mut child = Command::new(QEMU)
+        let mut command = Command::new(QEMU);
+        command
             .args([
                 "-accel",
                 "tcg",
@@ -99,82 +93,24 @@ impl Guest {
             .arg(kernel)
             .arg("-initrd")
             .arg(initramfs)
-            .args(["-append", &cmdline])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning qemu");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("qemu stdout");
-        let stderr = child.stderr.take().expect("qemu stderr");
-        forward_lines(stdout, "", tx.clone());
-        forward_lines(stderr, "qemu stderr: ", tx);
-        Guest {
-            child,
-            lines,
-            log: Vec::new(),
-            started,
-        }
+            .args(["-append", &cmdline]);
+        Guest(WatchedProcess::spawn(&mut command).expect("spawning qemu"))
     }
 
     /// Waits for a console line containing one of `needles`; returns the line and the time since
     /// qemu started, or None at the deadline or when qemu closed its output.
     fn wait_for(&mut self, needles: &[&str], timeout: Duration) -> Option<(String, Duration)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let line = self.lines.recv_timeout(left).ok()?;
-            self.log.push(line.clone());
-            if needles.iter().any(|n| line.contains(n)) {
-                return Some((line, self.started.elapsed()));
-            }
-        }
+        self.0.wait_for(needles, timeout)
     }
 
     /// Waits for qemu to exit by itself (the guest reset the VM); false at the deadline.
     fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            while let Ok(line) = self.lines.try_recv() {
-                self.log.push(line);
-            }
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        false
+        self.0.wait_exit(timeout).is_some()
     }
 
-    fn console(&self) -> String {
-        self.log.join("\n")
+    fn console(&mut self) -> String {
+        self.0.output()
     }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn forward_lines(
-    stream: impl Read + Send + 'static,
-    prefix: &'static str,
-    tx: mpsc::Sender<String>,
-) {
-    thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if tx
-                .send(format!("{prefix}{}", line.trim_end_matches('\r')))
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
 }
 
 /// Boots `initramfs` with `eci.selftest=1 <extra_cmdline>`, waits for `eci-agent: ready` and the
