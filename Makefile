@@ -38,19 +38,17 @@ test: build kernel rootfs
 # The VM tiers, where a Linux guest boots: directly on a VMX/SVM host, else inside the test host
 # (scripts/testhost), one boot per line. eci-vmm's own tests (test guests, KVM kind svm there),
 # then eci-vmm booting the guest kernel, and pods in VMs through containerd 1.6 and ctr (vm_ctr;
-# the shim_ctr, containerd_restart and soak tiers in VM mode: VM_SOAK_CYCLES cycles and the kill
-# -9 matrix), and through CRI with the CNI bridge (vm_cri_network). Linux guests boot one at a
-# time there: two booting at once in the emulated host occasionally triple-fault
+# the shim_ctr and containerd_restart tiers in VM mode), and through CRI with the CNI bridge
+# (vm_cri_network). The soak and the kill -9 matrix with VM pods are `make soak-vm`. Linux guests
+# boot one at a time there: two booting at once in the emulated host occasionally triple-fault
 # (docs/testhost.md), and on two cores they are no faster.
 VM_TIER_TIMEOUT ?= 3600
-VM_SOAK_CYCLES ?= 12
 .PHONY: test-vm
 test-vm: build kernel rootfs
 	@status=0; \
 	scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) -p eci-vmm --tests || status=1; \
-	ECI_TEST_HYPERVISOR=eci-vmm ECI_SOAK_CYCLES=$(VM_SOAK_CYCLES) ECI_SOAK_PARALLEL=1 \
-		scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) \
-		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr --test containerd_restart --test soak \
+	ECI_TEST_HYPERVISOR=eci-vmm scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) \
+		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr --test containerd_restart \
 		--test vm_cri_network -- --include-ignored --test-threads=1 || status=1; \
 	exit $$status
 
@@ -147,7 +145,7 @@ install: deps kernel rootfs
 # SOAK_PARALLEL (4) at a time, then a census of what the runtime holds (cycle p50/p99,
 # `leaks: N`), and kill -9 of shim, pod init, agent (eci-vmm, virtiofsd in VM mode) and
 # containerd at create, while running and during an exec, as a table. `make test` runs the
-# same with 40 cycles, and `make test-vm` with VM pods. `make soak-vm`: SOAK_VM_CYCLES (50) VM
+# same with 40 cycles. `make soak-vm`: SOAK_VM_CYCLES (50) VM
 # pods, SOAK_VM_PARALLEL (1) at a time, inside the test host where /dev/kvm cannot boot a Linux
 # guest (more than one at a time only on a VMX/SVM host: see docs/testhost.md).
 .PHONY: soak soak-vm

@@ -46,7 +46,20 @@ trap 'rm -rf "$work"' EXIT
 log "building eci-agent for $TARGET (release, static)"
 exec {lock_fd}>"$target_dir/.eci-rootfs.lock"
 flock "$lock_fd"
+# Cargo decides a workspace crate is fresh by comparing its sources' mtimes with the time of its
+# last build, and every clone's crates share one fingerprint here: a clone whose edits predate
+# another clone's build would get that clone's agent. So the agent's sources are hashed, and
+# unless the binary is still the one this script built from the same sources, they are touched
+# first (only the workspace crates rebuild then).
+agent_bin=$target_dir/$TARGET/release/eci-agent
+built_from=$target_dir/.eci-rootfs-built-from
+sources=$(cd "$repo_dir" && find guest-agent protocol Cargo.lock -name target -prune -o -type f -print0 |
+	LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$built_from" 2>/dev/null)" != "$sources $(stat -c %y "$agent_bin" 2>/dev/null)" ]; then
+	find "$repo_dir"/{guest-agent,protocol} -name target -prune -o -type f -print0 | xargs -0 touch
+fi
 (cd "$repo_dir" && CARGO_TARGET_DIR=$target_dir "$cargo" build --locked --release -p eci-agent --target "$TARGET")
+echo "$sources $(stat -c %y "$agent_bin")" >"$built_from"
 agent=$work/eci-agent
 cp "$target_dir/$TARGET/release/eci-agent" "$agent" || die "eci-agent not built in $target_dir"
 flock -u "$lock_fd"

@@ -223,8 +223,9 @@ impl Agent {
 
     /// SetupSandbox: records the pod. In local mode the host's hostname, DNS, network and
     /// sysctls stay untouched (containers get theirs from their spec and CRI's namespaces); in
-    /// a VM the storages are mounted, the pod's interfaces, routes and neighbours configured,
-    /// the hostname, /etc/resolv.conf, /etc/hosts and the pod sysctls set.
+    /// a VM the storages are mounted, the passed-through PCI devices bound, the pod's
+    /// interfaces, routes and neighbours configured, the hostname, /etc/resolv.conf, /etc/hosts
+    /// and the pod sysctls set.
     pub fn setup_sandbox(&self, req: &SetupSandboxRequest) -> Result<()> {
         let setup = validate::setup_sandbox(req)?;
         let mut current = self.sandbox_id.lock();
@@ -250,9 +251,17 @@ impl Agent {
             if !req.interfaces.is_empty() {
                 return refuse("interfaces", "configures no interfaces");
             }
+            if !req.pci_devices.is_empty() {
+                return Err(ValidationError::new(
+                    "pci_devices",
+                    "local mode has no VM to pass devices through to",
+                )
+                .into());
+            }
         }
         if self.mode == Mode::Guest {
             crate::storage::mount_all(&req.storages)?;
+            crate::devices::DeviceRoots::default().bind_pci_devices(&req.pci_devices)?;
             if let Some(dir) = &setup.shared_dir {
                 if !dir.is_dir() {
                     return Err(AgentError::FailedPrecondition(format!(
@@ -352,6 +361,18 @@ impl Agent {
             validate::create_container_in(&req, self.mode == Mode::Guest)?;
         if self.mode == Mode::Guest {
             apply_pod_net_sysctls(&mut spec)?;
+        }
+        if !req.devices.is_empty() {
+            if self.mode == Mode::Local {
+                return Err(ValidationError::new(
+                    "devices",
+                    "local mode gives containers the host's devices through the spec only",
+                )
+                .into());
+            }
+            let roots = crate::devices::DeviceRoots::default();
+            let nodes = roots.resolve(&req.devices)?;
+            crate::devices::add_to_spec(&mut spec, &roots.dev, &nodes)?;
         }
         let id = req.container_id.clone();
         {

@@ -426,6 +426,13 @@ impl Container {
         } = prepared;
         let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
         let (bundle_dir, cgroup_path) = (bundle_dir.as_path(), cgroup_path.as_path());
+        let mut device_rules = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.devices().clone())
+            .unwrap_or_default();
+        device_rules.extend(crate::devcg::default_rules());
         spec.save(bundle_dir.join("config.json"))
             .map_err(|e| AgentError::runtime("write the bundle's config.json", e))?;
         let (child, ends, console) = prepare_stdio(stdio_cfg)?;
@@ -455,6 +462,13 @@ impl Container {
                 None => ends.unwrap_or_default(),
             };
             let cgroup = ContainerCgroup::open(id, cgroup_path)?;
+            if cgroup.is_v2() {
+                // libcontainer leaves the device rules to us on v2 (see `devcg`); the init waits
+                // before the user program until Start.
+                if let Some(dir) = cgroup.controller_dir("devices") {
+                    crate::devcg::apply(&dir, &device_rules)?;
+                }
+            }
             Ok((runtime, ends, cgroup))
         })();
         let (runtime, ends, cgroup) = match attached {

@@ -30,6 +30,7 @@ pub fn decode_and_validate(data: &[u8]) {
         let _ = validate::process_request(&r);
     }
     if let Ok(r) = SetupSandboxRequest::parse_from_bytes(data) {
+        // Checks every field, pci_devices and the network included.
         let _ = validate::setup_sandbox(&r);
     }
     if let Ok(h) = framing::decode_frame::<StreamHeader>(data) {

@@ -10,6 +10,8 @@
 pub mod agent;
 pub mod cgroup;
 pub mod container;
+pub mod devcg;
+pub mod devices;
 pub mod error;
 pub mod fuzz;
 pub mod helper;

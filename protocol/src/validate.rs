@@ -40,8 +40,10 @@ impl ValidationError {
 
 type Result<T = ()> = std::result::Result<T, ValidationError>;
 
+mod devices;
 pub mod network;
 mod sandbox;
+pub use devices::{container_devices, pci_address, pci_devices, VFIO_SOURCE_PREFIX};
 pub use sandbox::{absolute_path, hostname, setup_sandbox, storage, SandboxSetup};
 
 /// Checks a required id: non-empty, at most [`MAX_ID_LEN`] bytes, only `[A-Za-z0-9_.+-]`, and not
@@ -180,6 +182,7 @@ pub fn create_container_in(
         return Err(ValidationError::new("bundle", "must be an absolute path"));
     }
     stdio("stdio", req.stdio.get_or_default())?;
+    container_devices("devices", &req.devices)?;
     let spec = spec("oci_spec_json", &req.oci_spec_json)?;
     let root = spec
         .root()

@@ -96,6 +96,9 @@ pub struct ShimConfig {
     pub default_pod_size: PodSize,
     /// error, warn, info, debug or trace.
     pub log_level: Option<String>,
+    /// The node's pool of passed-through devices (CDI names -> PCI addresses, and how guests
+    /// drive each kind); default /etc/eci/vfio-devices.toml, absent means empty.
+    pub vfio_pool: Option<PathBuf>,
 }
 
 impl Default for ShimConfig {
@@ -111,6 +114,7 @@ impl Default for ShimConfig {
             agent_timeout_secs: default_agent_timeout_secs(),
             default_pod_size: PodSize::default(),
             log_level: None,
+            vfio_pool: None,
         }
     }
 }

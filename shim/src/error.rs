@@ -50,6 +50,9 @@ impl ShimError {
             ShimError::Sandbox(crate::hypervisor::SandboxError::NotSupported(_)) => {
                 Code::UNIMPLEMENTED
             }
+            ShimError::Sandbox(crate::hypervisor::SandboxError::Vfio(_)) => {
+                Code::FAILED_PRECONDITION
+            }
             ShimError::Agent(crate::agent::AgentError::Rpc {
                 source: TtrpcError::RpcStatus(s),
                 ..

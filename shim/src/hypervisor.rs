@@ -57,6 +57,8 @@ pub enum SandboxError {
     Network(#[from] crate::vm::net::NetError),
     #[error("disk volume")]
     Disk(#[source] Box<crate::error::ShimError>),
+    #[error(transparent)]
+    Vfio(#[from] crate::vfio::VfioError),
 }
 
 /// What a sandbox is started for: the pod's first container (its sandbox container under CRI).
@@ -85,6 +87,8 @@ pub struct Launched {
     /// Resolves with the sandbox process's exit status, once everything it ran is gone.
     pub exited: oneshot::Receiver<i32>,
     pub network: GuestNetwork,
+    /// The PCI devices passed through to it (VM mode), in guest slot order.
+    pub vfio: crate::vfio::PodVfio,
 }
 
 /// How the agent sees the pod's shared directory (container root filesystems, host binds).
@@ -198,8 +202,12 @@ impl Hypervisor for LocalAgent {
     async fn launch(
         &self,
         pod: &PodPaths,
-        _request: &LaunchRequest<'_>,
+        request: &LaunchRequest<'_>,
     ) -> Result<Launched, SandboxError> {
+        let annotations = request.spec.annotations().as_ref();
+        if annotations.is_some_and(|a| a.contains_key(crate::vfio::VFIO_ANNOTATION)) {
+            return Err(crate::vfio::VfioError::NeedsVm.into());
+        }
         let spawn_error = |source| SandboxError::Spawn {
             binary: self.agent.clone(),
             source,
@@ -245,6 +253,7 @@ impl Hypervisor for LocalAgent {
             },
             exited: subscription.watch(pid),
             network: GuestNetwork::default(),
+            vfio: Default::default(),
         })
     }
 }

@@ -213,10 +213,20 @@ async fn kill_sandbox(pod: &PodPaths) {
             shared.as_str(),
         ),
     ];
-    for (pid, program, needle) in candidates {
-        if let Some(pid) = pid.filter(|&p| crate::vm::process_is_ours(p, program, needle)) {
-            kill_and_wait(pid).await;
-        }
+    // Both are killed before either is waited for: a VMM with a passed-through device takes
+    // seconds to end (its pinned memory is unmapped and the device reset), and containerd gives
+    // this action only `io.containerd.timeout.shim.cleanup` (5 s by default).
+    let ours: Vec<i32> = candidates
+        .into_iter()
+        .filter_map(|(pid, program, needle)| {
+            pid.filter(|&p| crate::vm::process_is_ours(p, program, needle))
+        })
+        .collect();
+    for pid in &ours {
+        kill(*pid);
+    }
+    for pid in ours {
+        wait_gone(pid).await;
     }
     crate::vm::teardown(pod);
     let Some(pid) = read_pid(&pod.pid_file()) else {
@@ -240,13 +250,22 @@ async fn kill_sandbox(pod: &PodPaths) {
     }
 }
 
-async fn kill_and_wait(pid: i32) {
+fn kill(pid: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     );
-    for _ in 0..500 {
-        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+}
+
+async fn kill_and_wait(pid: i32) {
+    kill(pid);
+    wait_gone(pid).await;
+}
+
+/// Waits (up to 60 s) until every thread of `pid` has ended.
+async fn wait_gone(pid: i32) {
+    for _ in 0..6000 {
+        if has_ended(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -254,10 +273,16 @@ async fn kill_and_wait(pid: i32) {
     log::error!("sandbox process {pid} survived SIGKILL");
 }
 
-fn is_zombie(pid: i32) -> bool {
-    procfs::process::Process::new(pid)
-        .and_then(|p| p.stat())
-        .is_ok_and(|s| s.state == 'Z')
+/// Whether every thread of `pid` has ended: the process is gone or a zombie whose threads are all
+/// zombies. A thread-group leader turns zombie while its other threads still exit, and those are
+/// still in the pod's cgroup (an eci-vmm thread closing a VFIO device resets it, for seconds).
+fn has_ended(pid: i32) -> bool {
+    let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) else {
+        return true;
+    };
+    tasks
+        .flatten()
+        .all(|t| t.stat().map_or(true, |s| matches!(s.state, 'Z' | 'X')))
 }
 
 /// Task service names: containerd 1.x calls the Task API `containerd.task.v2.Task`, 2.x
@@ -379,5 +404,33 @@ async fn ignore_termination_signals() {
             _ = int.recv() => log::info!("SIGINT ignored"),
             _ = pipe.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_ended;
+
+    #[test]
+    fn a_process_has_ended_only_when_all_its_threads_have() {
+        // This test process: its leader runs, and so do the test harness's threads.
+        assert!(!has_ended(std::process::id() as i32));
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(!has_ended(pid));
+        child.kill().unwrap();
+        // Unreaped it is a zombie, then gone: ended either way.
+        for _ in 0..500 {
+            if has_ended(pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(has_ended(pid));
+        child.wait().unwrap();
+        assert!(has_ended(pid));
     }
 }

@@ -32,6 +32,8 @@ pub struct Sandbox {
     pub guest_share: PathBuf,
     /// Whether agent pids map to host pids (local mode); in a VM every process is the VMM.
     pub host_pids: bool,
+    /// PCI devices passed through to the VM.
+    pub vfio: crate::vfio::PodVfio,
     hypervisor: Box<dyn Hypervisor>,
     /// The sandbox process's exit status once it exited.
     dead: watch::Receiver<Option<i32>>,
@@ -71,6 +73,7 @@ impl Sandbox {
         let (dead_tx, dead) = watch::channel(None);
         let exited = launched.exited;
         let network = launched.network;
+        let vfio = launched.vfio;
         tokio::spawn(async move {
             let code = exited.await.unwrap_or(255);
             let _ = dead_tx.send(Some(code));
@@ -100,6 +103,7 @@ impl Sandbox {
                     pid,
                     guest_share: share.dir.clone(),
                     host_pids: share.host_pids,
+                    vfio,
                     hypervisor,
                     dead,
                 })
@@ -123,6 +127,7 @@ impl Sandbox {
             interfaces: network.interfaces,
             routes: network.routes,
             neighbours: network.neighbours,
+            pci_devices: sandbox.vfio.pci_devices(),
             ..Default::default()
         };
         if let Err(e) = sandbox

@@ -20,10 +20,28 @@
 //! must be bound to vfio-pci or be a bridge or port without a DMA-capable host driver (no
 //! driver, pcieport, pci-stub): the kernel refuses the group otherwise. Errors name the device
 //! and the reason. `sysfs` and the group probe are seams, so tests use a fake sysfs tree.
+//!
+//! In the guest a device is driven either from a container through VFIO (the default: the
+//! agent binds it to the guest's vfio-pci and the container gets its VFIO group node), or by
+//! the guest kernel's own driver, with the device nodes that driver makes. The pool file says
+//! which per CDI kind:
+//!
+//! ```toml
+//! [guest."nvidia.com/gpu"]
+//! driver = ""   # the guest kernel's driver (nvidia); "vfio-pci" is the default
+//! devices = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia*"]
+//! ```
+//!
+//! The pod's VM is given its devices when it starts (no hot-plug): the sandbox's spec names
+//! them. A container gets the device nodes of those its own spec requests the same three ways
+//! (under CRI, containerd's `pod_annotations` copies the pod's `io.eci.*` annotations to every
+//! container).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use eci_protocol::agent::{ContainerDevice, PciDevice};
+use oci_spec::runtime::Spec;
 use serde::Deserialize;
 
 /// Annotation listing BDFs.
@@ -75,6 +93,39 @@ pub enum VfioError {
         #[source]
         source: std::io::Error,
     },
+    #[error("VFIO device {0}: not given to the pod's VM when it started (devices are not added to a running pod)")]
+    NotInPod(String),
+    #[error("linux.devices: /dev/vfio/{0} is no IOMMU group of the pod's devices")]
+    GroupNotInPod(u32),
+    #[error("annotation {VFIO_ANNOTATION}: passing devices through needs a VM pod (hypervisor = \"eci-vmm\")")]
+    NeedsVm,
+}
+
+fn vfio_pci() -> String {
+    "vfio-pci".into()
+}
+
+/// How the guest drives the devices of one CDI kind.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GuestKind {
+    /// "vfio-pci" (default): a container drives the device through VFIO; "": the guest
+    /// kernel's own driver.
+    #[serde(default = "vfio_pci")]
+    pub driver: String,
+    /// Guest device nodes the containers get, beside the VFIO group nodes (driver vfio-pci);
+    /// a trailing `*` matches every node whose name starts with what precedes it.
+    #[serde(default)]
+    pub devices: Vec<String>,
+}
+
+impl Default for GuestKind {
+    fn default() -> Self {
+        Self {
+            driver: vfio_pci(),
+            devices: Vec::new(),
+        }
+    }
 }
 
 /// The node's CDI name -> BDFs table.
@@ -84,6 +135,9 @@ pub struct DevicePool {
     /// kind (`nvidia.com/gpu`) -> name (`0`) -> BDFs.
     #[serde(default)]
     pub cdi: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// kind -> how the guest drives it (default: vfio-pci).
+    #[serde(default)]
+    pub guest: BTreeMap<String, GuestKind>,
 }
 
 impl DevicePool {
@@ -108,6 +162,24 @@ impl DevicePool {
     /// Parses and validates (every BDF well-formed).
     pub fn parse(text: &str) -> Result<Self, String> {
         let pool: DevicePool = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (kind, g) in &pool.guest {
+            let req: Vec<ContainerDevice> = g
+                .devices
+                .iter()
+                .map(|d| ContainerDevice {
+                    source: d.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            eci_protocol::validate::container_devices(&format!("guest.\"{kind}\".devices"), &req)
+                .map_err(|e| e.to_string())?;
+            if !["", "vfio-pci"].contains(&g.driver.as_str()) {
+                return Err(format!(
+                    "guest.\"{kind}\".driver: `{}` is not \"vfio-pci\" or \"\"",
+                    g.driver
+                ));
+            }
+        }
         for (kind, names) in &pool.cdi {
             for (name, bdfs) in names {
                 if bdfs.is_empty() {
@@ -121,6 +193,14 @@ impl DevicePool {
             }
         }
         Ok(pool)
+    }
+
+    fn guest_kind(&self, qualified: &str) -> GuestKind {
+        qualified
+            .split_once('=')
+            .and_then(|(kind, _)| self.guest.get(kind))
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn resolve(&self, qualified: &str) -> Result<Vec<String>, VfioError> {
@@ -281,17 +361,26 @@ impl Host<'_> {
 pub struct AssignedDevice {
     pub bdf: String,
     pub group: u32,
+    /// How the guest drives it.
+    pub guest: GuestKind,
 }
 
-/// Resolves the pod's requests (annotations and OCI `linux.devices` paths) to devices, in a
-/// stable order without duplicates, and checks each.
-pub fn pod_devices(
+/// One thing a spec asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    /// A device by host address, with how the guest drives it.
+    Device(String, GuestKind),
+    /// Every vfio-pci member of a host IOMMU group (`linux.devices` `/dev/vfio/<group>`).
+    Group(u32),
+}
+
+/// What `annotations` and the `linux.devices` paths ask for, in a stable order.
+fn requests(
     annotations: &HashMap<String, String>,
     linux_device_paths: &[String],
     pool: &DevicePool,
-    host: &Host<'_>,
-) -> Result<Vec<AssignedDevice>, VfioError> {
-    let mut bdfs: Vec<String> = Vec::new();
+) -> Result<Vec<Request>, VfioError> {
+    let mut out = Vec::new();
     let mut keys: Vec<&String> = annotations.keys().collect();
     keys.sort();
     for key in keys {
@@ -304,41 +393,211 @@ pub fn pod_devices(
                         value: name.into(),
                     });
                 }
-                bdfs.extend(pool.resolve(name)?);
+                let kind = pool.guest_kind(name);
+                out.extend(
+                    pool.resolve(name)?
+                        .into_iter()
+                        .map(|b| Request::Device(b, kind.clone())),
+                );
             }
         } else if key == VFIO_ANNOTATION {
             for v in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                bdfs.push(parse_bdf(v).ok_or_else(|| VfioError::BadBdf { value: v.into() })?);
+                let bdf = parse_bdf(v).ok_or_else(|| VfioError::BadBdf { value: v.into() })?;
+                out.push(Request::Device(bdf, GuestKind::default()));
             }
         }
     }
     for path in linux_device_paths {
-        let Some(rest) = path.strip_prefix("/dev/vfio/") else {
-            continue;
-        };
-        let group: u32 = rest
-            .parse()
-            .map_err(|_| VfioError::BadDevicePath { path: path.clone() })?;
-        let members: Vec<String> = host
-            .group_members(group)
-            .into_iter()
-            .filter(|m| {
-                link_name(&host.device_dir(m).join("driver")).as_deref() == Some("vfio-pci")
-            })
-            .collect();
-        if members.is_empty() {
-            return Err(VfioError::EmptyGroup { group });
+        if let Some(group) = vfio_group_path(path)? {
+            out.push(Request::Group(group));
         }
-        bdfs.extend(members);
+    }
+    Ok(out)
+}
+
+/// The group of a `/dev/vfio/<group>` path; None for other paths (and /dev/vfio/vfio).
+pub fn vfio_group_path(path: &str) -> Result<Option<u32>, VfioError> {
+    match path.strip_prefix("/dev/vfio/") {
+        None | Some("vfio") => Ok(None),
+        Some(rest) => rest
+            .parse()
+            .map(Some)
+            .map_err(|_| VfioError::BadDevicePath { path: path.into() }),
+    }
+}
+
+/// Resolves the pod's requests (annotations and OCI `linux.devices` paths) to devices, in a
+/// stable order without duplicates, and checks each.
+pub fn pod_devices(
+    annotations: &HashMap<String, String>,
+    linux_device_paths: &[String],
+    pool: &DevicePool,
+    host: &Host<'_>,
+) -> Result<Vec<AssignedDevice>, VfioError> {
+    let mut wanted: Vec<(String, GuestKind)> = Vec::new();
+    for r in requests(annotations, linux_device_paths, pool)? {
+        match r {
+            Request::Device(bdf, kind) => wanted.push((bdf, kind)),
+            Request::Group(group) => {
+                let members: Vec<String> = host
+                    .group_members(group)
+                    .into_iter()
+                    .filter(|m| {
+                        link_name(&host.device_dir(m).join("driver")).as_deref() == Some("vfio-pci")
+                    })
+                    .collect();
+                if members.is_empty() {
+                    return Err(VfioError::EmptyGroup { group });
+                }
+                wanted.extend(members.into_iter().map(|m| (m, GuestKind::default())));
+            }
+        }
     }
     let mut seen = std::collections::HashSet::new();
-    bdfs.retain(|b| seen.insert(b.clone()));
-    bdfs.into_iter()
-        .map(|bdf| {
+    wanted.retain(|(b, _)| seen.insert(b.clone()));
+    wanted
+        .into_iter()
+        .map(|(bdf, guest)| {
             let group = host.check(&bdf)?;
-            Ok(AssignedDevice { bdf, group })
+            Ok(AssignedDevice { bdf, group, guest })
         })
         .collect()
+}
+
+/// The pod's devices a container's own spec asks for (indexes into `pod`, in order, without
+/// duplicates); each must be one of the pod's.
+pub fn container_devices(
+    annotations: &HashMap<String, String>,
+    linux_device_paths: &[String],
+    pool: &DevicePool,
+    pod: &[AssignedDevice],
+) -> Result<Vec<usize>, VfioError> {
+    let mut out = Vec::new();
+    for r in requests(annotations, linux_device_paths, pool)? {
+        let found: Vec<usize> = match r {
+            Request::Device(bdf, _) => vec![pod
+                .iter()
+                .position(|d| d.bdf == bdf)
+                .ok_or(VfioError::NotInPod(bdf))?],
+            Request::Group(group) => {
+                let all: Vec<usize> = (0..pod.len()).filter(|i| pod[*i].group == group).collect();
+                if all.is_empty() {
+                    return Err(VfioError::GroupNotInPod(group));
+                }
+                all
+            }
+        };
+        for i in found {
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The devices of one pod's VM and the pool they were resolved with.
+#[derive(Debug, Clone, Default)]
+pub struct PodVfio {
+    pub pool: DevicePool,
+    pub devices: Vec<AssignedDevice>,
+}
+
+/// The annotations and `linux.devices` paths of a spec.
+fn spec_requests(spec: &Spec) -> (HashMap<String, String>, Vec<String>) {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let paths = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref())
+        .map(|d| d.iter().map(|d| d.path().display().to_string()).collect())
+        .unwrap_or_default();
+    (annotations, paths)
+}
+
+impl PodVfio {
+    /// Resolves and checks what the sandbox's spec asks for (see [`pod_devices`]).
+    pub fn for_sandbox(spec: &Spec, pool: DevicePool, host: &Host<'_>) -> Result<Self, VfioError> {
+        let (annotations, paths) = spec_requests(spec);
+        let devices = pod_devices(&annotations, &paths, &pool, host)?;
+        Ok(Self { pool, devices })
+    }
+
+    /// The guest address of the device at `index`: eci-vmm puts its `vfio` devices on bus 0
+    /// in order from slot 1 (slot 0 holds its host bridge), function 0 each.
+    pub fn guest_address(index: usize) -> String {
+        format!("0000:00:{:02x}.0", index + 1)
+    }
+
+    /// The devices as SetupSandbox tells the agent.
+    pub fn pci_devices(&self) -> Vec<PciDevice> {
+        self.devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| PciDevice {
+                guest_address: Self::guest_address(i),
+                host_address: d.bdf.clone(),
+                driver: d.guest.driver.clone(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// The guest device nodes a container gets: those of the pod's devices its own spec asks
+    /// for. The spec's `/dev/vfio/*` entries (host device numbers, meaningless in the guest)
+    /// and their cgroup rules are taken out; the agent adds the guest's.
+    pub fn for_container(&self, spec: &mut Spec) -> Result<Vec<ContainerDevice>, VfioError> {
+        let (annotations, paths) = spec_requests(spec);
+        let wanted = container_devices(&annotations, &paths, &self.pool, &self.devices)?;
+        strip_host_vfio_nodes(spec);
+        let mut sources: Vec<String> = Vec::new();
+        for i in wanted {
+            let d = &self.devices[i];
+            if d.guest.driver == "vfio-pci" {
+                sources.push(format!("vfio:{}", Self::guest_address(i)));
+            }
+            sources.extend(d.guest.devices.iter().cloned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        sources.retain(|s| seen.insert(s.clone()));
+        Ok(sources
+            .into_iter()
+            .map(|source| ContainerDevice {
+                source,
+                ..Default::default()
+            })
+            .collect())
+    }
+}
+
+/// Removes `/dev/vfio/*` from `linux.devices` and the cgroup rules naming their numbers.
+fn strip_host_vfio_nodes(spec: &mut Spec) {
+    let Some(linux) = spec.linux_mut().as_mut() else {
+        return;
+    };
+    let Some(devices) = linux.devices_mut().as_mut() else {
+        return;
+    };
+    let mut numbers = Vec::new();
+    devices.retain(|d| {
+        let host_vfio = d.path().starts_with("/dev/vfio");
+        if host_vfio {
+            numbers.push((d.major(), d.minor()));
+        }
+        !host_vfio
+    });
+    if let Some(rules) = linux
+        .resources_mut()
+        .as_mut()
+        .and_then(|r| r.devices_mut().as_mut())
+    {
+        rules.retain(|r| {
+            !(r.allow()
+                && numbers
+                    .iter()
+                    .any(|(ma, mi)| r.major() == Some(*ma) && r.minor() == Some(*mi)))
+        });
+    }
 }
 
 #[cfg(test)]
@@ -473,8 +732,129 @@ mod tests {
             err(&[(VFIO_ANNOTATION, "0000:01:00.0")], &[]),
             "VFIO device 0000:01:00.0: no such PCI device on this host"
         );
-        assert!(err(&[], &["/dev/vfio/vfio"]).contains("is not /dev/vfio/<group>"));
+        assert!(err(&[], &["/dev/vfio/devices/vfio0"]).contains("is not /dev/vfio/<group>"));
+        // The container node that device plugins pass beside the group's is no request.
+        let paths = ["/dev/vfio/vfio".to_string()];
+        assert!(pod_devices(&ann(&[]), &paths, &pool, &host)
+            .unwrap()
+            .is_empty());
         assert!(err(&[], &["/dev/vfio/50"]).contains("group 50 has no device bound to vfio-pci"));
+    }
+
+    const GPU_POOL: &str = r#"
+[cdi."nvidia.com/gpu"]
+"0" = ["0000:3b:00.0"]
+[guest."nvidia.com/gpu"]
+driver = ""
+devices = ["/dev/nvidiactl", "/dev/nvidia*"]
+"#;
+
+    fn spec_json(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    /// A pod given GPU 0 of [`GPU_POOL`] (CDI) and 00:10.0 (`io.eci.vfio`).
+    fn gpu_and_edu_pod() -> PodVfio {
+        let s = sysfs();
+        let host = Host {
+            sysfs: s.path().into(),
+            group_busy: &free,
+        };
+        let pool = DevicePool::parse(GPU_POOL).unwrap();
+        let sandbox = spec_json(
+            r#"{"ociVersion": "1.0.2", "annotations": {
+                "cdi.k8s.io/gpu": "nvidia.com/gpu=0", "io.eci.vfio": "00:10.0"}}"#,
+        );
+        PodVfio::for_sandbox(&sandbox, pool, &host).unwrap()
+    }
+
+    #[test]
+    fn guest_drivers_and_addresses_follow_the_request_kind() {
+        let pod = gpu_and_edu_pod();
+        let pci = pod.pci_devices();
+        let got: Vec<_> = pci
+            .iter()
+            .map(|p| {
+                (
+                    p.guest_address.as_str(),
+                    p.host_address.as_str(),
+                    p.driver.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("0000:00:01.0", "0000:3b:00.0", ""),
+                ("0000:00:02.0", "0000:00:10.0", "vfio-pci")
+            ]
+        );
+    }
+
+    #[test]
+    fn containers_get_the_guest_nodes_they_ask_for_and_lose_host_vfio_nodes() {
+        let pod = gpu_and_edu_pod();
+        // `ctr run --device /dev/vfio/7`: the host node and its cgroup rule go, the guest's come.
+        let mut c = spec_json(
+            r#"{"ociVersion": "1.0.2", "linux": {
+                "devices": [{"path": "/dev/vfio/7", "type": "c", "major": 243, "minor": 0},
+                            {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}],
+                "resources": {"devices": [{"allow": false, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 243, "minor": 0, "access": "rwm"}]}}}"#,
+        );
+        let got = pod.for_container(&mut c).unwrap();
+        let sources: Vec<_> = got.iter().map(|d| d.source.as_str()).collect();
+        assert_eq!(sources, ["vfio:0000:00:02.0"]);
+        let linux = c.linux().as_ref().unwrap();
+        let paths: Vec<_> = linux
+            .devices()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|d| d.path().clone())
+            .collect();
+        assert_eq!(paths, [std::path::PathBuf::from("/dev/fuse")]);
+        assert_eq!(
+            linux
+                .resources()
+                .as_ref()
+                .unwrap()
+                .devices()
+                .as_ref()
+                .unwrap()
+                .len(),
+            1
+        );
+        // A CDI request: the kind's guest nodes, no VFIO node (the guest's driver has it).
+        let mut c = spec_json(
+            r#"{"ociVersion": "1.0.2", "annotations": {"cdi.k8s.io/x": "nvidia.com/gpu=0"}}"#,
+        );
+        let sources: Vec<_> = pod
+            .for_container(&mut c)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.source)
+            .collect();
+        assert_eq!(sources, ["/dev/nvidiactl", "/dev/nvidia*"]);
+        // Nothing asked: nothing given.
+        assert!(pod
+            .for_container(&mut spec_json(r#"{"ociVersion": "1.0.2"}"#))
+            .unwrap()
+            .is_empty());
+        // A device the VM was not given.
+        let mut c =
+            spec_json(r#"{"ociVersion": "1.0.2", "annotations": {"io.eci.vfio": "0000:86:00.0"}}"#);
+        let err = pod.for_container(&mut c).unwrap_err().to_string();
+        assert!(
+            err.contains("0000:86:00.0") && err.contains("not given to the pod"),
+            "{err}"
+        );
+        let mut c = spec_json(
+            r#"{"ociVersion": "1.0.2", "linux": {"devices": [
+                {"path": "/dev/vfio/30", "type": "c", "major": 243, "minor": 1}]}}"#,
+        );
+        let err = pod.for_container(&mut c).unwrap_err().to_string();
+        assert!(err.contains("/dev/vfio/30"), "{err}");
     }
 
     #[test]
@@ -492,6 +872,16 @@ mod tests {
         assert!(
             DevicePool::parse("gpus = 1").is_err(),
             "unknown keys are refused"
+        );
+        assert!(
+            DevicePool::parse("[guest.\"a.com/gpu\"]\ndriver = \"nvidia\"")
+                .unwrap_err()
+                .contains("driver")
+        );
+        assert!(
+            DevicePool::parse("[guest.\"a.com/gpu\"]\ndevices = [\"/etc/passwd\"]")
+                .unwrap_err()
+                .contains("must be a path under /dev")
         );
     }
 }

@@ -6,7 +6,8 @@
 //! - [`containerd`]: a private containerd; [`cni`]: one with CRI and CNI in its own network
 //!   namespace; [`census`]: what the runtime holds on the host, for leak checks; [`cri`]: a CRI client; [`registry`]: docker-registry with credentials;
 //!   [`eci_server`]: a running `eci serve`.
-//! - [`vm`]: the VM tiers' guest images, KVM check and console watcher.
+//! - [`vm`]: the VM tiers' guest images, KVM check and console watcher; [`vfio`]: the VFIO
+//!   tiers' test devices and guest program.
 
 pub mod agent;
 pub mod bins;
@@ -18,6 +19,7 @@ pub mod eci_server;
 pub mod images;
 pub mod registry;
 pub mod rootfs;
+pub mod vfio;
 pub mod vm;
 
 /// What a test does when a prerequisite is missing (fail under CI, SKIP line otherwise).

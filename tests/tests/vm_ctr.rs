@@ -1,14 +1,15 @@
 //! VM tier, through containerd and ctr: what only a pod in its own VM shows. That it really is
 //! a VM (the guest kernel, the pod's vCPUs and memory), the process spec applied in the guest,
-//! host binds through virtio-fs, and one VM per pod.
-//!
-//! Kills of eci-vmm, virtiofsd, the shim and containerd at each phase of a VM pod, and many
-//! create/delete cycles with a census of host resources, are `soak.rs` in VM mode (`make test-vm`).
+//! host binds through virtio-fs, one VM per pod, and that killing eci-vmm, virtiofsd or the shim
+//! ends the task and leaves nothing behind, also over many cycles. (The full kill -9 matrix and
+//! soak with VM pods are `make soak-vm`.)
 //!
 //! The container basics shared with local mode (echo, exit codes, tty, exec, kill, metrics,
 //! events, stdin, OOM, log URIs) are `shim_ctr.rs`, which scripts/vm-tier runs in VM mode too.
 
 mod shim_common;
+
+use std::time::Duration;
 
 use eci_tests::containerd::Containerd;
 use eci_tests::images::BUSYBOX_IMAGE;
@@ -41,6 +42,19 @@ fn vm_processes(ctd: &Containerd, pod_id: &str) -> Vec<(u32, String)> {
             (pid, comm.trim().to_owned())
         })
         .collect()
+}
+
+fn pid_of(ctd: &Containerd, pod_id: &str, comm: &str) -> u32 {
+    vm_processes(ctd, pod_id)
+        .into_iter()
+        .find(|(_, c)| c == comm)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {comm} for pod {pod_id}: {:?}",
+                vm_processes(ctd, pod_id)
+            )
+        })
+        .0
 }
 
 #[test]
@@ -225,4 +239,96 @@ fn containers_of_one_pod_share_one_vm() {
         ctd.ctr_ok(&["container", "delete", id]);
     }
     assert_nothing_left(&ctd, &[pod]);
+}
+
+/// Starts a long-running pod, kills `victim` (eci-vmm, virtiofsd or the pod's shim) with
+/// SIGKILL, and checks that ctr sees the task exit non-zero and that nothing is left.
+fn kill_and_check(test: &str, victim: &str) {
+    let ctd = vm_containerd(test);
+    let id = unique("kill");
+    let mut run = ctd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            ECI,
+            BUSYBOX_IMAGE,
+            &id,
+            "sleep",
+            "600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..6000 {
+        if task_status(&ctd, &id) == "RUNNING" {
+            break;
+        }
+        if let Ok(Some(_)) = run.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if task_status(&ctd, &id) != "RUNNING" {
+        let _ = run.kill();
+        let out = run.wait_with_output().unwrap();
+        panic!(
+            "the pod did not start ({}):\nstderr: {}\ncontainerd log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            ctd.log_tail()
+        );
+    }
+    let pid = match victim {
+        "shim" => *shim_processes(&ctd).first().expect("the pod's shim"),
+        comm => pid_of(&ctd, &id, comm),
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = run.wait_with_output().unwrap().status;
+    assert_ne!(
+        status.code(),
+        Some(0),
+        "{victim} killed: ctr must see a failed task"
+    );
+    if victim == "shim" {
+        // containerd runs the shim's delete action; ctr run --rm may leave the container record.
+        let _ = ctd.ctr(&["container", "delete", &id]);
+    }
+    assert_nothing_left(&ctd, &[id]);
+}
+
+#[test]
+#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
+fn killing_eci_vmm_ends_the_task_and_releases_everything() {
+    kill_and_check("killing_eci_vmm", "eci-vmm");
+}
+
+#[test]
+#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
+fn killing_virtiofsd_ends_the_task_and_releases_everything() {
+    kill_and_check("killing_virtiofsd", "virtiofsd");
+}
+
+#[test]
+#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
+fn killing_the_shim_ends_the_task_and_releases_everything() {
+    kill_and_check("killing_the_shim", "shim");
+}
+
+#[test]
+#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
+fn ten_create_delete_cycles_leave_nothing() {
+    let ctd = vm_containerd("ten_create_delete_cycles_leave_nothing");
+    // One at a time: each cycle boots and ends a VM (docs/testhost.md: concurrent boots in the
+    // test host are not reliable).
+    let ids: Vec<String> = (0..10).map(|_| unique("cycle")).collect();
+    for id in &ids {
+        assert_eq!(run_rm(&ctd, &[], id, &["echo", "cycle"]), "cycle\n");
+    }
+    assert_nothing_left(&ctd, &ids);
 }

@@ -10,41 +10,22 @@
 //! group with a virtio device bound to virtio-pci).
 //!
 //! Run inside the test host:
-//!   scripts/testhost --vfio-test-device -- target/debug/deps/vm_vfio-* --ignored --nocapture
+//!   make test-vfio, or
+//!   scripts/vm-tier --vfio-test-device --memory 4096 -p eci-tests --test vm_vfio -- --ignored
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use eci_tests::bins::{profile_dir, require_workspace_binary};
+use eci_tests::bins::require_workspace_binary;
+use eci_tests::vfio::{
+    assert_free, second_edu_bound, sysfs_dev, test_bdf, vfio_edu_binary, Unbound, CHECKS,
+};
 
 const VM_TIMEOUT: Duration = Duration::from_secs(600);
-const CHECKS: [&str; 5] = ["sysfs", "id", "liveness", "dma", "msi"];
 
 fn build_dir() -> PathBuf {
-    match std::env::var_os("ECI_BUILD_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"),
-    }
-}
-
-fn vfio_edu_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("ECI_VFIO_EDU_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = profile_dir()
-        .parent()
-        .expect("target dir")
-        .join("x86_64-unknown-linux-musl");
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("eci-vfio-edu"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "eci-vfio-edu not built: cargo build -p eci-vfio-edu --release --target x86_64-unknown-linux-musl"
-            )
-        })
+    eci_tests::vm::build_dir()
 }
 
 struct Fixture {
@@ -55,43 +36,8 @@ struct Fixture {
     bdf: String,
 }
 
-fn sysfs_dev(bdf: &str) -> PathBuf {
-    Path::new("/sys/bus/pci/devices").join(bdf)
-}
-
-fn driver_of(bdf: &str) -> Option<String> {
-    std::fs::read_link(sysfs_dev(bdf).join("driver"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-}
-
-fn group_of(bdf: &str) -> u32 {
-    std::fs::read_link(sysfs_dev(bdf).join("iommu_group"))
-        .expect("iommu_group link")
-        .file_name()
-        .and_then(|n| n.to_str()?.parse().ok())
-        .expect("group number")
-}
-
-/// The device is bound to vfio-pci and its group can be opened: nobody holds it.
-fn assert_free(bdf: &str) {
-    assert_eq!(
-        driver_of(bdf).as_deref(),
-        Some("vfio-pci"),
-        "{bdf} after the VM"
-    );
-    let group = format!("/dev/vfio/{}", group_of(bdf));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&group);
-    assert!(f.is_ok(), "{group} cannot be opened after the VM: {f:?}");
-}
-
 fn fixture() -> Fixture {
-    let bdf = std::env::var("ECI_TEST_VFIO_BDF").expect(
-        "ECI_TEST_VFIO_BDF unset: run inside scripts/testhost --vfio-test-device (see the module doc)",
-    );
+    let bdf = test_bdf();
     let kernel = build_dir().join("vmlinux");
     assert!(
         kernel.is_file(),
@@ -208,12 +154,12 @@ fn edu_device_passes_through_twice_and_comes_back_free() {
     let (out, console) = f.run("first", &f.bdf);
     assert_all_checks("first VM", &out, &console);
     println!("first VM: {:.1} s", started.elapsed().as_secs_f64());
-    assert_free(&f.bdf);
+    assert_free(&f.bdf, "the first VM");
     // A second VM takes the same device; the sysfs-path form of --vfio works too.
     let path = sysfs_dev(&f.bdf);
     let (out, console) = f.run("second", path.to_str().unwrap());
     assert_all_checks("second VM", &out, &console);
-    assert_free(&f.bdf);
+    assert_free(&f.bdf, "the second VM");
 }
 
 #[test]
@@ -256,17 +202,10 @@ fn device_in_use_and_not_bound_to_vfio_pci_are_refused() {
     );
     // Killing the holder (no clean shutdown) still releases the device.
     drop(holder);
-    assert_free(&f.bdf);
+    assert_free(&f.bdf, "killing the holder VM");
 
     // Not bound to vfio-pci: unbind, refuse, rebind (driver_override stays vfio-pci).
-    std::fs::write(sysfs_dev(&f.bdf).join("driver/unbind"), &f.bdf).unwrap();
-    struct Rebind<'a>(&'a str);
-    impl Drop for Rebind<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::write("/sys/bus/pci/drivers_probe", self.0);
-        }
-    }
-    let rebind = Rebind(&f.bdf);
+    let rebind = Unbound::new(&f.bdf);
     let (out, _) = f.run("unbound", &f.bdf);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -279,7 +218,7 @@ fn device_in_use_and_not_bound_to_vfio_pci_are_refused() {
         "{stderr}"
     );
     drop(rebind);
-    assert_free(&f.bdf);
+    assert_free(&f.bdf, "rebinding it");
 }
 
 #[test]
@@ -287,22 +226,7 @@ fn device_in_use_and_not_bound_to_vfio_pci_are_refused() {
 fn group_with_a_host_driver_member_is_refused() {
     let f = fixture();
     // The second edu (behind the PCIe-to-PCI bridge, grouped with a virtio device).
-    let other = std::fs::read_dir("/sys/bus/pci/devices")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|b| *b != f.bdf)
-        .find(|b| {
-            let r = |x: &str| std::fs::read_to_string(sysfs_dev(b).join(x)).unwrap_or_default();
-            r("vendor").trim() == "0x1234" && r("device").trim() == "0x11e8"
-        })
-        .expect(
-            "a second edu device: scripts/testhost --vfio-test-device adds one behind a bridge",
-        );
-    let dev = sysfs_dev(&other);
-    std::fs::write(dev.join("driver_override"), "vfio-pci").unwrap();
-    let _ = std::fs::write("/sys/bus/pci/drivers_probe", &other);
-    assert_eq!(driver_of(&other).as_deref(), Some("vfio-pci"));
+    let other = second_edu_bound(&f.bdf);
     let (out, _) = f.run("shared-group", &other);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

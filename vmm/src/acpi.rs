@@ -1,9 +1,15 @@
 //! ACPI tables, written only when the VM has a PCI root (a VFIO device): Linux finds ECAM
 //! (MMCONFIG) only through the MCFG table, and the PCI host bridge with its address windows
 //! only through the DSDT. Hardware-reduced ACPI (no PM registers, no SCI), as Firecracker,
-//! Cloud Hypervisor and qemu's microvm use: RSDP, XSDT, FADT, DSDT (the host bridge), MADT (the
-//! same CPUs and IOAPIC as the MP table, which stays for guests without ACPI) and MCFG. Built
-//! with rust-vmm's `acpi_tables`.
+//! Cloud Hypervisor and qemu's microvm use: RSDP, XSDT, FADT, DSDT, MADT (the same CPUs and
+//! IOAPIC as the MP table, which stays for guests without ACPI) and MCFG. Built with rust-vmm's
+//! `acpi_tables`.
+//!
+//! Under hardware-reduced ACPI Linux drops the legacy PIC and maps no ISA IRQ by itself, so
+//! every device with an interrupt is described in the DSDT with its GSI: the serial port as
+//! COM1 (PNP0501) and each virtio-mmio device (LNRO0005, which the virtio_mmio driver matches),
+//! as Firecracker and qemu's microvm do. The virtio-mmio devices are then left off the kernel
+//! command line (`boot::build_cmdline`), or Linux would find each twice.
 //!
 //! The RSDP sits at 0xe0000, in the BIOS area Linux scans when the boot protocol gives no
 //! RSDP address; the tables follow it. That area is reserved in the e820 map.
@@ -20,7 +26,10 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_START};
+use crate::devices::legacy::{SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
+use crate::layout::{
+    ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_START, VIRTIO_MMIO_SIZE,
+};
 
 const OEM_ID: [u8; 6] = *b"ECIVMM";
 const OEM_TABLE_ID: [u8; 8] = *b"ECIVMM  ";
@@ -33,14 +42,16 @@ pub enum AcpiError {
     Write(#[source] vm_memory::GuestMemoryError),
 }
 
-/// What the tables describe: CPUs and the PCI root's windows (start, size).
-#[derive(Debug, Clone, Copy)]
+/// What the tables describe: CPUs, the PCI root's windows (start, size) and the virtio-mmio
+/// devices (base, GSI).
+#[derive(Debug, Clone)]
 pub struct AcpiConfig {
     pub vcpus: u8,
     pub ecam: (u64, u64),
     pub io: (u64, u64),
     pub mmio32: (u64, u64),
     pub mmio64: (u64, u64),
+    pub virtio: Vec<(u64, u32)>,
 }
 
 fn bytes(t: &dyn Aml) -> Vec<u8> {
@@ -49,8 +60,55 @@ fn bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
+/// An edge-triggered, active-high interrupt on `gsi`: what KVM's irqfds raise on IOAPIC pins.
+fn edge_irq(gsi: u32) -> aml::Interrupt {
+    aml::Interrupt::new(true, true, false, false, gsi)
+}
+
+/// COM1: the 16550 at 0x3f8 on GSI 4.
+fn serial_device(out: &mut Vec<u8>) {
+    let hid = aml::EISAName::new("PNP0501");
+    let io = aml::IO::new(
+        SERIAL_PORT_BASE as u16,
+        SERIAL_PORT_BASE as u16,
+        1,
+        SERIAL_PORT_LEN as u8,
+    );
+    let irq = edge_irq(SERIAL_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
+    let names = [
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &crs),
+    ];
+    aml::Device::new(
+        "_SB_.COM1".into(),
+        names.iter().map(|n| n as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(out);
+}
+
+/// A virtio-mmio device (`LNRO0005`): its register page and GSI.
+fn virtio_device(index: usize, base: u64, gsi: u32, out: &mut Vec<u8>) {
+    let hid: aml::AmlString = "LNRO0005".into();
+    let uid = index as u64;
+    let mem = aml::Memory32Fixed::new(true, base as u32, VIRTIO_MMIO_SIZE as u32);
+    let irq = edge_irq(gsi);
+    let crs = aml::ResourceTemplate::new(vec![&mem, &irq]);
+    let names = [
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_UID".into(), &uid),
+        aml::Name::new("_CRS".into(), &crs),
+    ];
+    aml::Device::new(
+        format!("_SB_.V{index:03X}").as_str().into(),
+        names.iter().map(|n| n as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(out);
+}
+
 /// The DSDT: one PCI Express host bridge (PNP0A08) for bus 0, with the configuration ports,
-/// the I/O window and both memory windows as its resources.
+/// the I/O window and both memory windows as its resources; COM1; the virtio-mmio devices.
 fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let end = |(start, size): (u64, u64)| start + size - 1;
     let bus = AddressSpace::new_bus_number(0u16, 0u16);
@@ -85,8 +143,14 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         "_SB_.PCI0".into(),
         names.iter().map(|n| n as &dyn Aml).collect(),
     );
+    let mut body = Vec::new();
+    pci0.to_aml_bytes(&mut body);
+    serial_device(&mut body);
+    for (i, (base, gsi)) in cfg.virtio.iter().enumerate() {
+        virtio_device(i, *base, *gsi, &mut body);
+    }
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, 1);
-    pci0.to_aml_bytes(&mut dsdt);
+    dsdt.append_slice(&body);
     dsdt.update_checksum();
     dsdt.as_slice().to_vec()
 }
@@ -177,6 +241,36 @@ mod tests {
             io: (0xc000, 0x4000),
             mmio32: (0xe000_0000, 0x1000_0000),
             mmio64: (1 << 32, 1 << 40),
+            virtio: vec![(0xd000_0000, 5), (0xd000_1000, 6)],
+        }
+    }
+
+    /// An Extended Interrupt descriptor: consumer, edge-triggered, active-high, one GSI.
+    fn edge_irq_bytes(gsi: u32) -> Vec<u8> {
+        let mut v = vec![0x89, 6, 0, 0b11, 1];
+        v.extend_from_slice(&gsi.to_le_bytes());
+        v
+    }
+
+    fn count(hay: &[u8], needle: &[u8]) -> usize {
+        hay.windows(needle.len()).filter(|w| *w == needle).count()
+    }
+
+    #[test]
+    fn dsdt_gives_serial_and_virtio_devices_their_gsis() {
+        let d = dsdt(&config());
+        // COM1: EISA id PNP0501, ports 0x3f8..0x3ff, GSI 4.
+        assert_eq!(count(&d, &[0x41, 0xd0, 0x05, 0x01]), 1);
+        assert_eq!(count(&d, &[0x47, 1, 0xf8, 3, 0xf8, 3, 1, 8]), 1);
+        assert_eq!(count(&d, &edge_irq_bytes(4)), 1);
+        // Each virtio-mmio device: LNRO0005, its page as Memory32Fixed, its GSI.
+        assert_eq!(count(&d, b"LNRO0005\0"), 2);
+        for (base, gsi) in [(0xd000_0000u32, 5), (0xd000_1000, 6)] {
+            let mut mem = vec![0x86, 9, 0, 1];
+            mem.extend_from_slice(&base.to_le_bytes());
+            mem.extend_from_slice(&0x1000u32.to_le_bytes());
+            assert_eq!(count(&d, &mem), 1, "{base:#x}");
+            assert_eq!(count(&d, &edge_irq_bytes(gsi)), 1, "GSI {gsi}");
         }
     }
 
@@ -236,6 +330,9 @@ mod tests {
     fn tables_fit_for_the_largest_vm() {
         let mut c = config();
         c.vcpus = crate::config::MAX_VCPUS;
+        c.virtio = (0..crate::layout::MAX_VIRTIO_DEVICES as u32)
+            .map(|i| (0xd000_0000 + u64::from(i) * 0x1000, 5 + i))
+            .collect();
         let tables = build_tables(&c);
         let (last, t) = tables.last().unwrap();
         assert!(last + t.len() as u64 <= ACPI_TABLES_END);

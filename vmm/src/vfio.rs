@@ -182,6 +182,58 @@ pub fn check_assignable(device_dir: &Path) -> Result<u32> {
     Ok(group)
 }
 
+/// What a jailed VMM must see of the host for its `--vfio` devices: the VFIO container and
+/// each device's group node, and read-only the sysfs directories the checks and vfio-ioctls
+/// read (each group, each member device at its canonical path, so that the kernel's relative
+/// `iommu_group` and `driver` links resolve inside the jail as outside). Resolved here against
+/// the real `/sys`, before the jail is entered; `specs` become the canonical device paths.
+pub fn jail_binds(specs: &mut [String]) -> Result<Vec<crate::jail::BindMount>> {
+    use crate::jail::BindMount;
+    let bind = |path: PathBuf, read_only: bool| BindMount {
+        source: path.clone(),
+        target: path,
+        read_only,
+    };
+    let mut binds = vec![bind(PathBuf::from("/dev/vfio/vfio"), false)];
+    let mut groups = std::collections::BTreeSet::new();
+    for spec in specs.iter_mut() {
+        let dir = resolve_device(spec, Path::new("/sys"))?;
+        let canonical = std::fs::canonicalize(&dir).map_err(|source| VfioSetupError::Io {
+            device: spec.clone(),
+            step: format!("resolving {}", dir.display()),
+            source,
+        })?;
+        let group = check_assignable(&canonical)?;
+        groups.insert(group);
+        *spec = canonical.display().to_string();
+    }
+    let mut members = Vec::new();
+    for group in groups {
+        binds.push(bind(PathBuf::from(format!("/dev/vfio/{group}")), false));
+        let dir = PathBuf::from(format!("/sys/kernel/iommu_groups/{group}"));
+        for e in std::fs::read_dir(dir.join("devices"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(p) = std::fs::canonicalize(e.path()) {
+                members.push(p);
+            }
+        }
+        binds.push(bind(dir, true));
+    }
+    // A bridge's directory holds its children's: bind the outermost ones only.
+    members.sort();
+    members.dedup();
+    let outermost: Vec<PathBuf> = members
+        .iter()
+        .filter(|m| !members.iter().any(|o| o != *m && m.starts_with(o)))
+        .cloned()
+        .collect();
+    binds.extend(outermost.into_iter().map(|m| bind(m, true)));
+    Ok(binds)
+}
+
 /// KVM memory slots through a VM file descriptor of our own.
 pub struct KvmSlots(pub VmFd);
 

@@ -546,7 +546,13 @@ impl Vm {
             Some(p) => Some(boot::load_initrd(&self.mem, p, kernel.end())?),
             None => None,
         };
-        let cmdline = boot::build_cmdline(&self.config.cmdline, &self.virtio_slots)?;
+        // With ACPI the DSDT announces the virtio-mmio devices with their GSIs (see `acpi`).
+        let cmdline_devices: &[(u64, u32)] = if self.pci.is_some() {
+            &[]
+        } else {
+            &self.virtio_slots
+        };
+        let cmdline = boot::build_cmdline(&self.config.cmdline, cmdline_devices)?;
         let mut reserved = Vec::new();
         if let Some(pci) = &self.pci {
             crate::acpi::write_tables(
@@ -557,6 +563,7 @@ impl Vm {
                     io: (PCI_IO_START, PCI_IO_SIZE),
                     mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
                     mmio64: (pci.mmio64.0, pci.mmio64.1 - pci.mmio64.0),
+                    virtio: self.virtio_slots.clone(),
                 },
             )?;
             reserved.push((PCI_ECAM_START, PCI_ECAM_SIZE));

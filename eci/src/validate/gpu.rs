@@ -1,7 +1,13 @@
-//! GPU instance types: the product manual's "GPU计算加速型" (GPU-accelerated compute) table of
-//! the ECS GPU instance families ECI offers, transcribed here and nowhere else. A group created
-//! with `instanceType` gets that type's vCPUs, memory and GPU count; eci takes the GPUs from
-//! the node's pool (`eci serve --gpu-pool`).
+//! GPU instance types: the ECS GPU instance families (gn5, gn5i, gn6i, gn6v, gn7i) that the
+//! product manual's "GPU计算加速型" (GPU-accelerated compute) section offers for ECI. A group
+//! created with `instanceType` gets that type's vCPUs, memory and GPU count; eci takes the GPUs
+//! from the node's pool (`eci serve --gpu-pool`).
+//!
+//! Source: the rows were written from recollection of Alibaba Cloud's public ECS GPU family
+//! specifications, not transcribed from the manual (the repository has no copy of it). The
+//! unit test checks each row only against the ECS naming scheme (the size suffix gives the
+//! vCPUs, `c<N>g1` the vCPUs per GPU); memory sizes and GPU models are unchecked. Verify the
+//! table against the manual before relying on it (docs/gpu.md says the same).
 
 /// One GPU instance type.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,5 +123,31 @@ mod tests {
         assert_eq!((t.vcpu, t.memory, t.gpus, t.gpu_model), (4.0, 15.0, 1, T4));
         assert!(lookup("ecs.g6.large").is_none());
         assert_eq!(families(), ["gn6i", "gn6v", "gn7i", "gn5i", "gn5"]);
+    }
+
+    /// `ecs.<family>-c<N>g1.<size>`: `large` is 2 vCPUs, `xlarge` 4, `<k>xlarge` 4k, and N is
+    /// the vCPUs per GPU. The one row published against the scheme is kept as published.
+    #[test]
+    fn rows_follow_the_ecs_naming_scheme() {
+        const PUBLISHED_EXCEPTIONS: &[&str] = &["ecs.gn5-c8g1.14xlarge"];
+        for t in GPU_INSTANCE_TYPES {
+            if PUBLISHED_EXCEPTIONS.contains(&t.name) {
+                continue;
+            }
+            let (_, spec) = t.name.rsplit_once('-').unwrap();
+            let (per_gpu, size) = spec.split_once('.').unwrap();
+            let per_gpu: f64 = per_gpu
+                .strip_prefix('c')
+                .and_then(|c| c.strip_suffix("g1"))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("{}", t.name));
+            let vcpus = match size {
+                "large" => 2.0,
+                "xlarge" => 4.0,
+                s => 4.0 * s.strip_suffix("xlarge").unwrap().parse::<f64>().unwrap(),
+            };
+            assert_eq!(t.vcpu, vcpus, "{}: vCPUs from the size", t.name);
+            assert_eq!(t.vcpu / per_gpu, t.gpus as f64, "{}: GPUs", t.name);
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! SetupSandbox: the whole request (hostname, sysctls, the filesystems the agent mounts for
-//! the pod, the shared directory, DNS and the network of `network.rs`).
+//! the pod, the shared directory, DNS, the network of `network.rs` and the PCI devices of
+//! `devices.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -70,6 +71,7 @@ pub fn setup_sandbox(req: &SetupSandboxRequest) -> Result<SandboxSetup> {
         None => None,
     };
     let network = network::pod_network(&req.interfaces, &req.routes, &req.neighbours)?;
+    super::pci_devices("pci_devices", &req.pci_devices)?;
     Ok(SandboxSetup {
         shared_dir,
         dns,
@@ -255,6 +257,17 @@ mod tests {
                     ..request()
                 },
                 "routes[0].device",
+            ),
+            (
+                SetupSandboxRequest {
+                    pci_devices: vec![crate::agent::PciDevice {
+                        guest_address: "00:01.0".into(),
+                        driver: "vfio-pci".into(),
+                        ..Default::default()
+                    }],
+                    ..request()
+                },
+                "pci_devices[0].guest_address",
             ),
         ];
         for (req, field) in cases {

@@ -18,8 +18,8 @@ use containerd_shim::{
     },
 };
 use eci_protocol::agent::{
-    event, CreateContainerRequest, Event, ExitReason, GetEventRequest, ProcessRequest,
-    RemoveContainerRequest,
+    event, ContainerDevice, CreateContainerRequest, Event, ExitReason, GetEventRequest,
+    ProcessRequest, RemoveContainerRequest,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -394,15 +394,18 @@ impl Pod {
             self.adapt_for_vm(&mut spec, &sandbox, &req.id)
         } else {
             translate_ns_paths(&mut spec, sandbox.pid);
-            Ok(())
+            Ok(Vec::new())
         };
-        if let Err(e) = adapted {
-            if let Some(dir) = &mounted_dir {
-                release_container_dir(dir);
+        let devices = match adapted {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(dir) = &mounted_dir {
+                    release_container_dir(dir);
+                }
+                self.stop_sandbox_if_unused().await;
+                return Err(e);
             }
-            self.stop_sandbox_if_unused().await;
-            return Err(e);
-        }
+        };
         let cgroups_path = spec
             .linux()
             .as_ref()
@@ -427,6 +430,7 @@ impl Pod {
             bundle: sandbox.guest_path(&agent_bundle).display().to_string(),
             stdio: Some(stdio.config()).into(),
             sandbox_id: self.pod_id.clone(),
+            devices,
             ..Default::default()
         };
         let created = sandbox
@@ -675,13 +679,14 @@ fn translate_ns_paths(spec: &mut oci_spec::runtime::Spec, sandbox_pid: i32) {
 }
 
 impl Pod {
-    /// VM mode: namespaces as the guest sees them, and host binds through the pod's share.
+    /// VM mode: namespaces as the guest sees them, host binds through the pod's share, and the
+    /// guest device nodes of the passed-through devices the container asks for.
     fn adapt_for_vm(
         &self,
         spec: &mut oci_spec::runtime::Spec,
         sandbox: &Sandbox,
         container_id: &str,
-    ) -> Result<(), ShimError> {
+    ) -> Result<Vec<ContainerDevice>, ShimError> {
         let sandbox_agent_pid = self
             .containers
             .lock()
@@ -696,7 +701,22 @@ impl Pod {
         if exposed > 0 {
             log::debug!("{container_id}: {exposed} host mount(s) exposed through the share");
         }
-        Ok(())
+        let cri_sandbox = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(crate::task::CONTAINER_TYPE))
+            .is_some_and(|t| t == "sandbox");
+        if cri_sandbox {
+            return Ok(Vec::new()); // the pause container drives no device
+        }
+        let devices = sandbox
+            .vfio
+            .for_container(spec)
+            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        for d in &devices {
+            log::info!("{container_id}: gets guest device {}", d.source);
+        }
+        Ok(devices)
     }
 }
 

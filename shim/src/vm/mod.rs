@@ -44,6 +44,7 @@ use crate::{
     },
     paths::PodPaths,
     reaper::ExitSubscription,
+    vfio,
 };
 
 /// Guest CID of every pod VM (each VM has its own vsock device and host socket).
@@ -60,6 +61,7 @@ pub struct EciVmm {
     default_size: PodSize,
     cmdline_extra: String,
     agent_timeout: Duration,
+    vfio_pool: PathBuf,
 }
 
 /// The first of `candidates` that is a file.
@@ -121,6 +123,10 @@ impl EciVmm {
             default_size: config.default_pod_size.clone(),
             cmdline_extra: config.kernel_cmdline.clone().unwrap_or_default(),
             agent_timeout: Duration::from_secs(config.agent_timeout_secs),
+            vfio_pool: config
+                .vfio_pool
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(vfio::DEFAULT_POOL_FILE)),
         })
     }
 
@@ -130,6 +136,7 @@ impl EciVmm {
         size: &sizing::VmSize,
         nics: &[net::PodNic],
         disks: &[disks::PodDisk],
+        devices: &vfio::PodVfio,
     ) -> serde_json::Value {
         let cmdline = format!("{CMDLINE} {}", self.cmdline_extra);
         let mut binds = serde_json::json!([
@@ -163,6 +170,8 @@ impl EciVmm {
             "net": net::vmm_config(nics, VMM_FIRST_TAP_FD),
             "block": block,
             "api_sock": "/sock/vmm.sock",
+            // eci-vmm binds what VFIO needs into its jail itself (its `vfio::jail_binds`).
+            "vfio": devices.devices.iter().map(|d| d.bdf.clone()).collect::<Vec<_>>(),
             "jail": {"root": pod.jail_dir(), "binds": binds},
         })
     }
@@ -248,6 +257,22 @@ impl Hypervisor for EciVmm {
         request: &LaunchRequest<'_>,
     ) -> Result<Launched, SandboxError> {
         let size = sizing::vm_size(request.spec, &self.default_size)?;
+        let pool = vfio::DevicePool::load(&self.vfio_pool)?;
+        let devices = vfio::PodVfio::for_sandbox(request.spec, pool, &vfio::Host::system())?;
+        for (i, d) in devices.devices.iter().enumerate() {
+            log::info!(
+                "pod {}: passes {} (IOMMU group {}) through as {} (guest driver {})",
+                request.pod_id,
+                d.bdf,
+                d.group,
+                vfio::PodVfio::guest_address(i),
+                if d.guest.driver.is_empty() {
+                    "of the guest kernel"
+                } else {
+                    &d.guest.driver
+                }
+            );
+        }
         log::info!(
             "pod {}: VM of {} vCPU(s), {} MiB guest memory (pod {} vCPU / {} MiB from {})",
             request.pod_id,
@@ -300,10 +325,15 @@ impl Hypervisor for EciVmm {
             e
         };
         let config_path = pod.vmm_config();
-        let config =
-            serde_json::to_vec_pretty(&self.vmm_config(pod, &size, &network.nics, &pod_disks))
-                .map_err(|e| io(config_path.clone())(std::io::Error::other(e)))
-                .map_err(release_network)?;
+        let config = serde_json::to_vec_pretty(&self.vmm_config(
+            pod,
+            &size,
+            &network.nics,
+            &pod_disks,
+            &devices,
+        ))
+        .map_err(|e| io(config_path.clone())(std::io::Error::other(e)))
+        .map_err(release_network)?;
         std::fs::write(&config_path, config)
             .map_err(io(config_path.clone()))
             .map_err(release_network)?;
@@ -423,6 +453,7 @@ impl Hypervisor for EciVmm {
                 routes,
                 neighbours,
             },
+            vfio: devices,
         })
     }
 }

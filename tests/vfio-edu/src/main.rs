@@ -16,7 +16,13 @@
 //! crosses eci-vmm's emulated MSI capability, KVM's GSI routing and the host's VFIO.
 //!
 //! Output: one `vfio-edu: PASS <check>` or `vfio-edu: FAIL <check>: <reason>` line per check,
-//! then `vfio-edu: ALL PASS` or `vfio-edu: FAILED`; then the VM is reset (as PID 1).
+//! then `vfio-edu: ALL PASS` or `vfio-edu: FAILED`; then the VM is reset (as the VM's init).
+//!
+//! `eci-vfio-edu check` runs the same checks as a container's program in a VM pod that was
+//! given the device (tests/tests/vm_vfio_ctr.rs): the agent bound it to the guest's vfio-pci
+//! and gave the container its VFIO nodes; the program needs CAP_SYS_RAWIO (VFIO's no-IOMMU
+//! groups) and CAP_SYS_ADMIN (physical addresses in /proc/self/pagemap), prints to stdout and
+//! exits 0 when every check passed.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -35,8 +41,13 @@ macro_rules! say {
     };
 }
 
+/// Whether this process is the VM's init (PID 1 without arguments), not a container's program.
+fn vm_init() -> bool {
+    std::process::id() == 1 && std::env::args().len() == 1
+}
+
 fn say_line(line: &str) {
-    if std::process::id() == 1 {
+    if vm_init() {
         if let Ok(mut k) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
             // Level 2 (critical): printed on the console even with `quiet`.
             let _ = std::io::Write::write_all(&mut k, format!("<2>{line}\n").as_bytes());
@@ -533,7 +544,11 @@ fn main() {
             let _ = std::io::Write::write_all(&mut k, msg.as_bytes());
         }
     }));
-    let pid1 = std::process::id() == 1;
+    let pid1 = vm_init();
+    if std::env::args().nth(1).is_some_and(|a| a != "check") {
+        eprintln!("usage: eci-vfio-edu [check]");
+        std::process::exit(2);
+    }
     if pid1 {
         mount("proc", "/proc", "proc");
         mount("sysfs", "/sys", "sysfs");
@@ -545,7 +560,7 @@ fn main() {
     // `vfio_edu.hold` on the kernel command line: keep the VM (and so the device) busy until
     // the host kills it, for the test of a device already in use.
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if cmdline.split_whitespace().any(|w| w == "vfio_edu.hold") {
+    if pid1 && cmdline.split_whitespace().any(|w| w == "vfio_edu.hold") {
         say!("vfio-edu: holding the device");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
