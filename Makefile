@@ -31,6 +31,7 @@ test: build kernel rootfs
 	  ECI_CONTAINERD=1.6 $(CARGO) test --workspace --locked --no-fail-fast || status=1; \
 	  ECI_CONTAINERD=2 $(CARGO) test -p eci-tests --locked --no-fail-fast $(CONTAINERD_TIERS) || status=1; \
 	  $(MAKE) --no-print-directory test-vm || status=1; \
+	  $(MAKE) --no-print-directory test-vfio || status=1; \
 	  exit $$status ) 2>&1 | tee $(BUILD_DIR)/test.log; \
 	status=$$?; grep -F 'SKIP (' $(BUILD_DIR)/test.log || true; \
 	echo "skipped: $$(grep -cF 'SKIP (' $(BUILD_DIR)/test.log)"; exit $$status
@@ -38,18 +39,28 @@ test: build kernel rootfs
 # The VM tiers, where a Linux guest boots: directly on a VMX/SVM host, else inside the test host
 # (scripts/testhost), one boot per line. eci-vmm's own tests (test guests, KVM kind svm there),
 # then eci-vmm booting the guest kernel, and pods in VMs through containerd 1.6 and ctr (vm_ctr;
-# the shim_ctr and containerd_restart tiers in VM mode). The soak and the kill -9 matrix with VM
-# pods are `make soak-vm`. Linux guests boot one at a time there: two booting at once in the
-# emulated host occasionally triple-fault (docs/testhost.md), and on two cores they are no faster.
-VM_TIER_TIMEOUT ?= 1800
+# the shim_ctr and containerd_restart tiers in VM mode), and through CRI with the CNI bridge
+# (vm_cri_network). The soak and the kill -9 matrix with VM pods are `make soak-vm`. Linux guests
+# boot one at a time there: two booting at once in the emulated host occasionally triple-fault
+# (docs/testhost.md), and on two cores they are no faster.
+VM_TIER_TIMEOUT ?= 2400
 .PHONY: test-vm
 test-vm: build kernel rootfs
 	@status=0; \
 	scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) -p eci-vmm --tests || status=1; \
 	ECI_TEST_HYPERVISOR=eci-vmm scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) \
 		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr --test containerd_restart \
-		-- --include-ignored --test-threads=1 || status=1; \
+		--test vm_cri_network -- --include-ignored --test-threads=1 || status=1; \
 	exit $$status
+
+# The VFIO passthrough tier, inside `scripts/testhost --vfio-test-device` (qemu's edu device
+# behind an emulated IOMMU): eci-vmm given the device directly (vm_vfio) and VM pods given it
+# through ctr and containerd 1.6 (vm_vfio_ctr). The guest-side test program is static (musl).
+.PHONY: test-vfio
+test-vfio: build kernel rootfs
+	$(CARGO) build --locked -p eci-vfio-edu --target x86_64-unknown-linux-musl
+	ECI_CONTAINERD=1.6 scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) --vfio-test-device --memory 4096 \
+		-p eci-tests --test vm_vfio --test vm_vfio_ctr -- --ignored --test-threads=1
 
 # The CRI conformance suite (critest) against containerd 2.x with eci as the default runtime,
 # offline; fails below CRITEST_MIN_PASSED passing specs (see README, "critest").

@@ -638,6 +638,26 @@ pub struct GroupMetrics {
     pub containers: Vec<ContainerMetrics>,
     pub network: NetworkMetrics,
     pub disk: Vec<DiskMetrics>,
+    /// The group's VM (absent when the runtime runs the group without one, in local mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmMetrics>,
+}
+
+/// The group's own VM: its size, and what its VM process (vCPU threads, devices, guest memory
+/// it touched) takes on the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct VmMetrics {
+    /// vCPUs of the group (a fractional size is a CPU quota on the VM).
+    pub vcpus: f64,
+    /// The group's memory; the guest gets the runtime's fixed overhead on top.
+    pub memory_mib: u64,
+    /// Host CPU time of the VM process, all threads.
+    pub usage_core_nano_seconds: u64,
+    /// Its rate since the previous sample (0 on the first).
+    pub usage_nano_cores: u64,
+    /// Resident memory of the VM process (guest memory the guest touched included).
+    pub resident_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -88,6 +88,8 @@ pub struct Agent {
     oom_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     events: Arc<EventQueue>,
     sandbox_id: Mutex<Option<String>>,
+    /// SetupSandbox's shared directory, when it named one.
+    shared_dir: Mutex<Option<std::path::PathBuf>>,
     pod: PodManager,
 }
 
@@ -171,6 +173,7 @@ impl Agent {
             oom_watchers: Mutex::default(),
             events,
             sandbox_id: Mutex::default(),
+            shared_dir: Mutex::default(),
         }
     }
 
@@ -218,10 +221,13 @@ impl Agent {
         })
     }
 
-    /// SetupSandbox: records the pod. In local mode the host's hostname, DNS and sysctls stay
-    /// untouched (containers get theirs from their spec); in a VM the hostname is set.
+    /// SetupSandbox: records the pod. In local mode the host's hostname, DNS, network and
+    /// sysctls stay untouched (containers get theirs from their spec and CRI's namespaces); in
+    /// a VM the storages are mounted, the passed-through PCI devices bound, the pod's
+    /// interfaces, routes and neighbours configured, the hostname, /etc/resolv.conf, /etc/hosts
+    /// and the pod sysctls set.
     pub fn setup_sandbox(&self, req: &SetupSandboxRequest) -> Result<()> {
-        validate::id("sandbox_id", &req.sandbox_id)?;
+        let setup = validate::setup_sandbox(req)?;
         let mut current = self.sandbox_id.lock();
         if let Some(existing) = current.as_ref() {
             if existing != &req.sandbox_id {
@@ -231,36 +237,52 @@ impl Agent {
                 });
             }
         }
-        let mut keys: Vec<&String> = req.sysctls.keys().collect();
-        keys.sort();
-        for key in keys {
-            validate::sysctl("sysctls", key, &req.sysctls[key])?;
-        }
-        if self.mode == Mode::Local && !req.storages.is_empty() {
-            return Err(ValidationError::new(
-                "storages",
-                "local mode mounts nothing for the pod: the agent sees the host's files",
-            )
-            .into());
-        }
-        validate::pci_devices("pci_devices", &req.pci_devices)?;
-        if self.mode == Mode::Local && !req.pci_devices.is_empty() {
-            return Err(ValidationError::new(
-                "pci_devices",
-                "local mode has no VM to pass devices through to",
-            )
-            .into());
+        if self.mode == Mode::Local {
+            let refuse = |field: &str, what: &str| {
+                Err(ValidationError::new(
+                    field,
+                    format!("local mode {what}: the agent shares the host's"),
+                )
+                .into())
+            };
+            if !req.storages.is_empty() {
+                return refuse("storages", "mounts nothing for the pod");
+            }
+            if !req.interfaces.is_empty() {
+                return refuse("interfaces", "configures no interfaces");
+            }
+            if !req.pci_devices.is_empty() {
+                return Err(ValidationError::new(
+                    "pci_devices",
+                    "local mode has no VM to pass devices through to",
+                )
+                .into());
+            }
         }
         if self.mode == Mode::Guest {
             crate::storage::mount_all(&req.storages)?;
             crate::devices::DeviceRoots::default().bind_pci_devices(&req.pci_devices)?;
-        }
-        if self.mode == Mode::Guest && !req.hostname.is_empty() {
-            nix::unistd::sethostname(&req.hostname)
-                .map_err(|e| AgentError::io("set the hostname", e))?;
-        }
-        if self.mode == Mode::Guest {
-            // The VM is the pod: its own namespaces take the pod sysctls too.
+            if let Some(dir) = &setup.shared_dir {
+                if !dir.is_dir() {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "shared_dir {}: not a directory in the guest (after mounting the storages)",
+                        dir.display()
+                    )));
+                }
+            }
+            if !req.hostname.is_empty() {
+                nix::unistd::sethostname(&req.hostname)
+                    .map_err(|e| AgentError::io("set the hostname", e))?;
+            }
+            crate::network::apply(&setup.network)?;
+            crate::network::write_name_files(
+                std::path::Path::new("/"),
+                &req.hostname,
+                setup.dns.as_ref(),
+                &setup.network,
+            )?;
+            // The VM is the pod: its own namespaces take the pod sysctls too (after the
+            // interfaces, which per-interface keys name).
             for (key, value) in &req.sysctls {
                 let path = format!("/proc/sys/{}", key.replace('.', "/"));
                 std::fs::write(&path, value)
@@ -268,7 +290,38 @@ impl Agent {
             }
         }
         self.pod.set_pod_sysctls(req.sysctls.clone());
+        *self.shared_dir.lock() = setup.shared_dir;
         *current = Some(req.sandbox_id.clone());
+        Ok(())
+    }
+
+    /// Guest mode: the bundle of a container must lie in the pod's shared directory, whose
+    /// `<container_id>` it is when the request names none.
+    fn bundle_in_shared_dir(&self, req: &mut CreateContainerRequest) -> Result<()> {
+        if self.mode != Mode::Guest {
+            return Ok(());
+        }
+        let Some(shared) = self.shared_dir.lock().clone() else {
+            return Ok(());
+        };
+        if req.bundle.is_empty() {
+            validate::id("container_id", &req.container_id)?;
+            req.bundle = shared.join(&req.container_id).display().to_string();
+            return Ok(());
+        }
+        let bundle = std::path::Path::new(&req.bundle);
+        validate::absolute_path("bundle", &req.bundle)?;
+        if !bundle.starts_with(&shared) {
+            return Err(ValidationError::new(
+                "bundle",
+                format!(
+                    "{} lies outside the pod's shared directory {}",
+                    req.bundle,
+                    shared.display()
+                ),
+            )
+            .into());
+        }
         Ok(())
     }
 
@@ -279,6 +332,7 @@ impl Agent {
         let this_pod = &self.pod;
         tokio::task::block_in_place(|| this_pod.teardown_all());
         *self.sandbox_id.lock() = None;
+        *self.shared_dir.lock() = None;
         Ok(())
     }
 
@@ -300,9 +354,14 @@ impl Agent {
     /// [`run_to_completion`]); a container created for a caller that is gone is removed again.
     pub async fn create_container(
         self: &Arc<Self>,
-        req: CreateContainerRequest,
+        mut req: CreateContainerRequest,
     ) -> Result<CreateContainerResponse> {
-        let (mut spec, annotations) = validate::create_container(&req)?;
+        self.bundle_in_shared_dir(&mut req)?;
+        let (mut spec, annotations) =
+            validate::create_container_in(&req, self.mode == Mode::Guest)?;
+        if self.mode == Mode::Guest {
+            apply_pod_net_sysctls(&mut spec)?;
+        }
         if !req.devices.is_empty() {
             if self.mode == Mode::Local {
                 return Err(ValidationError::new(
@@ -725,6 +784,37 @@ impl ProcessLookup for Agent {
     fn lookup(&self, container_id: &str, exec_id: &str) -> Result<Arc<Process>> {
         self.process(container_id, exec_id)
     }
+}
+
+/// Guest mode: the `net.*` sysctls of a container without a network namespace of its own (every
+/// container of a VM pod shares the guest's, see the shim's `vm/spec.rs`) are the pod's: they
+/// are written to the guest's /proc/sys here and leave the spec (libcontainer refuses them for
+/// a container in its runtime's network namespace).
+fn apply_pod_net_sysctls(spec: &mut oci_spec::runtime::Spec) -> Result<()> {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(());
+    };
+    let own_netns = linux
+        .namespaces()
+        .as_ref()
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+    let Some(sysctls) = linux.sysctl().clone() else {
+        return Ok(());
+    };
+    if own_netns {
+        return Ok(());
+    }
+    let (pod, kept): (std::collections::HashMap<_, _>, _) = sysctls
+        .into_iter()
+        .partition(|(k, _)| validate::sysctl_namespace(k) == Some("network"));
+    for (key, value) in &pod {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::write(&path, value)
+            .map_err(|e| AgentError::io(format!("set the pod's sysctl {key}"), e))?;
+    }
+    linux.set_sysctl((!kept.is_empty()).then_some(kept));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! The fuzz bodies for agent request decoding and validation and for the `io.eci.*` annotation
-//! parser, shared by the cargo-fuzz targets (`guest-agent/fuzz`) and unit tests that feed them
-//! random and malformed bytes on stable.
+//! The fuzz bodies for agent request decoding and validation, for the `io.eci.*` annotation
+//! parser and for SetupSandbox's network and DNS parsers (and the resolv.conf parser the shim
+//! reads a pod's DNS with), shared by the cargo-fuzz targets (`guest-agent/fuzz`) and unit
+//! tests that feed them random and malformed bytes on stable.
 
 use eci_protocol::agent::*;
 use eci_protocol::stream::StreamHeader;
@@ -29,8 +30,8 @@ pub fn decode_and_validate(data: &[u8]) {
         let _ = validate::process_request(&r);
     }
     if let Ok(r) = SetupSandboxRequest::parse_from_bytes(data) {
-        let _ = validate::id("sandbox_id", &r.sandbox_id);
-        let _ = validate::pci_devices("pci_devices", &r.pci_devices);
+        // Checks every field, pci_devices and the network included.
+        let _ = validate::setup_sandbox(&r);
     }
     if let Ok(h) = framing::decode_frame::<StreamHeader>(data) {
         let _ = validate::stream_header(&h);
@@ -39,6 +40,53 @@ pub fn decode_and_validate(data: &[u8]) {
     let _ = validate::spec("oci_spec_json", data);
     let _ = validate::process_json("process_json", data);
     let _ = validate::resources_json("resources_json", data);
+}
+
+/// Decodes `data` as a SetupSandbox request and validates it (interfaces, routes, neighbours,
+/// DNS, storages, shared directory), and parses it as text with the network parsers: an
+/// address/prefix, a MAC, resolv.conf (then validated as the DNS it gives). Must never panic.
+pub fn setup_sandbox(data: &[u8]) {
+    use validate::network;
+    if let Ok(r) = SetupSandboxRequest::parse_from_bytes(data) {
+        let _ = validate::setup_sandbox(&r);
+    }
+    let text = String::from_utf8_lossy(data);
+    let _ = network::cidr("cidr", &text);
+    let _ = network::parse_mac(&text);
+    let _ = network::ifname("name", &text);
+    let dns = network::parse_resolv_conf(&text);
+    if let Ok(d) = network::dns("dns", &dns) {
+        let _ = d.resolv_conf();
+    }
+    // The text as one of each field of a request.
+    let request = SetupSandboxRequest {
+        sandbox_id: "pod".into(),
+        hostname: text.to_string(),
+        shared_dir: text.to_string(),
+        interfaces: vec![Interface {
+            name: "eth0".into(),
+            mac: "0a:58:0a:58:00:05".into(),
+            addresses: vec![IpAddress {
+                cidr: text.to_string(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        routes: vec![Route {
+            destination: text.to_string(),
+            gateway: text.to_string(),
+            device: "eth0".into(),
+            ..Default::default()
+        }],
+        neighbours: vec![Neighbour {
+            ip: text.to_string(),
+            mac: text.to_string(),
+            device: "eth0".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let _ = validate::setup_sandbox(&request);
 }
 
 /// Parses `data` as the value of every `io.eci.*` annotation (and, split at the first NUL, as
@@ -87,6 +135,64 @@ mod tests {
                 let mut bad = v.to_vec();
                 bad[cut] ^= 0x5a;
                 parse_annotations(&bad);
+            }
+        }
+    }
+
+    #[test]
+    fn sandbox_parsers_survive_random_and_mutated_input() {
+        let mut seed = 0x7f4a_7c15_9e37_79b9;
+        for len in 0..2000 {
+            setup_sandbox(&random_bytes(&mut seed, len % 300));
+        }
+        let request = SetupSandboxRequest {
+            sandbox_id: "pod".into(),
+            hostname: "web".into(),
+            shared_dir: "/run/eci-shared".into(),
+            storages: vec![StorageMount {
+                source: "eci-shared".into(),
+                fstype: "virtiofs".into(),
+                mount_point: "/run/eci-shared".into(),
+                ..Default::default()
+            }],
+            dns: Some(DnsConfig {
+                nameservers: vec!["10.96.0.10".into()],
+                searches: vec!["svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+                ..Default::default()
+            })
+            .into(),
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "0a:58:0a:58:00:05".into(),
+                mtu: 1500,
+                addresses: vec![IpAddress {
+                    cidr: "10.88.0.5/16".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            routes: vec![Route {
+                destination: "default".into(),
+                gateway: "10.88.0.1".into(),
+                device: "eth0".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(validate::setup_sandbox(&request).is_ok());
+        let valid = request.write_to_bytes().unwrap();
+        let texts: &[&[u8]] = &[
+            b"nameserver 10.0.0.1\nsearch a.b c\noptions ndots:2\n",
+            b"fd00::1/64",
+            b"0a:58:0a:58:00:05",
+        ];
+        for v in std::iter::once(valid.as_slice()).chain(texts.iter().copied()) {
+            for cut in 0..v.len() {
+                setup_sandbox(&v[..cut]);
+                let mut bad = v.to_vec();
+                bad[cut] ^= 0x5a;
+                setup_sandbox(&bad);
             }
         }
     }

@@ -15,6 +15,7 @@ pub mod devices;
 pub mod error;
 pub mod fuzz;
 pub mod helper;
+pub mod network;
 pub mod pid1;
 pub mod pod;
 pub mod process;

@@ -35,6 +35,10 @@ pub const VOLUME_SOURCE_SCHEME: &str = "eci-volume://";
 pub const VCPUS: &str = "io.eci.vcpus";
 /// Pod size: memory of the pod in MiB (the VM gets a fixed overhead on top), set by eci.
 pub const MEMORY_MIB: &str = "io.eci.memory-mib";
+/// VM mode: a disk volume's device as the guest names it, followed by the virtio-blk serial the
+/// shim gave it (udev's `/dev/disk/by-id/virtio-<serial>`; the agent finds the device through
+/// `/sys/block/*/serial`, the guest has no udev).
+pub const GUEST_DISK_BY_SERIAL: &str = "/dev/disk/by-id/virtio-";
 
 /// Grace period when no annotation says otherwise (Kubernetes' default).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);

@@ -41,9 +41,10 @@ impl ValidationError {
 type Result<T = ()> = std::result::Result<T, ValidationError>;
 
 mod devices;
+pub mod network;
 mod sandbox;
 pub use devices::{container_devices, pci_address, pci_devices, VFIO_SOURCE_PREFIX};
-pub use sandbox::{absolute_path, storage};
+pub use sandbox::{absolute_path, hostname, setup_sandbox, storage, SandboxSetup};
 
 /// Checks a required id: non-empty, at most [`MAX_ID_LEN`] bytes, only `[A-Za-z0-9_.+-]`, and not
 /// `.` or `..` (ids become file names).
@@ -165,6 +166,16 @@ pub fn stdio(field: &str, stdio: &StdioConfig) -> Result {
 pub fn create_container(
     req: &CreateContainerRequest,
 ) -> Result<(Spec, crate::annotations::PodAnnotations)> {
+    create_container_in(req, false)
+}
+
+/// [`create_container`] for an agent whose own namespaces are the pod's (PID 1 of the pod's
+/// VM): `net.*` sysctls of a container in the agent's network namespace are the pod's, which
+/// the agent applies itself, rather than the host's.
+pub fn create_container_in(
+    req: &CreateContainerRequest,
+    pod_vm: bool,
+) -> Result<(Spec, crate::annotations::PodAnnotations)> {
     id("container_id", &req.container_id)?;
     optional_id("sandbox_id", &req.sandbox_id)?;
     if !req.bundle.is_empty() && !req.bundle.starts_with('/') {
@@ -184,7 +195,7 @@ pub fn create_container(
             "is required when oci_spec_json.root.path is relative",
         ));
     }
-    spec_sysctls("oci_spec_json.linux.sysctl", &spec)?;
+    spec_sysctls("oci_spec_json.linux.sysctl", &spec, pod_vm)?;
     let annotations = match spec.annotations() {
         Some(a) => crate::annotations::parse(a)?,
         None => Default::default(),
@@ -250,8 +261,9 @@ pub fn sysctl(field: &str, key: &str, value: &str) -> Result {
     Ok(())
 }
 
-/// Checks the spec's `linux.sysctl`: namespaced keys whose namespace the container has.
-fn spec_sysctls(field: &str, spec: &Spec) -> Result {
+/// Checks the spec's `linux.sysctl`: namespaced keys whose namespace the container has (in a
+/// pod VM, `pod_vm`, the guest's network namespace is the pod's).
+fn spec_sysctls(field: &str, spec: &Spec, pod_vm: bool) -> Result {
     use oci_spec::runtime::LinuxNamespaceType;
     let Some(linux) = spec.linux() else {
         return Ok(());
@@ -271,7 +283,7 @@ fn spec_sysctls(field: &str, spec: &Spec) -> Result {
         sysctl(field, key, &sysctls[key])?;
         let named = format!("{field}.{key:?}");
         let (present, what) = match sysctl_namespace(key) {
-            Some("network") => (has(LinuxNamespaceType::Network), "network"),
+            Some("network") => (pod_vm || has(LinuxNamespaceType::Network), "network"),
             Some("ipc") => (has(LinuxNamespaceType::Ipc), "ipc"),
             _ => (has(LinuxNamespaceType::Uts), "uts"),
         };

@@ -53,6 +53,10 @@ pub enum SandboxError {
         binary: PathBuf,
         source: std::io::Error,
     },
+    #[error("the pod's network")]
+    Network(#[from] crate::vm::net::NetError),
+    #[error("disk volume")]
+    Disk(#[source] Box<crate::error::ShimError>),
     #[error(transparent)]
     Vfio(#[from] crate::vfio::VfioError),
 }
@@ -61,6 +65,17 @@ pub enum SandboxError {
 pub struct LaunchRequest<'a> {
     pub pod_id: &'a str,
     pub spec: &'a Spec,
+    /// VM mode: the pod's network namespace, whose interfaces the VM takes (CNI's, or the one
+    /// a holder made for hooks to fill); None for a pod on the host's network (no NIC).
+    pub netns: Option<&'a Path>,
+}
+
+/// The pod's network as the guest must set it up (SetupSandbox); empty without a NIC.
+#[derive(Debug, Default)]
+pub struct GuestNetwork {
+    pub interfaces: Vec<eci_protocol::agent::Interface>,
+    pub routes: Vec<eci_protocol::agent::Route>,
+    pub neighbours: Vec<eci_protocol::agent::Neighbour>,
 }
 
 /// A running sandbox.
@@ -71,6 +86,7 @@ pub struct Launched {
     pub endpoint: Endpoint,
     /// Resolves with the sandbox process's exit status, once everything it ran is gone.
     pub exited: oneshot::Receiver<i32>,
+    pub network: GuestNetwork,
     /// The PCI devices passed through to it (VM mode), in guest slot order.
     pub vfio: crate::vfio::PodVfio,
 }
@@ -236,6 +252,7 @@ impl Hypervisor for LocalAgent {
                 streams: stream_socket,
             },
             exited: subscription.watch(pid),
+            network: GuestNetwork::default(),
             vfio: Default::default(),
         })
     }

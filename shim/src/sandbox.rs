@@ -7,7 +7,7 @@ use std::{
 };
 
 use eci_protocol::{
-    agent::{DestroySandboxRequest, SetupSandboxRequest},
+    agent::{DestroySandboxRequest, DnsConfig, SetupSandboxRequest},
     agent_ttrpc::AgentClient,
 };
 use oci_spec::runtime::Spec;
@@ -48,6 +48,7 @@ impl Sandbox {
         config: &ShimConfig,
         hostname: &str,
         spec: &Spec,
+        netns: Option<&Path>,
     ) -> Result<Arc<Self>, ShimError> {
         let hypervisor = hypervisor::from_config(config)?;
         log::warn!("pod {id}: {}", hypervisor.isolation_note());
@@ -57,7 +58,11 @@ impl Sandbox {
                 path: paths.dir.clone(),
                 source,
             })?;
-        let request = LaunchRequest { pod_id: id, spec };
+        let request = LaunchRequest {
+            pod_id: id,
+            spec,
+            netns,
+        };
         let launched = match hypervisor.launch(&paths, &request).await {
             Ok(l) => l,
             Err(e) => {
@@ -67,6 +72,7 @@ impl Sandbox {
         };
         let (dead_tx, dead) = watch::channel(None);
         let exited = launched.exited;
+        let network = launched.network;
         let vfio = launched.vfio;
         tokio::spawn(async move {
             let code = exited.await.unwrap_or(255);
@@ -117,6 +123,10 @@ impl Sandbox {
             hostname: hostname.to_owned(),
             shared_dir: share.dir.display().to_string(),
             storages: share.storages,
+            dns: dns_of(spec).into(),
+            interfaces: network.interfaces,
+            routes: network.routes,
+            neighbours: network.neighbours,
             pci_devices: sandbox.vfio.pci_devices(),
             ..Default::default()
         };
@@ -179,6 +189,31 @@ impl Sandbox {
         log::debug!("pod {}: sandbox process gone", self.id);
         if let Err(e) = self.paths.remove() {
             log::error!("pod {}: remove {}: {e}", self.id, self.paths.dir.display());
+        }
+    }
+}
+
+/// The pod's resolver configuration: the file the spec binds at /etc/resolv.conf (CRI and
+/// nerdctl make one per pod from the DNS config they were given; a host-network pod gets the
+/// host's). One the agent would refuse is left out with a warning: the containers still see
+/// the file through their bind mount.
+fn dns_of(spec: &Spec) -> Option<DnsConfig> {
+    let source = spec
+        .mounts()
+        .as_ref()?
+        .iter()
+        .find(|m| m.destination() == Path::new("/etc/resolv.conf"))?
+        .source()
+        .clone()?;
+    let text = std::fs::read_to_string(&source)
+        .map_err(|e| log::warn!("pod DNS from {}: {e}", source.display()))
+        .ok()?;
+    let config = eci_protocol::validate::network::parse_resolv_conf(&text);
+    match eci_protocol::validate::network::dns("dns", &config) {
+        Ok(_) => Some(config),
+        Err(e) => {
+            log::warn!("pod DNS from {}: {e}", source.display());
+            None
         }
     }
 }

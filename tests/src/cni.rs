@@ -131,9 +131,12 @@ pub fn conflist(ipam_dir: &Path) -> String {
 /// Options of [`CriNetwork::start`].
 #[derive(Debug, Default, Clone)]
 pub struct CriNetworkOptions {
-    /// The `containerd-shim-eci-v2` binary: registered as runtime handler [`ECI_HANDLER`]
-    /// (local mode), or None for runc only.
+    /// The `containerd-shim-eci-v2` binary: registered as runtime handler [`ECI_HANDLER`], or
+    /// None for runc only.
     pub eci_shim: Option<PathBuf>,
+    /// The shim's config for the handler (TOML); None: [`containerd::test_shim_config`]'s
+    /// choice (VM mode with `ECI_TEST_HYPERVISOR=eci-vmm`, else local mode).
+    pub shim_config: Option<String>,
 }
 
 /// containerd with CRI, CNI and (optionally) the eci runtime handler, inside its own network
@@ -161,7 +164,7 @@ impl CriNetwork {
         cri.cni_max_conf_num = Some(1);
         if let Some(shim) = &options.eci_shim {
             // As eci/README.md says: the pod features' annotations must reach the shim.
-            let config = containerd::test_shim_config(dir.path(), None)?;
+            let config = containerd::test_shim_config(dir.path(), options.shim_config.as_deref())?;
             cri.runtimes
                 .push(CriRuntime::eci(ECI_HANDLER, shim, Some(config)));
         }

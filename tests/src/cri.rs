@@ -84,6 +84,39 @@ impl Cri {
             .collect())
     }
 
+    /// The pod's IP and the path of its network namespace (from the runtime spec in the
+    /// verbose status); empty strings when CRI reports none.
+    pub async fn pod_ip_and_netns(
+        &mut self,
+        pod_id: &str,
+    ) -> Result<(String, String), tonic::Status> {
+        let status = self
+            .runtime
+            .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+                pod_sandbox_id: pod_id.into(),
+                verbose: true,
+            })
+            .await?
+            .into_inner();
+        let ip = status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        let info: serde_json::Value =
+            serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}"))
+                .unwrap_or_default();
+        let netns = info["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|ns| ns["type"] == "network")
+            .and_then(|ns| ns["path"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        Ok((ip, netns))
+    }
+
     /// Stops and removes every container and pod sandbox (cleanup after a failed test, so that
     /// CNI releases addresses and containerd its shims).
     pub async fn remove_everything(&mut self) -> Result<(), tonic::Status> {

@@ -16,8 +16,8 @@ use eci_tests::{
     registry::{self, Registry},
 };
 use k8s_cri::v1::{
-    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use serde_json::{json, Value};
 
@@ -58,31 +58,7 @@ fn cni_fixture_gives_a_runc_pod_an_address_and_leaves_nothing() {
             .expect("RunPodSandbox through runc")
             .into_inner()
             .pod_sandbox_id;
-        let status = cri
-            .runtime
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: true,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner();
-        let ip = status
-            .status
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .unwrap_or_default();
-        let info: serde_json::Value =
-            serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}"))
-                .unwrap_or_default();
-        let netns_path = info["runtimeSpec"]["linux"]["namespaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|ns| ns["type"] == "network")
-            .and_then(|ns| ns["path"].as_str())
-            .unwrap_or_default()
-            .to_owned();
+        let (ip, netns_path) = cri.pod_ip_and_netns(&id).await.expect("PodSandboxStatus");
         cri.runtime
             .stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: id.clone(),

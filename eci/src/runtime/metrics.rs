@@ -12,6 +12,10 @@
 //!   `/proc/<sandbox pid>/net/dev` (the pid from containerd's verbose sandbox status); in VM mode
 //!   the host-side veth carries the guest's traffic, so the counters are the pod's either way.
 //! - disk: each container's writable layer (CRI) with the capacity of the filesystem it lives on.
+//! - vm (VM mode, when the sandbox's process is `eci-vmm`): the group's size and, from
+//!   `/proc/<sandbox pid>`, the VM process's CPU time (utime + stime of every thread) with
+//!   eci's rate between samples, and its resident memory (VmRSS: guest memory the guest
+//!   touched is in it).
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -21,7 +25,7 @@ use crate::{
     backend::BackendError,
     model::{
         ContainerGroupSpec, ContainerMetrics, CpuMetrics, DiskMetrics, GroupMetrics,
-        InterfaceMetrics, MemoryMetrics, NetworkMetrics,
+        InterfaceMetrics, MemoryMetrics, NetworkMetrics, VmMetrics,
     },
     store::ContainerRecord,
 };
@@ -179,8 +183,62 @@ pub async fn collect(
                     .collect(),
             };
         }
+        out.vm = vm_metrics(pid, (spec.cpu, spec.memory), samples, sandbox_id);
     }
     Ok(out)
+}
+
+/// The process name of the pod VM's process.
+const VMM_COMM: &str = "eci-vmm";
+
+/// The VM's figures when `pid` is a pod VM's process.
+fn vm_metrics(
+    pid: u32,
+    (vcpus, memory_gib): (f64, f64),
+    samples: &CpuSamples,
+    sandbox_id: &str,
+) -> Option<VmMetrics> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    if comm.trim() != VMM_COMM {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as u64;
+    let usage = cpu_ticks(&stat)? * (1_000_000_000 / ticks);
+    let now = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    Some(VmMetrics {
+        vcpus,
+        memory_mib: (memory_gib * 1024.0).round() as u64,
+        usage_core_nano_seconds: usage,
+        usage_nano_cores: samples
+            .rate(&format!("vm:{sandbox_id}"), now, usage)
+            .unwrap_or(0),
+        resident_bytes: vm_rss_kib(&status)? * 1024,
+    })
+}
+
+/// utime + stime (fields 14 and 15) of /proc/<pid>/stat, in clock ticks.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat.rsplit(')').next()?.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// VmRSS of /proc/<pid>/status, in KiB.
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn capacity_of(mountpoint: &str) -> u64 {
@@ -224,6 +282,21 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceMetrics> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_cpu_time_and_resident_memory() {
+        let stat = "4242 (eci-vmm (x)) S 1 4242 4242 0 -1 4194560 0 0 0 0 170 30 0 0 20 0 9";
+        assert_eq!(cpu_ticks(stat), Some(200));
+        assert_eq!(
+            vm_rss_kib("Name:\teci-vmm\nVmRSS:\t  131072 kB\n"),
+            Some(131072)
+        );
+        // This process is no VM.
+        let me = std::process::id();
+        assert!(vm_metrics(me, (1.0, 2.0), &CpuSamples::default(), "s").is_none());
+        let own = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        assert!(cpu_ticks(&own).is_some());
+    }
 
     #[test]
     fn cpu_rate_between_samples() {

@@ -48,8 +48,9 @@ pub const VFIO_ANNOTATION: &str = "io.eci.vfio";
 
 // The pod-feature annotations (issue 6), as the agent's parser names them.
 pub use eci_protocol::annotations::{
-    POST_START as LIFECYCLE_POST_START, PRE_STOP as LIFECYCLE_PRE_STOP, PROBE_LIVENESS,
-    PROBE_READINESS, PROBE_STARTUP, TERMINATION_GRACE as GRACE_ANNOTATION,
+    MEMORY_MIB as MEMORY_MIB_ANNOTATION, POST_START as LIFECYCLE_POST_START,
+    PRE_STOP as LIFECYCLE_PRE_STOP, PROBE_LIVENESS, PROBE_READINESS, PROBE_STARTUP,
+    TERMINATION_GRACE as GRACE_ANNOTATION, VCPUS as VCPUS_ANNOTATION,
     VOLUME_PREFIX as VOLUME_ANNOTATION_PREFIX,
 };
 
@@ -182,6 +183,13 @@ pub fn sandbox_config(
     annotations.insert(
         GRACE_ANNOTATION.into(),
         spec.termination_grace_period_seconds.to_string(),
+    );
+    // The group's size is its VM's (the shim sizes the pod VM from these; local mode ignores
+    // them).
+    annotations.insert(VCPUS_ANNOTATION.into(), spec.cpu.to_string());
+    annotations.insert(
+        MEMORY_MIB_ANNOTATION.into(),
+        ((spec.memory * 1024.0).round() as u64).to_string(),
     );
     if !spec.gpu_devices.is_empty() {
         // The shim passes these through to the VM (shim/src/vfio.rs).

@@ -283,7 +283,35 @@ fn attach_loop(image: &Path, read_only: bool) -> Result<(PathBuf, std::fs::File)
     ))
 }
 
+/// The guest device of `/dev/disk/by-id/virtio-<serial>` (the shim's name for a disk volume
+/// in a VM): the block device whose `/sys/block/<dev>/serial` is `<serial>`. Other paths are
+/// themselves.
+pub fn resolve_device(device: &Path, sys_block: &Path) -> Result<PathBuf> {
+    let Some(serial) = device
+        .to_str()
+        .and_then(|d| d.strip_prefix(eci_protocol::annotations::GUEST_DISK_BY_SERIAL))
+    else {
+        return Ok(device.to_owned());
+    };
+    let entries = std::fs::read_dir(sys_block).map_err(io(format!(
+        "list {} for disk {serial}",
+        sys_block.display()
+    )))?;
+    for entry in entries.flatten() {
+        let found = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
+        if found.trim_end_matches(['\0', '\n']) == serial {
+            return Ok(Path::new("/dev").join(entry.file_name()));
+        }
+    }
+    Err(AgentError::FailedPrecondition(format!(
+        "disk {}: no block device with serial {serial:?} in the guest",
+        device.display()
+    )))
+}
+
 fn mount_disk(device: &Path, fs_type: &str, read_only: bool, target: &Path) -> Result<()> {
+    let resolved = resolve_device(device, Path::new("/sys/block"))?;
+    let device = resolved.as_path();
     let meta =
         std::fs::metadata(device).map_err(io(format!("disk device {}", device.display())))?;
     let flags = if read_only {
@@ -398,6 +426,15 @@ pub fn rewrite_mounts(
                         };
                         pod.add(name, &v)?;
                     }
+                    // In a VM kubelet's host directory is not shared (the agent owns
+                    // emptyDirs): the volume is a directory of the guest's.
+                    None if !source.exists() => {
+                        let v = Volume::EmptyDir {
+                            memory: false,
+                            size_limit: None,
+                        };
+                        pod.add(name, &v)?;
+                    }
                     None => {
                         out.push(m);
                         continue;
@@ -459,6 +496,27 @@ mod tests {
             "vers=4.1,addr=192.0.2.5,soft,timeo=100,retrans=2,ro"
         );
         assert!(!nfs_options(&ip, false).contains(",ro"));
+    }
+
+    #[test]
+    fn disks_are_found_by_serial() {
+        let sys = tempfile::tempdir().unwrap();
+        for (dev, serial) in [("vda", "other"), ("vdb", "eci-disk-0")] {
+            std::fs::create_dir_all(sys.path().join(dev)).unwrap();
+            std::fs::write(sys.path().join(dev).join("serial"), serial).unwrap();
+        }
+        let by_serial = Path::new("/dev/disk/by-id/virtio-eci-disk-0");
+        assert_eq!(
+            resolve_device(by_serial, sys.path()).unwrap(),
+            PathBuf::from("/dev/vdb")
+        );
+        assert_eq!(
+            resolve_device(Path::new("/dev/loop3"), sys.path()).unwrap(),
+            PathBuf::from("/dev/loop3")
+        );
+        let missing = Path::new("/dev/disk/by-id/virtio-eci-disk-9");
+        let err = resolve_device(missing, sys.path()).unwrap_err().chain();
+        assert!(err.contains("eci-disk-9"), "{err}");
     }
 
     #[test]

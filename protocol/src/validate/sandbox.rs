@@ -1,7 +1,83 @@
-//! SetupSandbox fields: the filesystems the agent mounts for the pod.
+//! SetupSandbox: the whole request (hostname, sysctls, the filesystems the agent mounts for
+//! the pod, the shared directory, DNS, the network of `network.rs` and the PCI devices of
+//! `devices.rs`).
 
+use std::path::{Path, PathBuf};
+
+use super::network::{self, Dns, PodNetwork};
 use super::{Result, ValidationError};
-use crate::agent::StorageMount;
+use crate::agent::{SetupSandboxRequest, StorageMount};
+
+/// HOST_NAME_MAX.
+const MAX_HOSTNAME: usize = 64;
+
+/// A SetupSandbox request, checked and typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxSetup {
+    /// None when the request names no shared directory.
+    pub shared_dir: Option<PathBuf>,
+    /// None when the request carries no DNS configuration.
+    pub dns: Option<Dns>,
+    pub network: PodNetwork,
+}
+
+/// A hostname the kernel and resolvers accept: 1..=64 bytes of letters, digits, `-`, `_`, `.`.
+pub fn hostname(field: &str, name: &str) -> Result {
+    if name.len() > MAX_HOSTNAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("{name:?} is not a hostname (at most {MAX_HOSTNAME} of A-Z a-z 0-9 - _ .)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every field of SetupSandbox. `shared_dir` must lie at or under a storage's mount
+/// point when storages are given (the guest sees the host's files only through them).
+pub fn setup_sandbox(req: &SetupSandboxRequest) -> Result<SandboxSetup> {
+    super::id("sandbox_id", &req.sandbox_id)?;
+    hostname("hostname", &req.hostname)?;
+    let mut keys: Vec<&String> = req.sysctls.keys().collect();
+    keys.sort();
+    for key in keys {
+        super::sysctl("sysctls", key, &req.sysctls[key])?;
+    }
+    for (i, s) in req.storages.iter().enumerate() {
+        storage(&format!("storages[{i}]"), s)?;
+    }
+    let shared_dir = match req.shared_dir.as_str() {
+        "" => None,
+        dir => {
+            absolute_path("shared_dir", dir)?;
+            let under_a_storage = req
+                .storages
+                .iter()
+                .any(|s| Path::new(dir).starts_with(&s.mount_point));
+            if !req.storages.is_empty() && !under_a_storage {
+                return Err(ValidationError::new(
+                    "shared_dir",
+                    format!("{dir} lies under none of the storages' mount points"),
+                ));
+            }
+            Some(PathBuf::from(dir))
+        }
+    };
+    let dns = match req.dns.as_ref() {
+        Some(d) => Some(network::dns("dns", d)?).filter(|d| !d.is_empty()),
+        None => None,
+    };
+    let network = network::pod_network(&req.interfaces, &req.routes, &req.neighbours)?;
+    super::pci_devices("pci_devices", &req.pci_devices)?;
+    Ok(SandboxSetup {
+        shared_dir,
+        dns,
+        network,
+    })
+}
 
 /// Filesystems a pod may have mounted: the virtio-fs share, block device filesystems, tmpfs.
 const FSTYPES: &[&str] = &["virtiofs", "tmpfs", "ext4", "xfs", "erofs"];
@@ -111,6 +187,93 @@ mod tests {
             ..Default::default()
         };
         storage("storages[1]", &tmpfs).unwrap();
+    }
+
+    fn request() -> SetupSandboxRequest {
+        SetupSandboxRequest {
+            sandbox_id: "pod1".into(),
+            hostname: "web-1".into(),
+            shared_dir: "/run/eci-shared".into(),
+            storages: vec![share()],
+            dns: Some(crate::agent::DnsConfig {
+                nameservers: vec!["10.96.0.10".into()],
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_whole_request_is_checked_and_typed() {
+        let setup = setup_sandbox(&request()).unwrap();
+        assert_eq!(setup.shared_dir, Some(PathBuf::from("/run/eci-shared")));
+        assert_eq!(setup.dns.unwrap().resolv_conf(), "nameserver 10.96.0.10\n");
+        // Local mode: no storages, the shared directory is the host's.
+        let local = SetupSandboxRequest {
+            storages: vec![],
+            shared_dir: "/run/eci/k/shared".into(),
+            dns: Default::default(),
+            ..request()
+        };
+        let setup = setup_sandbox(&local).unwrap();
+        assert_eq!(setup.dns, None);
+        let cases: Vec<(SetupSandboxRequest, &str)> = vec![
+            (
+                SetupSandboxRequest {
+                    hostname: "a b".into(),
+                    ..request()
+                },
+                "hostname",
+            ),
+            (
+                SetupSandboxRequest {
+                    shared_dir: "/srv/elsewhere".into(),
+                    ..request()
+                },
+                "shared_dir",
+            ),
+            (
+                SetupSandboxRequest {
+                    shared_dir: "run/eci-shared".into(),
+                    ..request()
+                },
+                "shared_dir",
+            ),
+            (
+                SetupSandboxRequest {
+                    sysctls: [("kernel.panic".to_string(), "1".to_string())].into(),
+                    ..request()
+                },
+                "sysctls.\"kernel.panic\"",
+            ),
+            (
+                SetupSandboxRequest {
+                    routes: vec![crate::agent::Route {
+                        destination: "default".into(),
+                        device: "eth0".into(),
+                        ..Default::default()
+                    }],
+                    ..request()
+                },
+                "routes[0].device",
+            ),
+            (
+                SetupSandboxRequest {
+                    pci_devices: vec![crate::agent::PciDevice {
+                        guest_address: "00:01.0".into(),
+                        driver: "vfio-pci".into(),
+                        ..Default::default()
+                    }],
+                    ..request()
+                },
+                "pci_devices[0].guest_address",
+            ),
+        ];
+        for (req, field) in cases {
+            let err = setup_sandbox(&req).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use super::{
 use crate::{
     agent::{ctx, no_deadline},
     cgroups,
-    config::{config_path_from_options, ShimConfig},
+    config::{config_path_from_options, HypervisorKind, ShimConfig},
     error::{rpc, ShimError},
     events,
     hooks::{self, HostHooks},
@@ -170,12 +170,17 @@ impl Pod {
     }
 
     /// The running sandbox, started with the options of this create when it is the pod's first.
+    /// Also says whether this create's prestart and createRuntime hooks ran already: a VM pod
+    /// whose spec asks for a new network namespace runs them before its VM starts, with a
+    /// holder process standing for the pod in that namespace (see [`crate::vm::netns`]), so
+    /// that the VM gets a tap for every interface they make.
     async fn sandbox_for(
         self: &Arc<Self>,
         req: &CreateTaskRequest,
         hostname: &str,
         spec: &oci_spec::runtime::Spec,
-    ) -> Result<Arc<Sandbox>, ShimError> {
+        hooks: &HostHooks,
+    ) -> Result<(Arc<Sandbox>, bool), ShimError> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             if sandbox.is_dead() {
@@ -184,18 +189,85 @@ impl Pod {
                     self.pod_id
                 )));
             }
-            return Ok(sandbox.clone());
+            return Ok((sandbox.clone(), false));
         }
         let config_path = config_path_from_options(req.options.as_ref())?;
         let config = ShimConfig::load(config_path.as_deref())?;
         if let Some(level) = config.log_level.as_deref().and_then(|l| l.parse().ok()) {
             log::set_max_level(level);
         }
-        let sandbox = Sandbox::start(&self.pod_id, self.paths(), &config, hostname, spec).await?;
+        let paths = self.paths();
+        let holder =
+            if config.hypervisor == HypervisorKind::EciVmm && crate::vm::wants_new_netns(spec) {
+                Some(self.hooks_before_vm(req, spec, hooks, &paths).await?)
+            } else {
+                None
+            };
+        let hooks_ran = holder.is_some();
+        let netns = match &holder {
+            Some(h) => Some(h.netns_path()),
+            None => crate::vm::netns_path(spec),
+        };
+        let started = Sandbox::start(
+            &self.pod_id,
+            paths,
+            &config,
+            hostname,
+            spec,
+            netns.as_deref(),
+        )
+        .await;
+        // eci-vmm holds the namespace now (or the start failed): the holder's part is done.
+        drop(holder);
+        let sandbox = started?;
         tokio::spawn(forward_agent_events(self.clone(), sandbox.clone()));
         tokio::spawn(release_after_sandbox_death(self.clone(), sandbox.clone()));
         *slot = Some(sandbox.clone());
-        Ok(sandbox)
+        Ok((sandbox, hooks_ran))
+    }
+
+    /// VM mode, a new network namespace: a holder process makes it, and this create's prestart
+    /// and createRuntime hooks run with the holder's pid (nerdctl's CNI setup finds the
+    /// namespace through it) before the VM starts.
+    async fn hooks_before_vm(
+        &self,
+        req: &CreateTaskRequest,
+        spec: &oci_spec::runtime::Spec,
+        hooks: &HostHooks,
+        paths: &PodPaths,
+    ) -> Result<crate::vm::netns::NetnsHolder, ShimError> {
+        let fail = |e: ShimError| {
+            let _ = paths.remove();
+            e
+        };
+        paths
+            .prepare()
+            .map_err(|source| crate::hypervisor::SandboxError::PodDir {
+                path: paths.dir.clone(),
+                source,
+            })
+            .map_err(|e| fail(e.into()))?;
+        let holder = crate::vm::netns::NetnsHolder::spawn(&paths.dir)
+            .map_err(ShimError::io("start the pod's network namespace holder"))
+            .map_err(fail)?;
+        let state = hooks::State {
+            oci_version: spec.version(),
+            id: &req.id,
+            status: "creating",
+            pid: holder.pid() as u32,
+            bundle: &req.bundle,
+            annotations: spec.annotations().as_ref(),
+        };
+        let ran = async {
+            hooks::run("prestart", &hooks.prestart, &state).await?;
+            hooks::run("createRuntime", &hooks.create_runtime, &state).await
+        }
+        .await;
+        if let Err(e) = ran {
+            drop(holder);
+            return Err(fail(e.into()));
+        }
+        Ok(holder)
     }
 
     pub async fn create(self: &Arc<Self>, req: &CreateTaskRequest) -> Result<u32, ShimError> {
@@ -240,8 +312,11 @@ impl Pod {
             }
         }
         let under_way = CreateUnderWay::new(&self.creating);
-        let sandbox = self.sandbox_for(req, &hostname, &spec).await?;
-        let created = self.create_in(req, spec, annotations, sandbox).await;
+        let hooks = HostHooks::take_from(&mut spec);
+        let (sandbox, hooks_ran) = self.sandbox_for(req, &hostname, &spec, &hooks).await?;
+        let created = self
+            .create_in(req, spec, annotations, sandbox, hooks, hooks_ran)
+            .await;
         drop(under_way);
         if created.is_err() {
             // Whatever failed after the sandbox started: a pod left without containers must
@@ -251,16 +326,18 @@ impl Pod {
         created
     }
 
-    /// The steps of a create once the pod's sandbox runs.
+    /// The steps of a create once the pod's sandbox runs. `hooks_ran`: this create's prestart
+    /// and createRuntime hooks ran before the VM started (see [`Self::sandbox_for`]).
     async fn create_in(
         self: &Arc<Self>,
         req: &CreateTaskRequest,
         mut spec: oci_spec::runtime::Spec,
         annotations: Option<HashMap<String, String>>,
         sandbox: Arc<Sandbox>,
+        hooks: HostHooks,
+        hooks_ran: bool,
     ) -> Result<u32, ShimError> {
         let bundle = PathBuf::from(&req.bundle);
-        let hooks = HostHooks::take_from(&mut spec);
 
         // Root filesystem: containerd's mounts go under the pod's shared directory.
         let mut mounted_dir = None;
@@ -391,9 +468,11 @@ impl Pod {
                 ProcessIo::attach(&init.stdio, &sandbox.endpoint, &req.id, "", &self.namespace)
                     .await?;
             *init.io.lock().await = Some(io);
-            let state = container.state("created", pid);
-            hooks::run("prestart", &container.hooks.prestart, &state).await?;
-            hooks::run("createRuntime", &container.hooks.create_runtime, &state).await?;
+            if !hooks_ran {
+                let state = container.state("created", pid);
+                hooks::run("prestart", &container.hooks.prestart, &state).await?;
+                hooks::run("createRuntime", &container.hooks.create_runtime, &state).await?;
+            }
             Ok::<_, ShimError>(())
         }
         .await;
@@ -615,6 +694,7 @@ impl Pod {
             .get(&self.pod_id)
             .map(|c| c.agent_pid);
         crate::vm::spec::adapt_namespaces(spec, sandbox.pid, sandbox_agent_pid)?;
+        crate::vm::disks::rewrite_for_guest(spec)?;
         let host_dir = sandbox.paths.container_dir(container_id);
         let exposed =
             crate::vm::share::expose_host_mounts(spec, &sandbox.paths.shared_dir(), &host_dir)?;

@@ -6,12 +6,20 @@
 //! vsock. Either process dying ends the other; the sandbox ends when both are gone, and
 //! [`teardown`] releases what they held on the host (cgroup, sockets).
 //!
+//! The pod's network namespace (CNI's, or the holder's of [`netns`]) gets a tap per interface
+//! ([`net`]), handed to eci-vmm, which starts in that namespace; `disk` volumes become virtio-blk
+//! devices ([`disks`]).
+//!
 //! Files in the pod directory: `vm.json` (the VMM's config), `console.log` (the guest's serial
 //! console), `vmm.log` and `virtiofsd.log` (their own messages), `sock/` (hybrid vsock, the
 //! VMM's control socket, virtiofsd's socket), `jail/` (the empty mount point of the VMM's jail),
-//! `sandbox.pid` (the VMM) and `virtiofsd.pid`, `vmm.cgroup` (the VMM's cgroup path).
+//! `sandbox.pid` (the VMM) and `virtiofsd.pid`, `vmm.cgroup` (the VMM's cgroup path), `net.json`
+//! (the namespace and interfaces with tc redirects), `netns-holder.pid` (while a holder lives).
 
+pub mod disks;
 pub mod kvm;
+pub mod net;
+pub mod netns;
 mod process;
 pub mod share;
 pub mod sizing;
@@ -31,7 +39,9 @@ use tokio::sync::oneshot;
 use crate::{
     agent::Endpoint,
     config::{PodSize, ShimConfig},
-    hypervisor::{find_binary, GuestShare, Hypervisor, LaunchRequest, Launched, SandboxError},
+    hypervisor::{
+        find_binary, GuestNetwork, GuestShare, Hypervisor, LaunchRequest, Launched, SandboxError,
+    },
     paths::PodPaths,
     reaper::ExitSubscription,
     vfio,
@@ -124,9 +134,30 @@ impl EciVmm {
         &self,
         pod: &PodPaths,
         size: &sizing::VmSize,
+        nics: &[net::PodNic],
+        disks: &[disks::PodDisk],
         devices: &vfio::PodVfio,
     ) -> serde_json::Value {
         let cmdline = format!("{CMDLINE} {}", self.cmdline_extra);
+        let mut binds = serde_json::json!([
+            {"source": self.kernel, "target": "/kernel", "read_only": true},
+            {"source": self.initrd, "target": "/initrd", "read_only": true},
+            {"source": "/dev/kvm", "target": "/dev/kvm"},
+            {"source": pod.console_log(), "target": "/console.log"},
+            {"source": pod.socket_dir(), "target": "/sock"},
+        ]);
+        let block: Vec<serde_json::Value> = disks
+            .iter()
+            .map(|d| {
+                binds
+                    .as_array_mut()
+                    .expect("an array")
+                    .push(serde_json::json!({
+                        "source": d.host, "target": d.jail_path(), "read_only": d.read_only,
+                    }));
+                serde_json::json!({"path": d.jail_path(), "read_only": d.read_only})
+            })
+            .collect();
         serde_json::json!({
             "kernel": "/kernel",
             "initrd": "/initrd",
@@ -136,25 +167,21 @@ impl EciVmm {
             "serial": "/console.log",
             "vsock": {"cid": GUEST_CID, "uds": "/sock/vsock.sock"},
             "fs": [{"socket": "/sock/fs.sock", "tag": share::SHARE_TAG}],
+            "net": net::vmm_config(nics, VMM_FIRST_TAP_FD),
+            "block": block,
             "api_sock": "/sock/vmm.sock",
             // eci-vmm binds what VFIO needs into its jail itself (its `vfio::jail_binds`).
             "vfio": devices.devices.iter().map(|d| d.bdf.clone()).collect::<Vec<_>>(),
-            "jail": {
-                "root": pod.jail_dir(),
-                "binds": [
-                    {"source": self.kernel, "target": "/kernel", "read_only": true},
-                    {"source": self.initrd, "target": "/initrd", "read_only": true},
-                    {"source": "/dev/kvm", "target": "/dev/kvm"},
-                    {"source": pod.console_log(), "target": "/console.log"},
-                    {"source": pod.socket_dir(), "target": "/sock"},
-                ],
-            },
+            "jail": {"root": pod.jail_dir(), "binds": binds},
         })
     }
 }
 
+/// Where the taps handed to eci-vmm start (0-2 are its stdio).
+const VMM_FIRST_TAP_FD: i32 = 3;
+
 /// The network namespace the spec puts the pod in, if it names one.
-fn netns_path(spec: &Spec) -> Option<PathBuf> {
+pub fn netns_path(spec: &Spec) -> Option<PathBuf> {
     spec.linux()
         .as_ref()?
         .namespaces()
@@ -163,6 +190,18 @@ fn netns_path(spec: &Spec) -> Option<PathBuf> {
         .find(|ns| ns.typ() == LinuxNamespaceType::Network)?
         .path()
         .clone()
+}
+
+/// Whether the spec asks for a new network namespace (one without a path: nerdctl, Docker,
+/// ctr): the pod's own, which a createRuntime hook may fill.
+pub fn wants_new_netns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+        })
 }
 
 /// The VMM's host cgroup: the sandbox's `linux.cgroupsPath` when it is a cgroupfs path, else
@@ -248,31 +287,78 @@ impl Hypervisor for EciVmm {
             std::fs::create_dir_all(&dir).map_err(io(dir.clone()))?;
         }
         std::fs::File::create(pod.console_log()).map_err(io(pod.console_log()))?;
-        let config_path = pod.vmm_config();
-        let config = serde_json::to_vec_pretty(&self.vmm_config(pod, &size, &devices))
-            .map_err(|e| io(config_path.clone())(std::io::Error::other(e)))?;
-        std::fs::write(&config_path, config).map_err(io(config_path.clone()))?;
-        let cgroup = vmm_cgroup(request.spec, request.pod_id);
-        std::fs::write(pod.vmm_cgroup_file(), &cgroup).map_err(io(pod.vmm_cgroup_file()))?;
-        let cgroup_procs = process::cgroup_procs(&cgroup, size.cpu, size.vcpus)
-            .map_err(io(PathBuf::from(&cgroup)))?;
-        let netns = match netns_path(request.spec) {
-            Some(path) => Some(std::fs::File::open(&path).map_err(io(path))?),
+        let pod_disks =
+            disks::from_spec(request.spec).map_err(|e| SandboxError::Disk(Box::new(e)))?;
+        let netns = match request.netns {
+            Some(path) => Some(std::fs::File::open(path).map_err(io(path.to_owned()))?),
             None => None,
         };
+        let network = match request.netns {
+            Some(path) => {
+                let (path, dir) = (path.to_owned(), pod.dir.clone());
+                tokio::task::spawn_blocking(move || net::attach(&path, &dir))
+                    .await
+                    .map_err(|e| io(pod.dir.clone())(std::io::Error::other(e)))??
+            }
+            None => net::PodNetwork::default(),
+        };
+        for nic in &network.nics {
+            let interface = network.interfaces.iter().find(|i| i.name == nic.name);
+            log::info!(
+                "pod {}: interface {} ({}) through {}",
+                request.pod_id,
+                nic.name,
+                interface
+                    .map(|i| i
+                        .addresses
+                        .iter()
+                        .map(|a| a.cidr.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
+                nic.tap_name
+            );
+        }
+        // From here on, a failure must release what attach made in the namespace.
+        let release_network = |e: SandboxError| {
+            net::release(&pod.dir);
+            e
+        };
+        let config_path = pod.vmm_config();
+        let config = serde_json::to_vec_pretty(&self.vmm_config(
+            pod,
+            &size,
+            &network.nics,
+            &pod_disks,
+            &devices,
+        ))
+        .map_err(|e| io(config_path.clone())(std::io::Error::other(e)))
+        .map_err(release_network)?;
+        std::fs::write(&config_path, config)
+            .map_err(io(config_path.clone()))
+            .map_err(release_network)?;
+        let cgroup = vmm_cgroup(request.spec, request.pod_id);
+        std::fs::write(pod.vmm_cgroup_file(), &cgroup)
+            .map_err(io(pod.vmm_cgroup_file()))
+            .map_err(release_network)?;
+        let cgroup_procs = process::cgroup_procs(&cgroup, size.cpu, size.vcpus)
+            .map_err(io(PathBuf::from(&cgroup)))
+            .map_err(release_network)?;
 
         // virtiofsd listens on a socket made here, so eci-vmm can connect at once.
         let fs_socket = pod.socket_dir().join("fs.sock");
         let _ = std::fs::remove_file(&fs_socket);
-        let listener =
-            std::os::unix::net::UnixListener::bind(&fs_socket).map_err(io(fs_socket.clone()))?;
+        let listener = std::os::unix::net::UnixListener::bind(&fs_socket)
+            .map_err(io(fs_socket.clone()))
+            .map_err(release_network)?;
         let spawn = |binary: &Path| {
             let binary = binary.to_owned();
             move |source| SandboxError::Spawn { binary, source }
         };
         let fs_exit = ExitSubscription::new()
             .await
-            .map_err(spawn(&self.virtiofsd))?;
+            .map_err(spawn(&self.virtiofsd))
+            .map_err(release_network)?;
         let shared = pod.shared_dir();
         let fs_pid = process::Child {
             program: &self.virtiofsd,
@@ -288,12 +374,13 @@ impl Hypervisor for EciVmm {
                 "--log-level=info".into(),
             ],
             log: &pod.virtiofsd_log(),
-            pass_fd: Some(listener.as_raw_fd()),
+            pass_fds: vec![listener.as_raw_fd()],
             netns: None,
             cgroup_procs: &cgroup_procs,
         }
         .spawn()
-        .map_err(spawn(&self.virtiofsd))?;
+        .map_err(spawn(&self.virtiofsd))
+        .map_err(release_network)?;
         drop(listener);
         std::fs::write(pod.virtiofsd_pid_file(), fs_pid.to_string())
             .map_err(io(pod.virtiofsd_pid_file()))?;
@@ -302,14 +389,14 @@ impl Hypervisor for EciVmm {
             Ok(s) => s,
             Err(e) => {
                 process::kill(fs_pid);
-                return Err(spawn(&self.vmm)(e));
+                return Err(release_network(spawn(&self.vmm)(e)));
             }
         };
         let vmm_pid = match (process::Child {
             program: &self.vmm,
             args: vec!["--config".into(), config_path.display().to_string()],
             log: &pod.vmm_log(),
-            pass_fd: None,
+            pass_fds: network.nics.iter().map(|n| n.tap.as_raw_fd()).collect(),
             netns: netns.as_ref().map(|f| f.as_raw_fd()),
             cgroup_procs: &cgroup_procs,
         })
@@ -318,9 +405,17 @@ impl Hypervisor for EciVmm {
             Ok(pid) => pid,
             Err(e) => {
                 process::kill(fs_pid);
-                return Err(spawn(&self.vmm)(e));
+                return Err(release_network(spawn(&self.vmm)(e)));
             }
         };
+        // eci-vmm holds the taps now: they go when it does.
+        let net::PodNetwork {
+            nics,
+            interfaces,
+            routes,
+            neighbours,
+        } = network;
+        drop(nics);
         std::fs::write(pod.pid_file(), vmm_pid.to_string()).map_err(io(pod.pid_file()))?;
 
         let (exited_tx, exited) = oneshot::channel();
@@ -353,6 +448,11 @@ impl Hypervisor for EciVmm {
                 uds: pod.socket_dir().join("vsock.sock"),
             },
             exited,
+            network: GuestNetwork {
+                interfaces,
+                routes,
+                neighbours,
+            },
             vfio: devices,
         })
     }
@@ -367,9 +467,12 @@ fn exit_text(code: i32) -> String {
     }
 }
 
-/// Releases what a pod's VM held on the host once eci-vmm and virtiofsd are gone: their cgroup.
+/// Releases what a pod's VM held on the host once eci-vmm and virtiofsd are gone: the tc
+/// redirects in the pod's network namespace (the taps went with eci-vmm) and their cgroup.
 /// Also run by the `delete` action after a shim crash.
 pub fn teardown(pod: &PodPaths) {
+    net::release(&pod.dir);
+    netns::kill_left_behind(&pod.dir);
     if let Ok(cgroup) = std::fs::read_to_string(pod.vmm_cgroup_file()) {
         for left in crate::cgroups::remove(cgroup.trim()) {
             log::warn!("VMM cgroup {} stays: not empty", left.display());

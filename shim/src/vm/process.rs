@@ -1,6 +1,6 @@
 //! Starting the pod's host processes (eci-vmm, virtiofsd): in the pod's cgroup, optionally in
-//! the pod's network namespace, with one inherited descriptor, logs to files, and nothing else
-//! of the shim's.
+//! the pod's network namespace, with the descriptors handed to them (a socket, taps), logs to
+//! files, and nothing else of the shim's.
 
 use std::{
     os::{
@@ -24,8 +24,8 @@ pub struct Child<'a> {
     pub args: Vec<String>,
     /// stdout and stderr go here (appended).
     pub log: &'a Path,
-    /// Becomes fd 3 in the child.
-    pub pass_fd: Option<i32>,
+    /// Become fds 3, 4, ... in the child, in this order.
+    pub pass_fds: Vec<i32>,
     /// A network namespace to enter (an open /proc/.../ns/net or /run/netns file).
     pub netns: Option<i32>,
     /// `cgroup.procs` files to join (see [`cgroup_procs`]).
@@ -45,7 +45,9 @@ impl Child<'_> {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let pass_fd = self.pass_fd;
+        let pass_fds = self.pass_fds;
+        // Scratch for the two-step renumbering below, allocated before the fork.
+        let mut moved = vec![-1; pass_fds.len()];
         let netns = self.netns;
         let procs: Vec<i32> = self.cgroup_procs.iter().map(|f| f.as_raw_fd()).collect();
         // SAFETY: between fork and exec only async-signal-safe system calls run, on descriptors
@@ -62,9 +64,17 @@ impl Child<'_> {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                if let Some(fd) = pass_fd {
-                    // dup2 clears close-on-exec on the copy.
-                    if libc::dup2(fd, 3) < 0 {
+                // First above every target number (a source may sit on another's target),
+                // then into place; dup2 clears close-on-exec on the final copies.
+                let above = 3 + pass_fds.len() as i32;
+                for (slot, &fd) in moved.iter_mut().zip(&pass_fds) {
+                    *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                    if *slot < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (target, &fd) in (3..).zip(&moved) {
+                    if libc::dup2(fd, target) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }

@@ -3,9 +3,11 @@
 //! containerd names the pod's namespaces by host paths: the network namespace CNI set up, and
 //! `/proc/<sandbox pid>/ns/<type>` for the sandbox container's IPC, UTS and PID namespaces
 //! (CRI). In a VM the pod's network is the VM's own (its eth0 carries the pod's interfaces), so
-//! a network namespace with a path is dropped: the container stays in the guest's. The
-//! sandbox's pid as containerd knows it is the VMM's; its namespaces in the guest are those of
-//! the sandbox container's init, by its pid in the guest.
+//! every network namespace is dropped, with a path (CNI's) or without (a new one, which the
+//! shim made on the host for the VM, see `netns.rs`): the container stays in the guest's, where
+//! the agent configured the pod's interfaces. The sandbox's pid as containerd knows it is the
+//! VMM's; its namespaces in the guest are those of the sandbox container's init, by its pid in
+//! the guest.
 
 use std::path::PathBuf;
 
@@ -29,13 +31,13 @@ pub fn adapt_namespaces(
     };
     let mut adapted = Vec::with_capacity(namespaces.len());
     for mut ns in std::mem::take(namespaces) {
+        if ns.typ() == LinuxNamespaceType::Network {
+            continue; // the VM's network is the pod's
+        }
         let Some(path) = ns.path().clone() else {
             adapted.push(ns);
             continue;
         };
-        if ns.typ() == LinuxNamespaceType::Network {
-            continue; // the VM's network is the pod's
-        }
         let text = path.display().to_string();
         let kind = text
             .strip_prefix(&format!("/proc/{vmm_pid}/ns/"))
@@ -95,6 +97,14 @@ mod tests {
             .iter()
             .map(|n| (n.typ(), n.path().as_ref().map(|p| p.display().to_string())))
             .collect()
+    }
+
+    #[test]
+    fn a_new_network_namespace_is_the_vms_too() {
+        use LinuxNamespaceType::*;
+        let mut s = spec(&[(Network, None), (Mount, None)]);
+        adapt_namespaces(&mut s, 4242, None).unwrap();
+        assert_eq!(paths(&s), vec![(Mount, None)]);
     }
 
     #[test]

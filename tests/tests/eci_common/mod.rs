@@ -73,6 +73,7 @@ impl Env {
         bins::require_workspace_binary("eci-agent");
         let net = CriNetwork::start(CriNetworkOptions {
             eci_shim: Some(shim),
+            shim_config: None,
         })
         .expect("start containerd with CNI in a test netns");
         let tmp = tempfile::Builder::new()

@@ -60,6 +60,15 @@ fn sandbox_carries_labels_volumes_sysctls_and_grace() {
         serde_json::from_str(&config.annotations["io.eci.volume.conf"]).unwrap();
     assert_eq!(conf["configFile"]["items"][0]["path"], "sub/app.conf");
     assert_eq!(config.annotations[GRACE_ANNOTATION], "7");
+    // The VM's size: the normalised group size, in the units the shim reads.
+    assert_eq!(
+        config.annotations[eci_protocol::annotations::VCPUS],
+        spec.cpu.to_string()
+    );
+    assert_eq!(
+        config.annotations[eci_protocol::annotations::MEMORY_MIB],
+        ((spec.memory * 1024.0) as u64).to_string()
+    );
     assert_eq!(config.linux.unwrap().sysctls["net.ipv4.ip_forward"], "1");
     assert_eq!(spec.restart_policy, RestartPolicy::OnFailure);
 }

@@ -58,6 +58,33 @@ pub struct Block {
     pub stats: BlockStats,
 }
 
+/// BLKGETSIZE64 (`_IOR(0x12, 114, size_t)`).
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+/// Bytes in `file`: its length, or for a block device (whose metadata says 0) the device's
+/// size.
+pub fn capacity(file: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_block_device() {
+        return Ok(meta.len());
+    }
+    let mut bytes: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer, which points at `bytes` for the
+    // call's duration; the descriptor is open (owned by `file`).
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            BLKGETSIZE64 as _,
+            &mut bytes,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(bytes)
+}
+
 impl Block {
     pub fn open(path: &Path, read_only: bool) -> std::io::Result<Block> {
         let file = std::fs::OpenOptions::new()
@@ -72,7 +99,7 @@ impl Block {
     }
 
     pub fn from_file(file: File, read_only: bool, id: String) -> Block {
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let len = capacity(&file).unwrap_or(0);
         Block {
             file,
             read_only,
@@ -424,5 +451,35 @@ mod tests {
         assert_eq!(q.used().idx().load(), 1);
         assert_eq!(q.used().ring().ref_at(0).unwrap().load().len(), 0);
         assert_eq!(dev.stats.errors, 1);
+    }
+
+    /// A real block device reports its size through BLKGETSIZE64 (its metadata says 0).
+    #[test]
+    fn a_loop_device_has_its_real_capacity() {
+        assert!(
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() } == 0,
+            "this test needs root (loop devices)"
+        );
+        let image = tempfile::NamedTempFile::new().unwrap();
+        image.as_file().set_len(3 << 20).unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image.path())
+            .output()
+            .expect("run losetup");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let opened = Block::open(Path::new(&device), true);
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &device])
+            .output();
+        let block = opened.unwrap();
+        assert_eq!(
+            std::fs::metadata(&device).unwrap().len(),
+            0,
+            "metadata says 0"
+        );
+        assert_eq!(block.capacity_sectors(), (3 << 20) / SECTOR_SIZE);
     }
 }
