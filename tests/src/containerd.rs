@@ -443,6 +443,42 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
         self.spawn_daemon()
     }
 
+    /// Starts the daemon again like [`Containerd::restart`], but with its ttrpc socket (where
+    /// shims forward their events) at another path until [`Containerd::let_shim_events_through`]:
+    /// the events that shims kept while containerd was down then reach a subscriber the test has
+    /// made first, instead of racing it. Shims started meanwhile are given the new path.
+    pub fn restart_with_shim_events_held(&mut self) -> io::Result<()> {
+        let config_path = self.dir.path().join("config.toml");
+        let config = std::fs::read_to_string(&config_path)?;
+        let (usual, held) = self.ttrpc_sockets();
+        let usual_line = format!("address = \"{}\"", usual.display());
+        assert!(config.contains(&usual_line), "no {usual_line} in {config}");
+        let config = config.replace(&usual_line, &format!("address = \"{}\"", held.display()));
+        std::fs::write(&config_path, config)?;
+        // A stale socket that a killed containerd left.
+        let _ = std::fs::remove_file(&usual);
+        self.restart()
+    }
+
+    /// Lets the shims' events reach containerd again after
+    /// [`Containerd::restart_with_shim_events_held`]: the usual path leads to the new socket.
+    pub fn let_shim_events_through(&self) -> io::Result<()> {
+        let (usual, held) = self.ttrpc_sockets();
+        std::os::unix::fs::symlink(held, usual)
+    }
+
+    /// The ttrpc socket's usual path, and the one it has while shims' events are held.
+    fn ttrpc_sockets(&self) -> (PathBuf, PathBuf) {
+        let usual = PathBuf::from(format!("{}.ttrpc", self.socket.display()));
+        let held = PathBuf::from(format!("{}.ttrpc-held", self.socket.display()));
+        (usual, held)
+    }
+
+    /// The containerd namespace the tests' ctr commands use.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -43,8 +43,13 @@ fn restart_while_pods_run(signal: Signal) {
     run_detached(&ctd, &during, &["sh", "-c", "sleep 2; exit 3"]);
     ctd.stop_daemon(signal);
     std::thread::sleep(Duration::from_secs(4));
-    ctd.restart().expect("start containerd again");
+    // The shims' events wait until the test listens: an event is delivered to the subscribers
+    // of the moment, and one that reached containerd before the test subscribed would be lost
+    // to the test, not to containerd.
+    ctd.restart_with_shim_events_held()
+        .expect("start containerd again");
     let events = Events::subscribe(&ctd);
+    ctd.let_shim_events_through().expect("shim events through");
 
     assert_eq!(task_status(&ctd, &long), "RUNNING", "{}", ctd.log_tail());
     assert_eq!(task_status(&ctd, &after), "RUNNING");

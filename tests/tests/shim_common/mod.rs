@@ -317,12 +317,37 @@ impl Events {
                 sink.lock().unwrap().push(line);
             }
         });
-        // Give it a moment to subscribe before the caller acts.
-        std::thread::sleep(Duration::from_millis(300));
-        Self {
+        let events = Self {
             child,
             lines,
             reader: Some(reader),
+        };
+        events.wait_until_subscribed(ctd);
+        events
+    }
+
+    /// Returns once the subscription is live: it has seen an event made after it started (a
+    /// label on the test's namespace). `ctr events` starting in an emulated host may take
+    /// seconds, and an event published before it subscribed never reaches it.
+    fn wait_until_subscribed(&self, ctd: &containerd::Containerd) {
+        const KEY: &str = "eci-test-subscribed";
+        let ns = ctd.namespace().to_owned();
+        // The namespace exists once anything ran in it; "already exists" is fine.
+        let _ = ctd.ctr(&["namespaces", "create", &ns]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for attempt in 0u32.. {
+            ctd.ctr_ok(&["namespaces", "label", &ns, &format!("{KEY}={attempt}")]);
+            if self
+                .find(Duration::from_secs(2), |l| l.contains(KEY))
+                .is_some()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ctr events saw none of its own markers within 120 s: {:?}",
+                self.all()
+            );
         }
     }
 
