@@ -7,7 +7,10 @@
 
 use std::{
     ffi::CString,
-    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -234,9 +237,13 @@ impl Hypervisor for LocalAgent {
             .open(pod.agent_log())
             .map_err(spawn_error)?;
         let subscription = ExitSubscription::new().await.map_err(spawn_error)?;
-        let pid = clone_into_namespaces(&args, log.as_raw_fd()).map_err(spawn_error)?;
+        let (pid, gate) = clone_into_namespaces(&args, log.as_raw_fd()).map_err(spawn_error)?;
         drop(log);
-        if let Err(e) = std::fs::write(pod.pid_file(), pid.to_string()) {
+        // The init waits at its gate until the pid is on record: a shim killed before that
+        // closes the gate, and the init exits instead of running a pod nobody can find.
+        let recorded = std::fs::write(pod.pid_file(), pid.to_string())
+            .and_then(|()| std::io::Write::write_all(&mut std::fs::File::from(gate), b"1"));
+        if let Err(e) = recorded {
             // The namespace init and the agent run already: take them down (killing the init of
             // a PID namespace kills every process in it) before giving up.
             let (status, _) = subscription
@@ -262,9 +269,15 @@ impl Hypervisor for LocalAgent {
 /// are slaves of the host's (host mounts reach it, its own stay inside) and with a /proc of its
 /// own PID namespace. PID 1 of the namespace is a minimal init forked from the shim: it reaps
 /// orphans and exits with the agent's status when the agent exits, which makes the kernel kill
-/// whatever is left of the pod. Returns the host pid of that init. stdout and stderr go to
-/// `log_fd`.
-fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Result<i32> {
+/// whatever is left of the pod. stdout and stderr go to `log_fd`. Returns the host pid of that
+/// init and the write end of its start gate: the init starts the agent only after one byte comes
+/// through it, and exits if it closes first (the shim died before it recorded the pid).
+fn clone_into_namespaces(
+    args: &[&std::ffi::OsStr],
+    log_fd: i32,
+) -> std::io::Result<(i32, OwnedFd)> {
+    let (gate_read, gate_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (gate_read_fd, gate_write_fd) = (gate_read.as_raw_fd(), gate_write.as_raw_fd());
     let to_c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
     let argv: Vec<CString> = args
         .iter()
@@ -290,6 +303,18 @@ fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Res
                 || libc::dup2(log_fd, 2) < 0
             {
                 libc::_exit(122);
+            }
+            // Only the shim's copy of the write end may keep the gate open.
+            libc::close(gate_write_fd);
+            let mut go = 0u8;
+            let passed = loop {
+                let n = libc::read(gate_read_fd, (&mut go as *mut u8).cast(), 1);
+                if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                    break n == 1;
+                }
+            };
+            if !passed {
+                libc::_exit(119);
             }
             // The shim's sockets and FIFOs must not live on in the pod: containerd notices a
             // dead shim by its connections closing.
@@ -370,7 +395,8 @@ fn clone_into_namespaces(args: &[&std::ffi::OsStr], log_fd: i32) -> std::io::Res
     // execs or exits; the parent's memory is copied (no CLONE_VM), so nothing is shared.
     let pid =
         unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }?;
-    Ok(pid.as_raw())
+    drop(gate_read);
+    Ok((pid.as_raw(), gate_write))
 }
 
 #[cfg(test)]
@@ -406,6 +432,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(from_config(&config).unwrap().name(), "none");
+    }
+
+    /// Runs `sh -c 'touch MARKER'` as the agent of a pod init, lets `open_gate` decide about its
+    /// gate, and returns the init's exit code and whether the agent ran.
+    fn init_behind_gate(open_gate: bool) -> (i32, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("agent-ran");
+        let script = format!("touch {}", marker.display());
+        let args = ["/bin/sh".as_ref(), "-c".as_ref(), script.as_ref()];
+        let (pid, gate) = clone_into_namespaces(&args, 2).expect("clone (needs root)");
+        if open_gate {
+            std::io::Write::write_all(&mut std::fs::File::from(gate), b"1").unwrap();
+        } else {
+            drop(gate);
+        }
+        let pid = nix::unistd::Pid::from_raw(pid);
+        match nix::sys::wait::waitpid(pid, None).unwrap() {
+            nix::sys::wait::WaitStatus::Exited(_, code) => (code, marker.exists()),
+            other => panic!("pod init: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pod_init_starts_its_agent_once_the_gate_opens() {
+        assert_eq!(init_behind_gate(true), (0, true));
+    }
+
+    #[test]
+    fn a_pod_init_whose_shim_died_before_recording_it_exits_alone() {
+        assert_eq!(init_behind_gate(false), (119, false));
     }
 
     #[test]
