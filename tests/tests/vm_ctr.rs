@@ -1,7 +1,8 @@
 //! VM tier, through containerd and ctr: what only a pod in its own VM shows. That it really is
 //! a VM (the guest kernel, the pod's vCPUs and memory), the process spec applied in the guest,
 //! host binds through virtio-fs, one VM per pod, and that killing eci-vmm, virtiofsd or the shim
-//! ends the task and leaves nothing behind, also over many cycles. (The full kill -9 matrix and
+//! ends the task and leaves nothing behind, also over many cycles, and that a guest kernel panic
+//! ends the pod with a report. (The full kill -9 matrix and
 //! soak with VM pods are `make soak-vm`.)
 //!
 //! The container basics shared with local mode (echo, exit codes, tty, exec, kill, metrics,
@@ -320,13 +321,43 @@ fn killing_the_shim_ends_the_task_and_releases_everything() {
     kill_and_check("killing_the_shim", "shim");
 }
 
+/// A guest kernel panic (here the compulsory one of `vm.panic_on_oom = 2` when a container's
+/// memory cgroup runs out) ends the VM: ctr sees a failed task, the shim's log says that the
+/// sandbox ended under its containers with the guest console's panic line, and nothing is left.
 #[test]
 #[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
-fn ten_create_delete_cycles_leave_nothing() {
-    let ctd = vm_containerd("ten_create_delete_cycles_leave_nothing");
+fn a_guest_kernel_panic_ends_the_pod_and_the_shim_reports_it() {
+    let ctd = vm_containerd("a_guest_kernel_panic_ends_the_pod_and_the_shim_reports_it");
+    let id = unique("panic");
+    let mut args = vec!["run", "--rm", "--privileged", "--memory-limit", "33554432"];
+    args.extend_from_slice(&["--runtime", ECI, BUSYBOX_IMAGE, &id, "sh", "-c"]);
+    args.push("echo 2 >/proc/sys/vm/panic_on_oom && x=0123456789 && while :; do x=$x$x; done");
+    let out = ctd.ctr(&args);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "the guest panicked: ctr must see a failed task"
+    );
+    let log = std::fs::read_to_string(ctd.dir().join("containerd.log")).unwrap_or_default();
+    let report = log
+        .lines()
+        .find(|l| l.contains("the sandbox ended under its containers"))
+        .unwrap_or_else(|| panic!("no report of the sandbox's end:\n{}", ctd.log_tail()));
+    assert!(
+        report.contains("Kernel panic"),
+        "the report carries the console's panic line: {report}"
+    );
+    let _ = ctd.ctr(&["container", "delete", &id]);
+    assert_nothing_left(&ctd, &[id]);
+}
+
+#[test]
+#[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
+fn twenty_create_delete_cycles_leave_nothing() {
+    let ctd = vm_containerd("twenty_create_delete_cycles_leave_nothing");
     // One at a time: each cycle boots and ends a VM (docs/testhost.md: concurrent boots in the
     // test host are not reliable).
-    let ids: Vec<String> = (0..10).map(|_| unique("cycle")).collect();
+    let ids: Vec<String> = (0..20).map(|_| unique("cycle")).collect();
     for id in &ids {
         assert_eq!(run_rm(&ctd, &[], id, &["echo", "cycle"]), "cycle\n");
     }
