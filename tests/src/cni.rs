@@ -225,6 +225,31 @@ impl CriNetwork {
         self.dir.path()
     }
 
+    /// GETs `url` with wget from this fixture's namespace (the CNI bridge's side, where traffic
+    /// to a pod goes through CNI's veth), retrying for up to 90 s while the server starts: the
+    /// page, or the last error.
+    pub fn get_from_host_side(&self, url: &str) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net={}", self.netns.path().display()))
+                .args(["--", "wget", "-q", "-O", "-", "-T", "5", url])
+                .output()
+                .map_err(|e| format!("nsenter wget: {e}"))?;
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "wget {url}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// This containerd's shim processes (their command line names its socket; `eci serve`'s
     /// does too, hence the binary name check).
     pub fn shim_processes(&self) -> Vec<u32> {

@@ -149,7 +149,9 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
                 "commands": [
                     "sh",
                     "-c",
-                    "echo line1; echo line2; cat /data/init.txt; cat /config/app.conf; exec sleep 3600"
+                    "echo line1; echo line2; cat /data/init.txt; cat /config/app.conf; \
+                     mkdir -p /tmp/www && echo served-by-app > /tmp/www/index.html && \
+                     exec httpd -f -p 8080 -h /tmp/www"
                 ],
                 "volumeMounts": [
                     {"name": "data", "mountPath": "/data"},
@@ -163,11 +165,15 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
                 "memory": 1,
                 "commands": ["sh", "-c",
                     "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.3; done"],
-                "volumeMounts": [{"name": "data", "mountPath": "/shared"}],
+                "volumeMounts": [
+                    {"name": "data", "mountPath": "/shared"},
+                    {"name": "scratch", "mountPath": "/scratch"},
+                ],
             },
         ],
         "volumes": [
             {"name": "data", "emptyDir": {}},
+            {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
             {"name": "config", "configFile": {"items": [
                 {"path": "app.conf", "content": CONFIG_CONTENT_B64},
             ]}},
@@ -276,6 +282,40 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
         exec.body["exitCode"], 0,
         "configFile volume mounted read-only: {}",
         exec.text
+    );
+
+    let exec = env.post(
+        &format!("/v1/containerGroups/{id}/containers/ticker/exec"),
+        &json!({"command": ["grep", " /scratch ", "/proc/mounts"]}),
+    );
+    let mount = exec.body["stdout"].as_str().unwrap_or_default();
+    assert!(
+        mount.starts_with("tmpfs ") && mount.contains("size=16384k"),
+        "a 16Mi memory emptyDir is a sized tmpfs: {}",
+        exec.text
+    );
+
+    // The group's network: its IP on the containers' eth0 (in VM mode the guest's), and a server
+    // in the pod reached at that IP from the CNI bridge's side.
+    let exec = env.post(
+        &format!("/v1/containerGroups/{id}/containers/app/exec"),
+        &json!({"command": ["ip", "-4", "-o", "addr", "show", "eth0"]}),
+    );
+    assert!(
+        exec.body["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("inet {ip}/")),
+        "eth0 carries the group's IP {ip}: {}",
+        exec.text
+    );
+    let page = env
+        .net
+        .get_from_host_side(&format!("http://{ip}:8080/"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        page, "served-by-app\n",
+        "the pod's server from the bridge's side"
     );
 
     // The CLI: exec exits with the command's exit code and prints its output.
@@ -1092,6 +1132,11 @@ fn probes_hooks_and_sysctls_reach_the_pod() {
     });
     let id = env.create(&body);
     env.wait_running(&id);
+    // In VM mode the group is one VM, and the liveness restart below happens inside it.
+    let vms = env.vm_pids();
+    if eci_tests::vm::vm_mode() {
+        assert_eq!(vms.len(), 1, "one VM for the group: {vms:?}");
+    }
     let exec = |command: &[&str]| env.exec(&id, "main", command);
     let sysctl = exec(&["cat", "/proc/sys/net/ipv4/tcp_keepalive_time"]);
     assert_eq!(
@@ -1124,6 +1169,11 @@ fn probes_hooks_and_sysctls_reach_the_pod() {
         alive.body["exitCode"], 0,
         "the restarted container is a fresh one: {}",
         alive.text
+    );
+    assert_eq!(
+        env.vm_pids(),
+        vms,
+        "the container restarted in the group's VM"
     );
     env.delete(&id);
     env.assert_containerd_empty();

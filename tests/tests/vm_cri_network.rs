@@ -176,22 +176,6 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// GETs the pod's page from the fixture's namespace (the CNI bridge's side), retrying while the
-/// server starts; the last answer or error.
-fn get_from_host_side(net: &CriNetwork, url: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let out = in_netns(
-            &net.netns.path(),
-            &["wget", "-q", "-O", "-", "-T", "5", url],
-        );
-        if out.status.success() || std::time::Instant::now() > deadline {
-            return text(&out);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
 async fn a_vm_pod_on_the_cni_network_serves_its_ip_and_leaves_nothing() {
@@ -276,7 +260,9 @@ async fn a_vm_pod_on_the_cni_network_serves_its_ip_and_leaves_nothing() {
 
     // From the bridge's side to the server in the guest, through veth, tc and tap.
     let url = format!("http://{pod_ip}:{HTTP_PORT}/index.html");
-    let page = get_from_host_side(&net, &url);
+    let page = net
+        .get_from_host_side(&url)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(page.trim(), PAGE, "GET {url}");
 
     // Container logs went through the shim to CRI's log file.

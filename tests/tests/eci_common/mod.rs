@@ -283,17 +283,35 @@ impl Env {
         let mut last = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..100 {
             let (sandboxes, containers) = self.cri_lists();
-            let shims = self.net.shim_processes();
-            if sandboxes.is_empty() && containers.is_empty() && shims.is_empty() {
+            let processes = self.runtime_processes();
+            if sandboxes.is_empty() && containers.is_empty() && processes.is_empty() {
                 return;
             }
-            last = (sandboxes, containers, shims);
+            last = (sandboxes, containers, processes);
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
-            "left in containerd: sandboxes {:?}, containers {:?}, shim processes {:?}",
+            "left in containerd: sandboxes {:?}, containers {:?}, runtime processes {:?}",
             last.0, last.1, last.2
         );
+    }
+
+    /// The shims of this containerd and everything they started (pod inits and agents in local
+    /// mode; eci-vmm and virtiofsd in VM mode), as `pid comm`.
+    pub fn runtime_processes(&self) -> Vec<String> {
+        eci_tests::census::runtime_processes(&self.net.containerd.socket)
+            .into_iter()
+            .map(|p| format!("{} {}", p.pid, p.comm))
+            .collect()
+    }
+
+    /// The pids of this containerd's VMs (none in local mode).
+    pub fn vm_pids(&self) -> Vec<i32> {
+        eci_tests::census::runtime_processes(&self.net.containerd.socket)
+            .into_iter()
+            .filter(|p| p.comm == "eci-vmm")
+            .map(|p| p.pid)
+            .collect()
     }
 }
 
