@@ -43,10 +43,15 @@ test: build kernel rootfs
 # (scripts/testhost), one boot per line. eci-vmm's own tests (test guests, KVM kind svm there),
 # then eci-vmm booting the guest kernel, and pods in VMs through containerd 1.6 and ctr (vm_ctr;
 # the shim_ctr and containerd_restart tiers in VM mode), and through CRI with the CNI bridge
-# (vm_cri_network). The soak and the kill -9 matrix with VM pods are `make soak-vm`. Linux guests
+# (vm_cri_network), and eci serve's groups as VMs (part of eci_e2e). The soak and the kill -9
+# matrix with VM pods are `make soak-vm`. Linux guests
 # boot one at a time there: two booting at once in the emulated host occasionally triple-fault
 # (docs/testhost.md), and on two cores they are no faster.
 VM_TIER_TIMEOUT ?= 2400
+# The eci end-to-end tests that also run with VM pods (eci serve in VM mode): a group with init
+# container, volumes, network, logs, exec and metrics; probes, hooks and sysctls with a liveness
+# restart inside the group's VM; readiness.
+ECI_E2E_VM_TESTS := group_with_init_container_and_volumes probes_hooks_and_sysctls ready_follows_the_readiness_probe
 .PHONY: test-vm
 test-vm: build kernel rootfs
 	@status=0; \
@@ -54,6 +59,8 @@ test-vm: build kernel rootfs
 	ECI_TEST_HYPERVISOR=eci-vmm scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) \
 		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr --test containerd_restart \
 		--test vm_cri_network -- --include-ignored --test-threads=1 || status=1; \
+	ECI_TEST_HYPERVISOR=eci-vmm scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) -p eci-tests \
+		--test eci_e2e -- --test-threads=1 $(ECI_E2E_VM_TESTS) || status=1; \
 	exit $$status
 
 # The VFIO passthrough tier, inside `scripts/testhost --vfio-test-device` (qemu's edu device
