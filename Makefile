@@ -44,9 +44,9 @@ test: build kernel rootfs
 # then eci-vmm booting the guest kernel, and pods in VMs through containerd 1.6 and ctr (vm_ctr;
 # the shim_ctr and containerd_restart tiers in VM mode), and through CRI with the CNI bridge
 # (vm_cri_network), and eci serve's groups as VMs (part of eci_e2e). The soak and the kill -9
-# matrix with VM pods are `make soak-vm`. Linux guests
-# boot one at a time there: two booting at once in the emulated host occasionally triple-fault
-# (docs/testhost.md), and on two cores they are no faster.
+# matrix with VM pods are `make soak-vm`. Linux guests boot one at a time there: two booting at
+# once in the emulated host occasionally triple-fault (docs/testhost.md), and on two cores they
+# are no faster.
 VM_TIER_TIMEOUT ?= 2400
 # The eci end-to-end tests that also run with VM pods (eci serve in VM mode): a group with init
 # container, volumes, network, logs, exec and metrics; probes, hooks and sysctls with a liveness

@@ -2,8 +2,8 @@
 //! a VM (the guest kernel, the pod's vCPUs and memory), the process spec applied in the guest,
 //! host binds through virtio-fs, one VM per pod, and that killing eci-vmm, virtiofsd or the shim
 //! ends the task and leaves nothing behind, also over many cycles, and that a guest kernel panic
-//! ends the pod with a report. (The full kill -9 matrix and
-//! soak with VM pods are `make soak-vm`.)
+//! ends the pod with a report. (The full kill -9 matrix and soak with VM pods are
+//! `make soak-vm`.)
 //!
 //! The container basics shared with local mode (echo, exit codes, tty, exec, kill, metrics,
 //! events, stdin, OOM, log URIs) are `shim_ctr.rs`, which scripts/vm-tier runs in VM mode too.
