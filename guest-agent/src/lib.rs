@@ -18,6 +18,7 @@ pub mod helper;
 pub mod network;
 pub mod pid1;
 pub mod pod;
+pub mod port_forward;
 pub mod process;
 pub mod reaper;
 pub mod seccomp;

@@ -257,6 +257,9 @@ fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup) {
     if let Err(e) = eci_protocol::validate::stream_header(&header) {
         return refuse(&mut conn, e.to_string());
     }
+    if header.kind.enum_value() == Ok(StreamKind::PORT_FORWARD) {
+        return forward_port(conn, header.port as u16);
+    }
     let process = match lookup.lookup(&header.container_id, &header.exec_id) {
         Ok(p) => p,
         Err(e) => return refuse(&mut conn, e.chain()),
@@ -269,7 +272,7 @@ fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup) {
             StreamKind::STDIN => ends.stdin.take(),
             StreamKind::STDOUT => ends.stdout.take(),
             StreamKind::STDERR => ends.stderr.take(),
-            StreamKind::STREAM_KIND_UNSPECIFIED => None,
+            StreamKind::STREAM_KIND_UNSPECIFIED | StreamKind::PORT_FORWARD => None,
         };
         if taken.is_some() && kind == StreamKind::STDIN {
             ends.stdin_conn = conn.try_clone().ok();
@@ -309,9 +312,25 @@ fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup) {
     }
 }
 
+/// A PORT_FORWARD stream (validated): acked once the pod's port answered, then spliced to it.
+fn forward_port(mut conn: UnixStream, port: u16) {
+    let tcp = match crate::port_forward::connect(port) {
+        Ok(tcp) => tcp,
+        Err(e) => return refuse(&mut conn, e),
+    };
+    let ok = StreamAck {
+        ok: true,
+        ..Default::default()
+    };
+    if write_frame(&mut conn, &ok).is_ok() {
+        let _ = conn.set_read_timeout(None);
+        crate::port_forward::splice(conn, tcp);
+    }
+}
+
 /// Copies until EOF or an error on either side. A tty master reports the end of the slave
 /// side as EIO, which ends the copy like EOF.
-fn copy(from: &mut impl Read, to: &mut impl Write) {
+pub(crate) fn copy(from: &mut impl Read, to: &mut impl Write) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         let n = match from.read(&mut buf) {

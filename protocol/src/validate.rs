@@ -353,15 +353,47 @@ pub fn update_container(req: &UpdateContainerRequest) -> Result<LinuxResources> 
     resources_json("resources_json", &req.resources_json)
 }
 
-/// Checks a stream header: known kind and valid ids.
+/// Checks a stream header: a stdio stream names a process (valid ids, no port); a port
+/// forward names a port and no process.
 pub fn stream_header(h: &StreamHeader) -> Result {
-    id("container_id", &h.container_id)?;
-    optional_id("exec_id", &h.exec_id)?;
     match h.kind.enum_value() {
-        Ok(StreamKind::STDIN | StreamKind::STDOUT | StreamKind::STDERR) => Ok(()),
+        Ok(StreamKind::STDIN | StreamKind::STDOUT | StreamKind::STDERR) => {
+            id("container_id", &h.container_id)?;
+            optional_id("exec_id", &h.exec_id)?;
+            if h.port != 0 {
+                return Err(ValidationError::new(
+                    "port",
+                    format!(
+                        "{} given for a stdio stream (only PORT_FORWARD has one)",
+                        h.port
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Ok(StreamKind::PORT_FORWARD) => {
+            for (field, value) in [("container_id", &h.container_id), ("exec_id", &h.exec_id)] {
+                if !value.is_empty() {
+                    return Err(ValidationError::new(
+                        field,
+                        "must be empty for PORT_FORWARD (the pod's network is the guest's)",
+                    ));
+                }
+            }
+            if h.port == 0 || h.port > u32::from(u16::MAX) {
+                return Err(ValidationError::new(
+                    "port",
+                    format!("{} is not in 1..=65535", h.port),
+                ));
+            }
+            Ok(())
+        }
         _ => Err(ValidationError::new(
             "kind",
-            format!("{} is not STDIN, STDOUT or STDERR", h.kind.value()),
+            format!(
+                "{} is not STDIN, STDOUT, STDERR or PORT_FORWARD",
+                h.kind.value()
+            ),
         )),
     }
 }
@@ -549,5 +581,24 @@ mod tests {
         assert_eq!(stream_header(&h).unwrap_err().field, "kind");
         h.kind = StreamKind::STDOUT.into();
         assert!(stream_header(&h).is_ok());
+        h.port = 80;
+        assert_eq!(stream_header(&h).unwrap_err().field, "port");
+    }
+
+    #[test]
+    fn port_forward_header_names_a_port_and_no_process() {
+        let mut h = StreamHeader {
+            kind: StreamKind::PORT_FORWARD.into(),
+            port: 8080,
+            ..Default::default()
+        };
+        assert!(stream_header(&h).is_ok());
+        for port in [0, 65536] {
+            h.port = port;
+            assert_eq!(stream_header(&h).unwrap_err().field, "port");
+        }
+        h.port = 8080;
+        h.container_id = "c".into();
+        assert_eq!(stream_header(&h).unwrap_err().field, "container_id");
     }
 }
