@@ -13,6 +13,8 @@ packages=(
   # containers and images for the end-to-end tests
   containerd runc umoci skopeo docker-registry apache2-utils busybox-static
   containernetworking-plugins iproute2 kmod
+  # the shim's CRI port-forward redirect in a VM pod's namespace (and CNI's portmap)
+  iptables
   # mkfs.ext4 for the agent's disk-volume test
   e2fsprogs
   # python venv for the OpenAPI schema checker of eci/tests/openapi.rs

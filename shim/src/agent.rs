@@ -184,13 +184,34 @@ pub fn no_deadline() -> ttrpc::context::Context {
     ttrpc::context::Context::default()
 }
 
-/// Opens one stdio stream of a process: header frame out, ack frame in.
+/// Opens one stdio stream of a process at the agent's stream endpoint (header, ack).
 pub async fn open_stream(
     endpoint: &Endpoint,
     container_id: &str,
     exec_id: &str,
     kind: StreamKind,
 ) -> Result<UnixStream, AgentError> {
+    let header = StreamHeader {
+        container_id: container_id.to_owned(),
+        exec_id: exec_id.to_owned(),
+        kind: kind.into(),
+        ..Default::default()
+    };
+    open(endpoint, header).await
+}
+
+/// Opens a connection to TCP `port` on the loopback of a VM pod's network (a PORT_FORWARD
+/// stream, see `stream.proto`).
+pub async fn open_port_forward(endpoint: &Endpoint, port: u16) -> Result<UnixStream, AgentError> {
+    let header = StreamHeader {
+        kind: StreamKind::PORT_FORWARD.into(),
+        port: port.into(),
+        ..Default::default()
+    };
+    open(endpoint, header).await
+}
+
+async fn open(endpoint: &Endpoint, header: StreamHeader) -> Result<UnixStream, AgentError> {
     let io_error = |source| AgentError::StreamIo {
         path: endpoint.describe(),
         source,
@@ -200,21 +221,15 @@ pub async fn open_stream(
         source,
     };
     let mut stream = endpoint.dial(true).await.map_err(io_error)?;
-    let header = StreamHeader {
-        container_id: container_id.to_owned(),
-        exec_id: exec_id.to_owned(),
-        kind: kind.into(),
-        ..Default::default()
-    };
     write_frame(&mut stream, &header)
         .await
         .map_err(frame_error)?;
     let ack: StreamAck = read_frame(&mut stream).await.map_err(frame_error)?;
     if !ack.ok {
         return Err(AgentError::StreamRefused {
-            kind,
-            container_id: container_id.to_owned(),
-            exec_id: exec_id.to_owned(),
+            kind: header.kind.enum_value_or_default(),
+            container_id: header.container_id,
+            exec_id: header.exec_id,
             reason: ack.error,
         });
     }

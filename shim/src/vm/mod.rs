@@ -20,6 +20,7 @@ pub mod disks;
 pub mod kvm;
 pub mod net;
 pub mod netns;
+pub mod port_forward;
 mod process;
 pub mod share;
 pub mod sizing;
@@ -415,8 +416,26 @@ impl Hypervisor for EciVmm {
             routes,
             neighbours,
         } = network;
+        let has_nics = !nics.is_empty();
         drop(nics);
         std::fs::write(pod.pid_file(), vmm_pid.to_string()).map_err(io(pod.pid_file()))?;
+        let endpoint = Endpoint::HybridVsock {
+            uds: pod.socket_dir().join("vsock.sock"),
+        };
+        // CRI port-forward connects inside the namespace; without it the pod still runs.
+        let forwarder = match request.netns {
+            Some(netns) if has_nics => port_forward::start(netns, endpoint.clone())
+                .await
+                .map_err(|e| {
+                    log::warn!(
+                        "pod {}: no CRI port-forward: {}",
+                        request.pod_id,
+                        crate::error::chain(&e)
+                    )
+                })
+                .ok(),
+            _ => None,
+        };
 
         let (exited_tx, exited) = oneshot::channel();
         let pod_paths = pod.clone();
@@ -439,14 +458,13 @@ impl Hypervisor for EciVmm {
                 }
             };
             log::info!("eci-vmm (pid {vmm_pid}) exited: {}", exit_text(code));
+            drop(forwarder);
             teardown(&pod_paths);
             let _ = exited_tx.send(code);
         });
         Ok(Launched {
             pid: vmm_pid,
-            endpoint: Endpoint::HybridVsock {
-                uds: pod.socket_dir().join("vsock.sock"),
-            },
+            endpoint,
             exited,
             network: GuestNetwork {
                 interfaces,

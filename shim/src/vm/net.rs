@@ -55,6 +55,8 @@ pub enum NetError {
         #[source]
         source: NetlinkError,
     },
+    #[error("port-forward: {step}: {reason}")]
+    PortForward { step: String, reason: String },
     #[error("record {path}")]
     Record {
         path: PathBuf,
@@ -92,7 +94,7 @@ struct Record {
 }
 
 /// Runs `f` on a fresh thread inside the network namespace `netns`.
-fn in_netns<T: Send + 'static>(
+pub(super) fn in_netns<T: Send + 'static>(
     netns: &Path,
     f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
 ) -> Result<T, NetError> {
@@ -325,6 +327,7 @@ fn release_record(record: &Record) {
                     source,
                 })?;
         }
+        super::port_forward::remove_rules();
         Ok(())
     });
     if let Err(e) = released {
