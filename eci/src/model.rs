@@ -65,6 +65,10 @@ pub struct CreateContainerGroupRequest {
     /// GPUs (whole devices passed through to the group's VM) taken from the node's pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<u32>,
+    /// The containers' resolver configuration; absent = the node's (containerd copies the
+    /// host's /etc/resolv.conf). Fixed at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<DnsConfig>,
 }
 
 /// The validated, normalised group: what the store keeps and the runtime drives.
@@ -104,6 +108,9 @@ pub struct ContainerGroupSpec {
     /// PCI addresses of the GPUs taken from the node's pool (set when the group is created).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpu_devices: Vec<String>,
+    /// Absent in groups stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<DnsConfig>,
 }
 
 impl ContainerGroupSpec {
@@ -369,6 +376,25 @@ pub struct Tag {
     pub key: String,
     #[serde(default)]
     pub value: String,
+}
+
+/// A group's DNS configuration (Azure Container Instances' `dnsConfig`, Kubernetes'
+/// `PodDNSConfig` limits): CRI writes it as every container's /etc/resolv.conf.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsConfig {
+    /// 1 to 3 IPv4 or IPv6 addresses (`nameserver` lines).
+    #[schema(min_items = 1, max_items = 3)]
+    pub name_servers: Vec<String>,
+    /// Domain names (the `search` line): at most 32, 2048 characters together (one
+    /// separator counted per domain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 32)]
+    pub search_domains: Vec<String>,
+    /// Resolver options, `name` or `name:value` (the `options` line), e.g. "ndots:2".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
+    pub options: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

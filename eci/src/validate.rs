@@ -1,11 +1,12 @@
 //! Every rule of the API on requests, before anything is stored: sizes normalised to the
-//! manual's table, counts, names, tags, sysctls, volumes, probes and the vCPU quota. All
+//! manual's table, counts, names, tags, sysctls, DNS, volumes, probes and the vCPU quota. All
 //! violations are collected, each with the path of its field (`containers[1].cpu`).
 //!
 //! Choices where the manual is silent: init containers are counted separately (at most 20) and
 //! share the name space of the app containers; a group with no cpu/memory anywhere gets
 //! 2 vCPU + 4 GiB; each init container must fit the group on its own (they run one at a time).
 
+mod dns;
 mod gpu;
 mod sizes;
 
@@ -262,6 +263,9 @@ pub fn validate_create(
             );
         }
     }
+    if let Some(dns) = &req.dns_config {
+        dns::check_dns_config(&mut errors, "dnsConfig", dns);
+    }
     if let Some(storage) = req.ephemeral_storage {
         errors.check(
             storage.is_finite() && storage > 0.0 && storage <= MAX_EPHEMERAL_STORAGE_GIB,
@@ -304,6 +308,7 @@ pub fn validate_create(
         instance_type: req.instance_type.clone(),
         gpu: gpus,
         gpu_devices: vec![],
+        dns_config: req.dns_config.clone(),
     };
     errors.finish(spec)
 }
@@ -993,6 +998,7 @@ pub fn spec_to_request(spec: &ContainerGroupSpec) -> CreateContainerGroupRequest
         image_cache_id: spec.image_cache_id.clone(),
         instance_type: spec.instance_type.clone(),
         gpu: (spec.instance_type.is_none() && spec.gpu > 0).then_some(spec.gpu),
+        dns_config: spec.dns_config.clone(),
     }
 }
 

@@ -295,6 +295,7 @@ mod tests {
             instance_type: None,
             gpu: 0,
             gpu_devices: vec![],
+            dns_config: None,
         };
         assert_eq!(
             images_with_policy(&spec),

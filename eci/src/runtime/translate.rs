@@ -1,6 +1,6 @@
 //! Group spec -> CRI configs: the pod sandbox (labels, volume annotations, sysctls, hostname,
-//! log directory) and each container (image, command, env, mounts, resources, probe, lifecycle
-//! and grace-period annotations). Pure functions plus the pod's host directory layout.
+//! DNS, log directory) and each container (image, command, env, mounts, resources, probe,
+//! lifecycle and grace-period annotations). Pure functions plus the pod's host directory layout.
 //!
 //! Volumes are mounted from Kubernetes-style host directories
 //! (`<data-dir>/pods/<group-id>/volumes/kubernetes.io~empty-dir/<name>`, for every volume kind),
@@ -20,7 +20,7 @@ use std::{
 
 use base64::Engine as _;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, LinuxContainerConfig,
+    ContainerConfig, ContainerMetadata, DnsConfig, ImageSpec, KeyValue, LinuxContainerConfig,
     LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
     PodSandboxMetadata,
@@ -210,6 +210,13 @@ pub fn sandbox_config(
         }),
         hostname: spec.name.clone(),
         log_directory: layout.log_dir().display().to_string(),
+        // containerd writes it as the pod's resolv.conf (bound at every container's
+        // /etc/resolv.conf); without it the pod gets a copy of the host's.
+        dns_config: spec.dns_config.as_ref().map(|dns| DnsConfig {
+            servers: dns.name_servers.clone(),
+            searches: dns.search_domains.clone(),
+            options: dns.options.clone(),
+        }),
         labels: HashMap::from([
             (LABEL_GROUP_ID.into(), group_id.into()),
             (LABEL_GROUP_NAME.into(), spec.name.clone()),

@@ -76,6 +76,48 @@ fn state_survives_reopening_the_database() {
 }
 
 #[test]
+fn dns_config_is_stored_and_groups_stored_without_it_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut with_dns = spec("dns", &[]);
+    with_dns.dns_config = Some(crate::model::DnsConfig {
+        name_servers: vec!["10.88.0.53".into(), "2001:db8::53".into()],
+        search_domains: vec!["example.internal".into()],
+        options: vec!["ndots:2".into()],
+    });
+    let (dns_id, old_id) = {
+        let store = Store::open(dir.path()).unwrap();
+        let dns_id = store.insert_group(&with_dns, GroupStatus::Running).unwrap();
+        let old_id = store
+            .insert_group(&spec("old", &[]), GroupStatus::Running)
+            .unwrap();
+        (dns_id, old_id)
+    };
+    // The spec column as an eci before dnsConfig wrote it.
+    let old_spec = serde_json::json!({
+        "name": "old", "cpu": 1.0, "memory": 2.0, "restartPolicy": "Always",
+        "containers": [{"name": "app", "image": "busybox"}, {"name": "side", "image": "nginx"}],
+        "initContainers": [{"name": "setup", "image": "alpine"}],
+        "imageRegistryCredentials": [{"server": "r:5000", "userName": "u", "password": "secret"}],
+        "tags": [],
+        "terminationGracePeriodSeconds": 30,
+    });
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute(
+        "UPDATE groups SET spec = ?1 WHERE id = ?2",
+        params![old_spec.to_string(), old_id],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.group(&dns_id).unwrap().unwrap().spec, with_dns);
+    let old = store.group(&old_id).unwrap().unwrap().spec;
+    assert_eq!(old, spec("old", &[]));
+    assert_eq!(old.dns_config, None);
+    let listed = store.get_group(&dns_id).unwrap().unwrap();
+    assert_eq!(listed.spec.dns_config, with_dns.dns_config);
+}
+
+#[test]
 fn a_database_from_a_newer_eci_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(Store::open(dir.path()).unwrap());

@@ -218,6 +218,225 @@ fn sysctl_whitelist() {
     assert_eq!(rejected(&req), ["securityContext.sysctls[1].name"]);
 }
 
+fn dns(servers: &[&str], searches: &[&str], options: &[&str]) -> DnsConfig {
+    let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    DnsConfig {
+        name_servers: strings(servers),
+        search_domains: strings(searches),
+        options: strings(options),
+    }
+}
+
+/// The violations of a group with `config`, as (field, reason).
+fn dns_rejected(config: DnsConfig) -> Vec<(String, String)> {
+    let mut req = request();
+    req.dns_config = Some(config);
+    match validate_create(&req, &QUOTA) {
+        Ok(spec) => panic!("accepted: {:?}", spec.dns_config),
+        Err(errors) => errors.0.into_iter().map(|e| (e.field, e.reason)).collect(),
+    }
+}
+
+fn dns_fields(config: DnsConfig) -> Vec<String> {
+    dns_rejected(config).into_iter().map(|(f, _)| f).collect()
+}
+
+#[test]
+fn dns_config_is_optional_and_kept_as_given() {
+    assert_eq!(
+        validate_create(&request(), &QUOTA).unwrap().dns_config,
+        None
+    );
+    let mut req = request();
+    let config = dns(
+        &["10.88.0.53", "2001:db8::53", "127.0.0.53"],
+        &["svc.example.internal", "example.internal."],
+        &["ndots:2", "rotate", "timeout:1", "single-request-reopen"],
+    );
+    req.dns_config = Some(config.clone());
+    let spec = validate_create(&req, &QUOTA).unwrap();
+    assert_eq!(spec.dns_config, Some(config.clone()));
+    // It survives the store's JSON and a stored spec validates to itself.
+    let json = serde_json::to_string(&spec).unwrap();
+    assert!(json.contains(r#""dnsConfig":{"nameServers":["#), "{json}");
+    let stored: ContainerGroupSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(stored, spec);
+    assert_eq!(
+        validate_create(&spec_to_request(&spec), &QUOTA).unwrap(),
+        spec
+    );
+    // Only name servers is enough.
+    req.dns_config = Some(dns(&["192.0.2.53"], &[], &[]));
+    assert!(validate_create(&req, &QUOTA).is_ok());
+}
+
+#[test]
+fn dns_name_servers_are_one_to_three_unicast_addresses() {
+    assert_eq!(
+        dns_rejected(dns(&[], &[], &[])),
+        [(
+            "dnsConfig.nameServers".to_string(),
+            "at least one name server is required".to_string()
+        )]
+    );
+    let four = dns(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"], &[], &[]);
+    let rejected = dns_rejected(four);
+    assert_eq!(rejected[0].0, "dnsConfig.nameServers");
+    assert!(
+        rejected[0].1.contains("4 name servers, at most 3"),
+        "{rejected:?}"
+    );
+    let rejected = dns_rejected(dns(&["10.0.0.1", "dns.example.com"], &[], &[]));
+    assert_eq!(
+        rejected,
+        [(
+            "dnsConfig.nameServers[1]".to_string(),
+            "\"dns.example.com\" is not an IPv4 or IPv6 address".to_string()
+        )]
+    );
+    for bad in [
+        "10.0.0.300",
+        " 10.0.0.1",
+        "10.0.0.1:53",
+        "fe80::1%eth0",
+        "",
+        "[::1]",
+    ] {
+        assert_eq!(
+            dns_fields(dns(&[bad], &[], &[])),
+            ["dnsConfig.nameServers[0]"],
+            "{bad:?}"
+        );
+    }
+    for bad in ["0.0.0.0", "::", "224.0.0.251", "ff02::fb"] {
+        let rejected = dns_rejected(dns(&["10.0.0.1", bad], &[], &[]));
+        assert_eq!(rejected[0].0, "dnsConfig.nameServers[1]", "{bad}");
+        assert!(
+            rejected[0].1.contains("not a unicast address"),
+            "{rejected:?}"
+        );
+    }
+}
+
+#[test]
+fn dns_search_domains_follow_kubernetes_limits() {
+    let ok = |domain: &str| dns(&["10.0.0.1"], &[domain], &[]);
+    for good in ["a", "svc.cluster.local", "example.com.", "x-1.b2"] {
+        let mut req = request();
+        req.dns_config = Some(ok(good));
+        assert!(validate_create(&req, &QUOTA).is_ok(), "{good}");
+    }
+    let long = vec!["a".repeat(63); 4].join(".");
+    for bad in [
+        "",
+        ".",
+        "Example.com",
+        "a..b",
+        "-a.b",
+        "a-.b",
+        "a_b.c",
+        "a b",
+        &long,
+    ] {
+        let rejected = dns_rejected(ok(bad));
+        assert_eq!(rejected.len(), 1, "{bad:?}: {rejected:?}");
+        assert_eq!(rejected[0].0, "dnsConfig.searchDomains[0]", "{bad:?}");
+        assert!(rejected[0].1.contains("DNS-1123 subdomain"), "{rejected:?}");
+    }
+    // At most 32 domains.
+    let names: Vec<String> = (0..33).map(|n| format!("d{n}.example")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let rejected = dns_rejected(dns(&["10.0.0.1"], &names, &[]));
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].0, "dnsConfig.searchDomains");
+    assert!(
+        rejected[0].1.contains("33 search domains, at most 32"),
+        "{rejected:?}"
+    );
+    // 2048 characters in all, one separator per domain: 8 * (253 + 1) + (15 + 1) fit exactly.
+    let label = "a".repeat(63);
+    let domain = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+    assert_eq!(domain.len(), 253);
+    let mut fits: Vec<&str> = vec![domain.as_str(); 8];
+    fits.push("c12345678901234");
+    let mut req = request();
+    req.dns_config = Some(dns(&["10.0.0.1"], &fits, &[]));
+    assert!(validate_create(&req, &QUOTA).is_ok());
+    fits.push("c");
+    let rejected = dns_rejected(dns(&["10.0.0.1"], &fits, &[]));
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].0, "dnsConfig.searchDomains");
+    assert!(
+        rejected[0].1.contains("2050 characters") && rejected[0].1.contains("at most 2048"),
+        "{rejected:?}"
+    );
+}
+
+#[test]
+fn dns_options_are_names_or_name_value_pairs() {
+    let with = |option: &str| dns(&["10.0.0.1"], &[], &["ndots:2", option]);
+    for good in [
+        "rotate",
+        "edns0",
+        "timeout:1",
+        "single-request-reopen",
+        "use-vc",
+    ] {
+        let mut req = request();
+        req.dns_config = Some(with(good));
+        assert!(validate_create(&req, &QUOTA).is_ok(), "{good}");
+    }
+    let too_long = format!("ndots:{}", "1".repeat(59));
+    for bad in [
+        "", ":2", "ndots:", "ndots 2", "ndots=2", "a:b:c", "ndots:2#", &too_long,
+    ] {
+        let rejected = dns_rejected(with(bad));
+        assert_eq!(rejected.len(), 1, "{bad:?}: {rejected:?}");
+        assert_eq!(rejected[0].0, "dnsConfig.options[1]", "{bad:?}");
+        assert!(
+            rejected[0].1.contains("is not a resolver option"),
+            "{rejected:?}"
+        );
+    }
+    let options: Vec<String> = (0..17).map(|n| format!("opt{n}")).collect();
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let rejected = dns_rejected(dns(&["10.0.0.1"], &[], &options));
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].0, "dnsConfig.options");
+    assert!(
+        rejected[0].1.contains("17 options, at most 16"),
+        "{rejected:?}"
+    );
+}
+
+#[test]
+fn every_dns_violation_is_reported_at_once() {
+    assert_eq!(
+        dns_fields(dns(&["10.0.0.1", "x"], &["A"], &["ndots 2"])),
+        [
+            "dnsConfig.nameServers[1]",
+            "dnsConfig.searchDomains[0]",
+            "dnsConfig.options[0]"
+        ]
+    );
+}
+
+#[test]
+fn dns_config_decoding_refuses_unknown_and_missing_fields() {
+    let decode = |config: serde_json::Value| {
+        serde_json::from_value::<CreateContainerGroupRequest>(serde_json::json!({
+            "name": "web",
+            "containers": [{"name": "a", "image": "b"}],
+            "dnsConfig": config,
+        }))
+    };
+    let err =
+        decode(serde_json::json!({"nameServers": ["10.0.0.1"], "searches": ["a"]})).unwrap_err();
+    assert!(err.to_string().contains("searches"), "{err}");
+    let err = decode(serde_json::json!({"searchDomains": ["a"]})).unwrap_err();
+    assert!(err.to_string().contains("nameServers"), "{err}");
+}
+
 #[test]
 fn vcpu_quota() {
     let mut req = request();
@@ -529,6 +748,25 @@ fn update_changes_images_env_and_sizes() {
     assert_eq!(update.spec.containers[1].image, "nginx");
     assert_eq!(update.spec.containers[1].env[0].key, "A");
     assert_eq!(update.spec.tags.len(), 1);
+}
+
+#[test]
+fn update_keeps_the_dns_config_which_a_patch_cannot_name() {
+    let mut req = request();
+    req.dns_config = Some(dns(&["10.0.0.1"], &["example.internal"], &["ndots:2"]));
+    let current = validate_create(&req, &QUOTA).unwrap();
+    let patch: UpdateContainerGroupRequest = serde_json::from_value(serde_json::json!({
+        "containers": [{"name": "app", "image": "nginx"}]
+    }))
+    .unwrap();
+    let update = validate_update(&current, &patch, &QUOTA).unwrap();
+    assert_eq!(update.spec.dns_config, current.dns_config);
+    // Pod-level: it would need a new sandbox, and an update keeps the group's sandbox.
+    let err = serde_json::from_value::<UpdateContainerGroupRequest>(serde_json::json!({
+        "dnsConfig": {"nameServers": ["10.0.0.2"]}
+    }))
+    .unwrap_err();
+    assert!(err.to_string().contains("dnsConfig"), "{err}");
 }
 
 #[test]

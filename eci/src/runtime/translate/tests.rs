@@ -34,13 +34,18 @@ fn spec() -> ContainerGroupSpec {
                 {"path": "sub/app.conf", "content": "a2V5PXZhbHVl", "mode": 384}
             ]}}
         ],
-        "securityContext": {"sysctls": [{"name": "net.ipv4.ip_forward", "value": "1"}]}
+        "securityContext": {"sysctls": [{"name": "net.ipv4.ip_forward", "value": "1"}]},
+        "dnsConfig": {
+            "nameServers": ["10.88.0.53", "2001:db8::53"],
+            "searchDomains": ["svc.example.internal", "example.internal"],
+            "options": ["ndots:2", "rotate"]
+        }
     }))
     .unwrap()
 }
 
 #[test]
-fn sandbox_carries_labels_volumes_sysctls_and_grace() {
+fn sandbox_carries_labels_volumes_sysctls_dns_and_grace() {
     let spec = spec();
     let layout = PodLayout::new(Path::new("/data"), "eci-1");
     let config = sandbox_config("eci-1", &spec, &layout);
@@ -71,6 +76,22 @@ fn sandbox_carries_labels_volumes_sysctls_and_grace() {
     );
     assert_eq!(config.linux.unwrap().sysctls["net.ipv4.ip_forward"], "1");
     assert_eq!(spec.restart_policy, RestartPolicy::OnFailure);
+    assert_eq!(
+        config.dns_config,
+        Some(DnsConfig {
+            servers: vec!["10.88.0.53".into(), "2001:db8::53".into()],
+            searches: vec!["svc.example.internal".into(), "example.internal".into()],
+            options: vec!["ndots:2".into(), "rotate".into()],
+        })
+    );
+}
+
+#[test]
+fn a_group_without_dns_config_leaves_it_to_containerd() {
+    let mut spec = spec();
+    spec.dns_config = None;
+    let layout = PodLayout::new(Path::new("/data"), "eci-1");
+    assert_eq!(sandbox_config("eci-1", &spec, &layout).dns_config, None);
 }
 
 #[test]
