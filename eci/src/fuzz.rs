@@ -86,6 +86,7 @@ mod tests {
         r#"{"name":"c","images":["busybox","nginx"],"retentionDays":3}"#,
         r#"{"command":["sh","-c","echo"],"tty":true,"sync":false}"#,
         r#"{"name":"x","containers":[{"name":"a","image":"b","cpu":64,"memory":512}]}"#,
+        r#"{"name":"dns","containers":[{"name":"a","image":"b"}],"dnsConfig":{"nameServers":["10.88.0.53","2001:db8::53"],"searchDomains":["svc.example.internal","example.internal."],"options":["ndots:2","rotate"]}}"#,
     ];
 
     struct XorShift(u64);
@@ -103,10 +104,14 @@ mod tests {
     }
 
     #[test]
-    fn seeds_decode_and_the_first_is_valid() {
+    fn seeds_decode_and_the_first_and_last_are_valid() {
         let request: CreateContainerGroupRequest = serde_json::from_str(SEEDS[0]).unwrap();
         let spec = validate_create(&request, &QUOTA).unwrap();
         assert_eq!((spec.cpu, spec.memory), (8.0, 16.0));
+        let dns_seed = SEEDS.last().unwrap();
+        let request: CreateContainerGroupRequest = serde_json::from_str(dns_seed).unwrap();
+        let spec = validate_create(&request, &QUOTA).unwrap();
+        assert_eq!(spec.dns_config.unwrap().name_servers.len(), 2);
         for seed in SEEDS {
             api_json(seed.as_bytes());
         }
@@ -131,6 +136,8 @@ mod tests {
             b"true",
             b"65536",
             b"\"Memory\"",
+            b"\"::\"",
+            b"\"ndots:\"",
         ];
         for round in 0..20_000 {
             let mut data = SEEDS[round % SEEDS.len()].as_bytes().to_vec();

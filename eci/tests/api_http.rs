@@ -280,6 +280,65 @@ async fn update_validates_and_hands_over_what_changed() {
 }
 
 #[tokio::test]
+async fn dns_config_reaches_the_runtime_and_only_at_creation() {
+    let h = Harness::new(64.0);
+    let mut bad = group("bad");
+    bad["dnsConfig"] = json!({"nameServers": ["10.88.0.53", "ns.example.com"]});
+    let (status, body) = h.post("/v1/containerGroups", bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "dnsConfig.nameServers[1]");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not an IPv4 or IPv6 address"),
+        "{body}"
+    );
+    assert!(h.calls().is_empty());
+
+    let mut web = group("web");
+    let dns = json!({
+        "nameServers": ["10.88.0.53", "192.0.2.53"],
+        "searchDomains": ["example.internal"],
+        "options": ["ndots:2"]
+    });
+    web["dnsConfig"] = dns.clone();
+    let id = h.create(web).await;
+    match &h.calls()[..] {
+        [Call::Create(spec)] => {
+            let got = spec.dns_config.as_ref().expect("dnsConfig in the spec");
+            assert_eq!(got.name_servers, ["10.88.0.53", "192.0.2.53"]);
+            assert_eq!(got.search_domains, ["example.internal"]);
+            assert_eq!(got.options, ["ndots:2"]);
+        }
+        calls => panic!("unexpected calls {calls:?}"),
+    }
+    let uri = format!("/v1/containerGroups/{id}");
+    let (_, got) = h.get(&uri).await;
+    assert_eq!(got["spec"]["dnsConfig"], dns);
+    // Pod-level, like volumes and sysctls: an update keeps the sandbox, so a patch cannot name it.
+    let (status, body) = h
+        .request(
+            Method::PATCH,
+            &uri,
+            Some(r#"{"dnsConfig": {"nameServers": ["10.0.0.1"]}}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "dnsConfig");
+    // An update of something else keeps it.
+    let (status, body) = h
+        .request(
+            Method::PATCH,
+            &uri,
+            Some(r#"{"containers": [{"name": "app", "image": "nginx"}]}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["spec"]["dnsConfig"], dns);
+}
+
+#[tokio::test]
 async fn restart_delete_events_and_metrics_reach_the_runtime() {
     let h = Harness::new(64.0);
     let id = h.create(group("web")).await;

@@ -126,6 +126,16 @@ async fn the_served_document_is_the_generated_one() {
     for name in ["UsageNanoCores", "UsageCoreNanoSeconds", "Load", "Limit"] {
         assert!(cpu.get(name).is_some(), "CpuMetrics lacks {name}: {cpu}");
     }
+    // The group's DNS config, with its limits.
+    let schemas = &served["components"]["schemas"];
+    let create = &schemas["CreateContainerGroupRequest"]["properties"];
+    assert!(create.get("dnsConfig").is_some(), "{create}");
+    let dns = &schemas["DnsConfig"];
+    assert_eq!(dns["required"], serde_json::json!(["nameServers"]), "{dns}");
+    assert_eq!(dns["properties"]["nameServers"]["minItems"], 1, "{dns}");
+    assert_eq!(dns["properties"]["nameServers"]["maxItems"], 3, "{dns}");
+    assert_eq!(dns["properties"]["searchDomains"]["maxItems"], 32, "{dns}");
+    assert_eq!(dns["properties"]["options"]["maxItems"], 16, "{dns}");
 }
 
 fn validator() -> Option<PathBuf> {
