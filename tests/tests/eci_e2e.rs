@@ -134,6 +134,11 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
         "memory": 2,
         "restartPolicy": "Always",
         "tags": [{"key": "suite", "value": "e2e"}],
+        "dnsConfig": {
+            "nameServers": ["10.88.0.53", "192.0.2.53"],
+            "searchDomains": ["e2e.example.internal"],
+            "options": ["ndots:2"],
+        },
         "initContainers": [{
             "name": "init",
             "image": BUSYBOX,
@@ -294,6 +299,27 @@ fn group_with_init_container_and_volumes_runs_then_serves_logs_exec_events_metri
         "a 16Mi memory emptyDir is a sized tmpfs: {}",
         exec.text
     );
+
+    // The group's DNS config is the containers' resolv.conf (containerd writes it from CRI's
+    // dns_config and binds it at /etc/resolv.conf).
+    let exec = env.post(
+        &format!("/v1/containerGroups/{id}/containers/app/exec"),
+        &json!({"command": ["cat", "/etc/resolv.conf"]}),
+    );
+    assert_eq!(exec.body["exitCode"], 0, "{}", exec.text);
+    let resolv = exec.body["stdout"].as_str().unwrap_or_default();
+    let lines: Vec<&str> = resolv.lines().map(str::trim).collect();
+    for line in [
+        "nameserver 10.88.0.53",
+        "nameserver 192.0.2.53",
+        "search e2e.example.internal",
+        "options ndots:2",
+    ] {
+        assert!(
+            lines.contains(&line),
+            "/etc/resolv.conf has {line:?}: {resolv:?}"
+        );
+    }
 
     // The group's network: its IP on the containers' eth0 (in VM mode the guest's), and a server
     // in the pod reached at that IP from the CNI bridge's side.
