@@ -42,6 +42,15 @@ impl Cri {
         })
     }
 
+    /// A container's CPU usage (ns) and memory working set (bytes) from CRI ContainerStats,
+    /// each None when CRI left it out.
+    pub async fn cpu_and_working_set(
+        &mut self,
+        container_id: &str,
+    ) -> Result<(Option<u64>, Option<u64>), tonic::Status> {
+        cpu_and_working_set(&mut self.runtime, container_id).await
+    }
+
     /// Ids of every pod sandbox CRI knows.
     pub async fn sandbox_ids(&mut self) -> Result<Vec<String>, tonic::Status> {
         Ok(self
@@ -155,4 +164,28 @@ where
     })
     .join()
     .expect("CRI thread panicked")
+}
+
+/// [`Cri::cpu_and_working_set`] through a bare runtime client.
+pub async fn cpu_and_working_set(
+    runtime: &mut RuntimeServiceClient<Channel>,
+    container_id: &str,
+) -> Result<(Option<u64>, Option<u64>), tonic::Status> {
+    let stats = runtime
+        .container_stats(k8s_cri::v1::ContainerStatsRequest {
+            container_id: container_id.into(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .unwrap_or_default();
+    let cpu = stats
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value);
+    let working_set = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
+    Ok((cpu, working_set))
 }

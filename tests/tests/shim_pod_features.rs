@@ -699,9 +699,8 @@ mod cri_pod {
     use eci_tests::images;
     use k8s_cri::v1::{
         runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-        ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec, Mount,
-        RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-        StopPodSandboxRequest,
+        CreateContainerRequest, ExecSyncRequest, ImageSpec, Mount, RemovePodSandboxRequest,
+        RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
     };
     use tonic::transport::Channel;
 
@@ -822,23 +821,9 @@ mod cri_pod {
         assert_eq!((code, out.as_str()), (0, "one\ntwo\nshared-full\n"));
 
         // CRI reads the shim's metrics for ContainerStats.
-        let stats = cri
-            .container_stats(ContainerStatsRequest {
-                container_id: ids[1].clone(),
-            })
+        let (cpu, working_set) = eci_tests::cri::cpu_and_working_set(&mut cri, &ids[1])
             .await
-            .unwrap_or_else(|e| panic!("ContainerStats: {e}"))
-            .into_inner()
-            .stats
-            .expect("stats");
-        let cpu = stats
-            .cpu
-            .and_then(|c| c.usage_core_nano_seconds)
-            .map(|v| v.value);
-        let working_set = stats
-            .memory
-            .and_then(|m| m.working_set_bytes)
-            .map(|v| v.value);
+            .unwrap_or_else(|e| panic!("ContainerStats: {e}"));
         assert!(
             cpu.is_some_and(|v| v > 0) && working_set.is_some_and(|v| v > 0),
             "cpu {cpu:?}, working set {working_set:?}"

@@ -2,7 +2,8 @@
 //! CNI bridge runs in a network namespace the test makes (`eci_tests::cni`), the shim in VM
 //! mode. The pod's IP is on guest eth0 (the shim's tap and tc redirects in CNI's namespace, the
 //! agent's SetupSandbox), the namespace's host side reaches a server in the pod, the CRI DNS
-//! config and hostname reach the containers, exec and logs work, and removing the pod leaves no
+//! config and hostname reach the containers, exec, logs, CRI port-forward (crictl) and
+//! ContainerStats (from the guest) work, and removing the pod leaves no
 //! tap, tc filter or process. A host-network pod gets no NIC.
 
 use std::{path::Path, process::Command, time::Duration};
@@ -158,6 +159,37 @@ async fn remove_pod(cri: &mut Cri, pod_id: &str) {
         .expect("RemovePodSandbox");
 }
 
+/// The local port crictl port-forward listens on in the fixture's namespace.
+const FORWARD_PORT: u16 = 18080;
+
+/// `crictl port-forward` of the pod's HTTP_PORT to FORWARD_PORT, running in the fixture's
+/// namespace (where containerd's streaming server listens) until dropped.
+fn port_forward(net: &CriNetwork, pod_id: &str) -> eci_tests::vm::WatchedProcess {
+    let crictl = eci_tests::containerd::tools_bin().join("crictl");
+    assert!(
+        crictl.is_file(),
+        "{} is missing: run scripts/install-deps.sh",
+        crictl.display()
+    );
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net={}", net.netns.path().display()))
+        .arg("--")
+        .arg(&crictl)
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", net.socket().display()))
+        .args(["--timeout", "30s", "port-forward", pod_id])
+        .arg(format!("{FORWARD_PORT}:{HTTP_PORT}"));
+    let mut process = eci_tests::vm::WatchedProcess::spawn(&mut command).expect("start crictl");
+    if process
+        .wait_for(&["Forwarding from"], Duration::from_secs(60))
+        .is_none()
+    {
+        panic!("crictl port-forward did not start: {}", process.output());
+    }
+    process
+}
+
 /// `args` run in the network namespace at `netns` (nsenter: the mounts stay the test's).
 fn in_netns(netns: &Path, args: &[&str]) -> std::process::Output {
     Command::new("nsenter")
@@ -264,6 +296,47 @@ async fn a_vm_pod_on_the_cni_network_serves_its_ip_and_leaves_nothing() {
         .get_from_host_side(&url)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(page.trim(), PAGE, "GET {url}");
+
+    // CRI port-forward, as kubectl's through the kubelet: crictl asks containerd, which
+    // connects to localhost:HTTP_PORT in the pod's namespace; the shim carries that to the guest.
+    let forwarded = format!("http://127.0.0.1:{FORWARD_PORT}/index.html");
+    let crictl = port_forward(&net, &pod_id);
+    let page = net
+        .get_from_host_side(&forwarded)
+        .unwrap_or_else(|e| panic!("port-forward: {e}\n{}", net.containerd.log_tail()));
+    assert_eq!(
+        page.trim(),
+        PAGE,
+        "GET {forwarded} through crictl port-forward"
+    );
+    // Its streaming connection must not count as something the pod left in containerd.
+    drop(crictl);
+
+    // ContainerStats comes from the container's cgroup in the guest: a process of the
+    // container holding 24 MiB of its own memory shows in the working set. (Not a file in
+    // /dev/shm: CRI's pod shm reaches the guest over virtio-fs, so it is page cache there.)
+    exec(
+        &mut cri,
+        &container_id,
+        "awk 'BEGIN { s = sprintf(\"%25165824s\", \"\"); system(\"sleep 3600\") }' \
+         </dev/null >/dev/null 2>&1 &",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (cpu, working_set) = cri
+            .cpu_and_working_set(&container_id)
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStats: {e}"));
+        if cpu.is_some_and(|v| v > 0) && working_set.is_some_and(|v| v >= 24 << 20) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ContainerStats of the guest's container: cpu {cpu:?}, working set {working_set:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Container logs went through the shim to CRI's log file.
     let log = std::fs::read_to_string(logs.path().join("main.log")).unwrap_or_default();
