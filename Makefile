@@ -42,23 +42,25 @@ test: build kernel rootfs
 # The VM tiers, where a Linux guest boots: directly on a VMX/SVM host, else inside the test host
 # (scripts/testhost), one boot per line. eci-vmm's own tests (test guests, KVM kind svm there),
 # then eci-vmm booting the guest kernel, and pods in VMs through containerd 1.6 and ctr (vm_ctr;
-# the shim_ctr and containerd_restart tiers in VM mode), and through CRI with the CNI bridge
-# (vm_cri_network), and eci serve's groups as VMs (part of eci_e2e). The soak and the kill -9
-# matrix with VM pods are `make soak-vm`. Linux guests boot one at a time there: two booting at
+# the shim_ctr and containerd_restart tiers in VM mode), through CRI with the CNI bridge
+# (vm_cri_network: the pod IP, DNS, port-forward, ContainerStats), nerdctl on containerd 2.x
+# (its createRuntime hook's network), and eci serve's groups as VMs (part of eci_e2e). The
+# soak and the kill -9 matrix with VM pods are `make soak-vm`. Linux guests boot one at a time there: two booting at
 # once in the emulated host occasionally triple-fault (docs/testhost.md), and on two cores they
 # are no faster.
 VM_TIER_TIMEOUT ?= 2400
 # The eci end-to-end tests that also run with VM pods (eci serve in VM mode): a group with init
-# container, volumes, network, logs, exec and metrics; probes, hooks and sysctls with a liveness
-# restart inside the group's VM; readiness.
-ECI_E2E_VM_TESTS := group_with_init_container_and_volumes probes_hooks_and_sysctls ready_follows_the_readiness_probe
+# container, volumes, network, DNS, logs, exec and metrics; probes, hooks and sysctls with a
+# liveness restart inside the group's VM; readiness; an update that keeps the VM and the IP.
+ECI_E2E_VM_TESTS := group_with_init_container_and_volumes probes_hooks_and_sysctls \
+	ready_follows_the_readiness_probe update_changes_the_image_and_keeps_the_pod_ip
 .PHONY: test-vm
 test-vm: build kernel rootfs
 	@status=0; \
 	scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) -p eci-vmm --tests || status=1; \
 	ECI_TEST_HYPERVISOR=eci-vmm scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) \
 		-p eci-tests --test guest_vm --test vm_ctr --test shim_ctr --test containerd_restart \
-		--test vm_cri_network -- --include-ignored --test-threads=1 || status=1; \
+		--test vm_cri_network --test nerdctl -- --include-ignored --test-threads=1 || status=1; \
 	ECI_TEST_HYPERVISOR=eci-vmm scripts/vm-tier --timeout $(VM_TIER_TIMEOUT) -p eci-tests \
 		--test eci_e2e -- --test-threads=1 $(ECI_E2E_VM_TESTS) || status=1; \
 	exit $$status

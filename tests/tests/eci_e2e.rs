@@ -593,7 +593,7 @@ fn restart_policy_on_failure_restarts_and_never_fails() {
 }
 
 /// PATCH changes a container's image: the group goes Updating, then Running again with the new
-/// image (its own command runs), keeping its sandbox and IP.
+/// image (its own command runs), keeping its sandbox and IP (in VM mode, its VM).
 #[test]
 fn update_changes_the_image_and_keeps_the_pod_ip() {
     let Some(env) = Env::start(EnvOptions::default()) else {
@@ -623,6 +623,11 @@ fn update_changes_the_image_and_keeps_the_pod_ip() {
     let (sandboxes, _) = env.cri_lists();
     assert_eq!(sandboxes.len(), 1);
     let side_started = container(&before, "side")["startedAt"].clone();
+    // In VM mode the group is one VM, and the update happens inside it.
+    let vms = env.vm_pids();
+    if eci_tests::vm::vm_mode() {
+        assert_eq!(vms.len(), 1, "one VM for the group: {vms:?}");
+    }
 
     let patch = env.request(
         reqwest::Method::PATCH,
@@ -654,6 +659,7 @@ fn update_changes_the_image_and_keeps_the_pod_ip() {
     );
     let (sandboxes_after, containers) = env.cri_lists();
     assert_eq!(sandboxes_after, sandboxes, "same sandbox");
+    assert_eq!(env.vm_pids(), vms, "the update happened in the group's VM");
     assert_eq!(
         containers.len(),
         2,
