@@ -344,7 +344,7 @@ async fn a_vm_pod_on_the_cni_network_serves_its_ip_and_leaves_nothing() {
 
     remove_pod(&mut cri, &pod_id).await;
     // Nothing of the pod stays: no process, pod directory, mount or cgroup (census), and, if
-    // CNI's namespace is still there, no tap or ingress qdisc in it.
+    // CNI's namespace is still there, no tap, ingress qdisc or port-forward redirect in it.
     let (census, leaks) = census::settle(
         &net.containerd,
         std::slice::from_ref(&pod_dir),
@@ -357,6 +357,11 @@ async fn a_vm_pod_on_the_cni_network_serves_its_ip_and_leaves_nothing() {
         assert!(!links.contains("tap0_eci"), "tap left: {links}");
         let qdiscs = text(&in_netns(&pod_netns, &["tc", "qdisc", "show"]));
         assert!(!qdiscs.contains("ingress"), "ingress qdisc left: {qdiscs}");
+        let nat = text(&in_netns(&pod_netns, &["iptables", "-t", "nat", "-S"]));
+        assert!(
+            !nat.contains("ECI-PORT-FORWARD"),
+            "port-forward redirect left: {nat}"
+        );
     }
     let out = in_netns(
         &net.netns.path(),

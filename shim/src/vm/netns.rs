@@ -25,15 +25,15 @@ pub struct NetnsHolder {
     record: PathBuf,
 }
 
-/// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
+/// When the process started, in clock ticks since boot (`/proc/<pid>/stat`).
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    Some(
+        procfs::process::Process::new(pid)
+            .ok()?
+            .stat()
+            .ok()?
+            .starttime,
+    )
 }
 
 impl NetnsHolder {
@@ -132,15 +132,8 @@ mod tests {
 
     fn gone(pid: i32) -> bool {
         for _ in 0..200 {
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if state.is_empty()
-                || state
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .starts_with('Z')
-            {
+            let state = procfs::process::Process::new(pid).and_then(|p| p.stat());
+            if state.map_or(true, |stat| stat.state == 'Z') {
                 let _ = nix::sys::wait::waitpid(
                     nix::unistd::Pid::from_raw(pid),
                     Some(nix::sys::wait::WaitPidFlag::WNOHANG),
