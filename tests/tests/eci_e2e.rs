@@ -623,6 +623,18 @@ fn update_changes_the_image_and_keeps_the_pod_ip() {
     let (sandboxes, _) = env.cri_lists();
     assert_eq!(sandboxes.len(), 1);
     let side_started = container(&before, "side")["startedAt"].clone();
+    // The start times are CRI's from the first report on (later syncs copy CRI's).
+    let cri_times = env.cri_start_times();
+    for name in ["main", "side"] {
+        let started = container(&before, name)["startedAt"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            cri_times.contains(&started),
+            "{name}'s startedAt {started} is CRI's start time: {cri_times:?}"
+        );
+    }
     // In VM mode the group is one VM, and the update happens inside it.
     let vms = env.vm_pids();
     if eci_tests::vm::vm_mode() {

@@ -347,10 +347,17 @@ impl GroupWorker {
             .get_mut(&container.name)
             .expect("tracked above")
             .started = Some(Instant::now());
+        // CRI's own start time, which every later status sync copies: a time of ours here
+        // would change under clients without a restart.
+        let started_at = match self.inner.cri.container_status(&cri_id).await {
+            Ok(status) => nanos_to_time(status.started_at),
+            Err(_) => None,
+        }
+        .unwrap_or_else(Utc::now);
         self.update_container(&container.name, |r| {
             r.status.state = ContainerState::Running;
             r.status.reason = None;
-            r.status.started_at = Some(Utc::now());
+            r.status.started_at = Some(started_at);
             // With a readiness probe: not ready until the probe says so (as kubelet).
             r.status.ready = ready_when_started;
         });

@@ -277,6 +277,32 @@ impl Env {
         })
     }
 
+    /// CRI's start time (ContainerStatus `started_at`) of every container, written as eci
+    /// writes times (RFC 3339, UTC, as many fraction digits as needed).
+    pub fn cri_start_times(&self) -> Vec<String> {
+        let socket = self.net.socket().to_path_buf();
+        cri::block_on(async move {
+            let mut cri = Cri::connect(socket).await.expect("connect CRI");
+            let mut times = Vec::new();
+            for id in cri.container_ids().await.expect("ListContainers") {
+                let status = cri
+                    .runtime
+                    .container_status(k8s_cri::v1::ContainerStatusRequest {
+                        container_id: id,
+                        verbose: false,
+                    })
+                    .await
+                    .expect("ContainerStatus")
+                    .into_inner()
+                    .status
+                    .expect("a status");
+                let started = chrono::DateTime::from_timestamp_nanos(status.started_at);
+                times.push(started.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+            }
+            times
+        })
+    }
+
     /// Asserts that containerd holds no pod sandbox, no container and no shim process (giving
     /// an exiting shim a moment).
     pub fn assert_containerd_empty(&self) {
