@@ -6,7 +6,20 @@ mod common;
 use axum::http::{Method, StatusCode};
 use common::{group, Call, Harness};
 use eci::backend::BackendError;
-use serde_json::json;
+use serde_json::{json, Value};
+
+/// A 400 whose error names `field`.
+fn assert_invalid(status: StatusCode, body: &Value, field: &str) {
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], field, "{body}");
+}
+
+/// A 400 whose error names `field` and whose message gives `reason`.
+fn assert_invalid_because(status: StatusCode, body: &Value, field: &str, reason: &str) {
+    assert_invalid(status, body, field);
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(reason), "{body}");
+}
 
 #[tokio::test]
 async fn create_stores_a_normalised_group_and_hands_it_to_the_runtime() {
@@ -88,25 +101,18 @@ async fn undecodable_bodies_name_the_field() {
             json!({"name": "w", "containers": [{"name": "a", "image": "b", "cpus": 1}]}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "containers[0].cpus");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("cpus"),
-        "{body}"
-    );
+    assert_invalid_because(status, &body, "containers[0].cpus", "cpus");
     let (status, body) = h
         .post(
             "/v1/containerGroups",
             json!({"name": "w", "containers": [], "restartPolicy": "Sometimes"}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "restartPolicy");
+    assert_invalid(status, &body, "restartPolicy");
     let (status, body) = h
         .request(Method::POST, "/v1/containerGroups", Some("{not json"))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "body");
+    assert_invalid(status, &body, "body");
     assert!(h.calls().is_empty());
 }
 
@@ -217,11 +223,9 @@ async fn list_filters_by_name_status_and_tag() {
     );
     assert_eq!(ids(h.get("/v1/containerGroups?tag=env").await.1), [a, b]);
     let (status, body) = h.get("/v1/containerGroups?status=Sleeping").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "status");
+    assert_invalid(status, &body, "status");
     let (status, body) = h.get("/v1/containerGroups?colour=red").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"]["field"], "query");
+    assert_invalid(status, &body, "query");
 }
 
 #[tokio::test]
@@ -238,8 +242,7 @@ async fn the_vcpu_quota_is_enforced_and_reported() {
     let mut big = group("c");
     big["cpu"] = json!(2);
     let (status, body) = h.post("/v1/containerGroups", big).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "cpu");
+    assert_invalid(status, &body, "cpu");
     assert_eq!(h.calls().len(), 2);
     h.create(group("d")).await;
 }
@@ -256,8 +259,7 @@ async fn update_validates_and_hands_over_what_changed() {
             Some(r#"{"containers": [{"name": "app", "cpu": 9}]}"#),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "containers[0].cpu");
+    assert_invalid(status, &body, "containers[0].cpu");
     let (status, body) = h
         .request(
             Method::PATCH,
@@ -285,14 +287,11 @@ async fn dns_config_reaches_the_runtime_and_only_at_creation() {
     let mut bad = group("bad");
     bad["dnsConfig"] = json!({"nameServers": ["10.88.0.53", "ns.example.com"]});
     let (status, body) = h.post("/v1/containerGroups", bad).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"]["field"], "dnsConfig.nameServers[1]");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("is not an IPv4 or IPv6 address"),
-        "{body}"
+    assert_invalid_because(
+        status,
+        &body,
+        "dnsConfig.nameServers[1]",
+        "is not an IPv4 or IPv6 address",
     );
     assert!(h.calls().is_empty());
 
@@ -324,8 +323,7 @@ async fn dns_config_reaches_the_runtime_and_only_at_creation() {
             Some(r#"{"dnsConfig": {"nameServers": ["10.0.0.1"]}}"#),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"]["field"], "dnsConfig");
+    assert_invalid(status, &body, "dnsConfig");
     // An update of something else keeps it.
     let (status, body) = h
         .request(
@@ -395,16 +393,13 @@ async fn exec_and_logs() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["webSocketUri"], "http://127.0.0.1:1/exec/abc");
     let (status, body) = h.post(&exec, json!({"command": ["sh"], "tty": true})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "tty");
+    assert_invalid(status, &body, "tty");
     let (status, body) = h
         .post(&exec, json!({"command": ["cat"], "stdin": true}))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "stdin");
+    assert_invalid(status, &body, "stdin");
     let (status, body) = h.post(&exec, json!({"command": []})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "command");
+    assert_invalid(status, &body, "command");
 
     let logs = format!("/v1/containerGroups/{id}/containers/app/logs?tail=5&follow=true");
     let (status, body) = h.get(&logs).await;
@@ -422,8 +417,7 @@ async fn exec_and_logs() {
             "/v1/containerGroups/{id}/containers/app/logs?tail=-1"
         ))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "query");
+    assert_invalid(status, &body, "query");
 }
 
 #[tokio::test]
@@ -477,8 +471,7 @@ async fn image_cache_routes() {
             json!({"name": "c", "images": ["busybox", "busybox"]}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "images[1]");
+    assert_invalid(status, &body, "images[1]");
     let (status, body) = h
         .post(
             "/v1/imageCaches",
@@ -535,15 +528,7 @@ async fn gpu_groups_take_devices_from_the_pool_within_the_quota_and_release_them
             json!({"name": "train", "gpu": 2, "containers": [{"name": "app", "image": "busybox"}]}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"]["field"], "gpu");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("remaining GPU quota"),
-        "{body}"
-    );
+    assert_invalid_because(status, &body, "gpu", "remaining GPU quota");
     // Errors name their field.
     let (status, body) = h
         .post(
@@ -551,8 +536,7 @@ async fn gpu_groups_take_devices_from_the_pool_within_the_quota_and_release_them
             json!({"name": "x", "instanceType": "ecs.gn9-nope", "containers": [{"name": "app", "image": "busybox"}]}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["field"], "instanceType");
+    assert_invalid(status, &body, "instanceType");
     let b = h
         .create(
             json!({"name": "train", "gpu": 1, "containers": [{"name": "app", "image": "busybox"}]}),
