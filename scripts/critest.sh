@@ -41,7 +41,7 @@ work=$(mktemp -d /tmp/eci-critest.XXXXXX)
 netns=eci-critest-$$
 sock=$work/c.sock
 registry=127.0.0.1:5000
-containerd_pid= registry_pid=
+containerd_pid= registry_pid= cgroup=
 in_ns() { nsenter --net="/run/netns/$netns" -- "$@"; }
 cleanup() {
   set +e
@@ -52,6 +52,10 @@ cleanup() {
   fi
   # Shims of this containerd that are still up (their command line names its socket).
   for pid in $(pgrep -f "containerd-shim.*$sock"); do kill -9 "$pid" 2>/dev/null; done
+  if [ -n "$cgroup" ]; then
+    # Killed processes leave their cgroup a moment after the signal.
+    for _ in $(seq 50); do rmdir "$cgroup" 2>/dev/null && break; sleep 0.1; done
+  fi
   if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null; fi
   ip netns del "$netns" 2>/dev/null
   { grep -o " $work[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m"; done
@@ -254,7 +258,16 @@ JSON
 TOML
 } >"$work/config.toml"
 echo "== starting containerd $("$tools/containerd" --version | awk '{print $3}') (default runtime: eci, $(head -1 "$shim_config"))"
-(cd "$work" && PATH="$bin_dir:$tools:$PATH" exec nsenter --net="/run/netns/$netns" -- \
+# On a cgroup v2 host (the test host) containerd runs in a cgroup of its own with the memory
+# controller, as under systemd: in the root cgroup it finds no memory.swap.max, concludes that
+# swap cannot be limited, and leaves the swap limit (and its pod metric) out of every spec.
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  cgroup=/sys/fs/cgroup/eci-critest-$$
+  echo +memory >/sys/fs/cgroup/cgroup.subtree_control
+  mkdir "$cgroup"
+fi
+(cd "$work" && if [ -n "$cgroup" ]; then echo "$BASHPID" >"$cgroup/cgroup.procs"; fi &&
+  PATH="$bin_dir:$tools:$PATH" exec nsenter --net="/run/netns/$netns" -- \
   "$tools/containerd" --config "$work/config.toml" >"$work/containerd.log" 2>&1) &
 containerd_pid=$!
 for _ in $(seq 600); do
