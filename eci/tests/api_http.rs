@@ -253,18 +253,13 @@ async fn update_validates_and_hands_over_what_changed() {
     let id = h.create(group("web")).await;
     let uri = format!("/v1/containerGroups/{id}");
     let (status, body) = h
-        .request(
-            Method::PATCH,
-            &uri,
-            Some(r#"{"containers": [{"name": "app", "cpu": 9}]}"#),
-        )
+        .patch(&uri, json!({"containers": [{"name": "app", "cpu": 9}]}))
         .await;
     assert_invalid(status, &body, "containers[0].cpu");
     let (status, body) = h
-        .request(
-            Method::PATCH,
+        .patch(
             &uri,
-            Some(r#"{"containers": [{"name": "app", "image": "nginx"}], "memory": 4}"#),
+            json!({"containers": [{"name": "app", "image": "nginx"}], "memory": 4}),
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -317,19 +312,14 @@ async fn dns_config_reaches_the_runtime_and_only_at_creation() {
     assert_eq!(got["spec"]["dnsConfig"], dns);
     // Pod-level, like volumes and sysctls: an update keeps the sandbox, so a patch cannot name it.
     let (status, body) = h
-        .request(
-            Method::PATCH,
-            &uri,
-            Some(r#"{"dnsConfig": {"nameServers": ["10.0.0.1"]}}"#),
-        )
+        .patch(&uri, json!({"dnsConfig": {"nameServers": ["10.0.0.1"]}}))
         .await;
     assert_invalid(status, &body, "dnsConfig");
     // An update of something else keeps it.
     let (status, body) = h
-        .request(
-            Method::PATCH,
+        .patch(
             &uri,
-            Some(r#"{"containers": [{"name": "app", "image": "nginx"}]}"#),
+            json!({"containers": [{"name": "app", "image": "nginx"}]}),
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -484,14 +474,10 @@ async fn image_cache_routes() {
     assert_eq!(list["totalCount"], 1);
     assert_eq!(list["imageCaches"][0]["status"], "Creating");
     let uri = format!("/v1/imageCaches/{id}");
-    let (status, body) = h
-        .request(Method::PATCH, &uri, Some(r#"{"retentionDays": 9}"#))
-        .await;
+    let (status, body) = h.patch(&uri, json!({"retentionDays": 9})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["retentionDays"], 9);
-    let (status, _) = h
-        .request(Method::PATCH, &uri, Some(r#"{"retentionDays": 0}"#))
-        .await;
+    let (status, _) = h.patch(&uri, json!({"retentionDays": 0})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = h.request(Method::DELETE, &uri, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);

@@ -210,6 +210,15 @@ impl Harness {
             .await
     }
 
+    pub async fn patch(
+        &self,
+        uri: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        self.request(Method::PATCH, uri, Some(&body.to_string()))
+            .await
+    }
+
     /// Creates a group and returns its id.
     pub async fn create(&self, body: serde_json::Value) -> String {
         let (status, answer) = self.post("/v1/containerGroups", body).await;
