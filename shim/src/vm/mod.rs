@@ -449,10 +449,14 @@ impl Hypervisor for EciVmm {
                     code.unwrap_or(255)
                 }
                 code = &mut fs => {
-                    log::error!(
+                    let why = format!(
                         "virtiofsd (pid {fs_pid}) exited: {}; ending the pod's VM",
                         exit_text(code.unwrap_or(255))
                     );
+                    log::error!("{why}");
+                    // Also where the diagnostics of a failed boot look: a VMM killed for this
+                    // reads as status 137 there, like a kill from outside.
+                    note_in_log(&pod_paths.vmm_log(), &why);
                     process::kill(vmm_pid);
                     vmm.await.unwrap_or(255)
                 }
@@ -473,6 +477,14 @@ impl Hypervisor for EciVmm {
             },
             vfio: devices,
         })
+    }
+}
+
+/// Appends a line of the shim's to a log its child writes (best effort: a diagnostic).
+fn note_in_log(log: &Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(log) {
+        let _ = writeln!(file, "containerd-shim-eci-v2: {line}");
     }
 }
 
