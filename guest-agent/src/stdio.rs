@@ -235,6 +235,20 @@ impl StreamListener {
     }
 }
 
+/// Acks a stream; from then on it carries data, which may pause for as long as it likes.
+/// False when the client is gone.
+fn accept(conn: &mut UnixStream) -> bool {
+    let ok = StreamAck {
+        ok: true,
+        ..Default::default()
+    };
+    if write_frame(conn, &ok).is_err() {
+        return false;
+    }
+    let _ = conn.set_read_timeout(None);
+    true
+}
+
 fn refuse(conn: &mut UnixStream, error: String) {
     tracing::warn!(%error, "stream refused");
     let _ = write_frame(
@@ -285,18 +299,9 @@ fn handle_stream(mut conn: UnixStream, lookup: &dyn ProcessLookup) {
             format!("{kind:?} of this process is not available (not requested, closed or already attached)"),
         );
     };
-    if write_frame(
-        &mut conn,
-        &StreamAck {
-            ok: true,
-            ..Default::default()
-        },
-    )
-    .is_err()
-    {
+    if !accept(&mut conn) {
         return;
     }
-    let _ = conn.set_read_timeout(None);
     let mut file = File::from(fd);
     match kind {
         StreamKind::STDIN => {
@@ -318,12 +323,7 @@ fn forward_port(mut conn: UnixStream, port: u16) {
         Ok(tcp) => tcp,
         Err(e) => return refuse(&mut conn, e),
     };
-    let ok = StreamAck {
-        ok: true,
-        ..Default::default()
-    };
-    if write_frame(&mut conn, &ok).is_ok() {
-        let _ = conn.set_read_timeout(None);
+    if accept(&mut conn) {
         crate::port_forward::splice(conn, tcp);
     }
 }

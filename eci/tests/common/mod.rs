@@ -206,8 +206,7 @@ impl Harness {
         uri: &str,
         body: serde_json::Value,
     ) -> (StatusCode, serde_json::Value) {
-        self.request(Method::POST, uri, Some(&body.to_string()))
-            .await
+        self.send_json(Method::POST, uri, body).await
     }
 
     pub async fn patch(
@@ -215,8 +214,16 @@ impl Harness {
         uri: &str,
         body: serde_json::Value,
     ) -> (StatusCode, serde_json::Value) {
-        self.request(Method::PATCH, uri, Some(&body.to_string()))
-            .await
+        self.send_json(Method::PATCH, uri, body).await
+    }
+
+    async fn send_json(
+        &self,
+        method: Method,
+        uri: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        self.request(method, uri, Some(&body.to_string())).await
     }
 
     /// Creates a group and returns its id.

@@ -42,23 +42,25 @@ fn iptables() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("iptables"))
 }
 
+/// The error of port-forward step `step`, from its cause.
+fn failed<E: std::fmt::Display>(step: &str) -> impl FnOnce(E) -> NetError + '_ {
+    move |reason| NetError::PortForward {
+        step: step.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
 /// Runs iptables (in the calling thread's network namespace) on the nat table.
 fn nat(args: &[&str]) -> Result<(), NetError> {
-    let failed = |reason: String| NetError::PortForward {
-        step: format!("iptables -t nat {}", args.join(" ")),
-        reason,
-    };
+    let step = format!("iptables -t nat {}", args.join(" "));
     let out = Command::new(iptables())
         .args(["-w", "5", "-t", "nat"])
         .args(args)
         .output()
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(failed(&step))?;
     if !out.status.success() {
-        return Err(failed(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(failed(&step)(format!("{}: {}", out.status, stderr.trim())));
     }
     Ok(())
 }
@@ -94,18 +96,11 @@ fn loopback_up() -> Result<(), NetError> {
 fn listen_in(netns: &Path) -> Result<std::net::TcpListener, NetError> {
     super::net::in_netns(netns, || {
         loopback_up()?;
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| {
-            NetError::PortForward {
-                step: "listen on 127.0.0.1".into(),
-                reason: e.to_string(),
-            }
-        })?;
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(failed("listen on 127.0.0.1"))?;
         let port = listener
             .local_addr()
-            .map_err(|e| NetError::PortForward {
-                step: "the listener's port".into(),
-                reason: e.to_string(),
-            })?
+            .map_err(failed("the listener's port"))?
             .port()
             .to_string();
         remove_rules();
@@ -142,16 +137,9 @@ pub async fn start(netns: &Path, endpoint: Endpoint) -> Result<PortForwarder, Ne
     let path = netns.to_owned();
     let listener = tokio::task::spawn_blocking(move || listen_in(&path))
         .await
-        .map_err(|e| NetError::PortForward {
-            step: "listen".into(),
-            reason: e.to_string(),
-        })??;
-    let listen_error = |e: std::io::Error| NetError::PortForward {
-        step: "listen".into(),
-        reason: e.to_string(),
-    };
-    listener.set_nonblocking(true).map_err(listen_error)?;
-    let listener = TcpListener::from_std(listener).map_err(listen_error)?;
+        .map_err(failed("listen"))??;
+    listener.set_nonblocking(true).map_err(failed("listen"))?;
+    let listener = TcpListener::from_std(listener).map_err(failed("listen"))?;
     let task = tokio::spawn(async move {
         loop {
             match listener.accept().await {
