@@ -114,6 +114,12 @@ pub enum AgentError {
         call: &'static str,
         source: ttrpc::Error,
     },
+    #[error("agent call {call}: {why}; {diagnostics}")]
+    NoAnswer {
+        call: &'static str,
+        why: String,
+        diagnostics: String,
+    },
     #[error("stream endpoint {path}")]
     StreamIo {
         path: String,

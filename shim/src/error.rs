@@ -91,9 +91,85 @@ pub fn rpc(call: &'static str) -> impl FnOnce(TtrpcError) -> ShimError {
     move |source| ShimError::Agent(crate::agent::AgentError::Rpc { call, source })
 }
 
+/// [`rpc`] for a call the guest may leave unanswered: one whose deadline elapsed or whose
+/// connection broke (the guest stalled or died under it) says what the sandbox printed last, as
+/// a failed boot does.
+pub fn rpc_or_silence<'a>(
+    call: &'static str,
+    sandbox: &'a crate::sandbox::Sandbox,
+) -> impl FnOnce(TtrpcError) -> ShimError + 'a {
+    move |source| match silence(&source) {
+        Some(why) => ShimError::Agent(crate::agent::AgentError::NoAnswer {
+            call,
+            why,
+            diagnostics: sandbox.diagnostics(),
+        }),
+        None => rpc(call)(source),
+    }
+}
+
+/// Why a call got no answer, if it got none: ttrpc tells an elapsed deadline only by its
+/// message, a broken connection by its kind.
+fn silence(err: &TtrpcError) -> Option<String> {
+    match err {
+        TtrpcError::Others(message) if message.contains("deadline elapsed") => {
+            Some("no answer before its deadline".into())
+        }
+        TtrpcError::Socket(message) => Some(format!("the connection broke ({message})")),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An agent that never answers Ping in time.
+    struct Silent;
+
+    #[async_trait::async_trait]
+    impl eci_protocol::agent_ttrpc::Agent for Silent {
+        async fn ping(
+            &self,
+            _: &ttrpc::r#async::TtrpcContext,
+            _: eci_protocol::agent::PingRequest,
+        ) -> ttrpc::Result<eci_protocol::agent::PingResponse> {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Ok(Default::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_without_answer_is_told_apart_from_the_agents_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("unix://{}", dir.path().join("agent.sock").display());
+        let service = eci_protocol::agent_ttrpc::create_agent(std::sync::Arc::new(Silent));
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&address)
+            .unwrap()
+            .register_service(service);
+        server.start().await.unwrap();
+        let client = eci_protocol::agent_ttrpc::AgentClient::new(
+            ttrpc::r#async::Client::connect(&address).await.unwrap(),
+        );
+        let err = client
+            .ping(
+                crate::agent::ctx(std::time::Duration::from_millis(50)),
+                &Default::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            silence(&err).as_deref(),
+            Some("no answer before its deadline"),
+            "{err:?}"
+        );
+        let status = TtrpcError::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "no container"));
+        assert_eq!(silence(&status), None, "the agent's own answer");
+        let eof = TtrpcError::Socket("early eof".into());
+        assert!(silence(&eof).is_some_and(|why| why.contains("early eof")));
+        let _ = server.shutdown().await;
+    }
 
     #[test]
     fn agent_status_codes_pass_through_with_their_message() {

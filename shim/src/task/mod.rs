@@ -28,7 +28,7 @@ pub use service::Pod;
 
 use crate::{
     agent::ctx,
-    error::{rpc, ShimError},
+    error::{rpc, rpc_or_silence, ShimError},
     hooks, metrics,
     stdio::{ProcessIo, StdioPaths},
 };
@@ -75,7 +75,7 @@ impl TaskService {
             agent
                 .start_container(ctx(AGENT_CALL), &start)
                 .await
-                .map_err(rpc("StartContainer"))?;
+                .map_err(rpc_or_silence("StartContainer", &container.sandbox))?;
             process.set_status(Status::RUNNING);
             let pid = process.pid();
             hooks::run_logged(

@@ -31,7 +31,7 @@ use crate::{
     agent::{ctx, no_deadline},
     cgroups,
     config::{config_path_from_options, HypervisorKind, ShimConfig},
-    error::{rpc, ShimError},
+    error::{rpc, rpc_or_silence, ShimError},
     events,
     hooks::{self, HostHooks},
     paths::{self, PodPaths},
@@ -443,7 +443,7 @@ impl Pod {
                 if let Some(dir) = &mounted_dir {
                     release_container_dir(dir);
                 }
-                return Err(rpc("CreateContainer")(e));
+                return Err(rpc_or_silence("CreateContainer", &sandbox)(e));
             }
         };
         let init = Arc::new(Process::new(&req.id, "", stdio, Vec::new()));

@@ -449,8 +449,15 @@ impl Hypervisor for EciVmm {
                     code.unwrap_or(255)
                 }
                 code = &mut fs => {
+                    // virtiofsd also goes first when eci-vmm was killed elsewhere: a dying
+                    // process closes its descriptors before its exit is reported. Say which.
+                    let vmm_state = if process::is_exiting(vmm_pid) {
+                        "eci-vmm was already exiting (killed or failed on its own)"
+                    } else {
+                        "eci-vmm still ran; ending the pod's VM"
+                    };
                     let why = format!(
-                        "virtiofsd (pid {fs_pid}) exited: {}; ending the pod's VM",
+                        "virtiofsd (pid {fs_pid}) exited: {}; {vmm_state}",
                         exit_text(code.unwrap_or(255))
                     );
                     log::error!("{why}");
