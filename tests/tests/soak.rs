@@ -437,6 +437,33 @@ fn kill_scenario(
     }
 }
 
+/// Whether `ECI_KILL_ONLY` (comma-separated `<victim>[:<phase>]`, empty for all) takes this
+/// cell: CI runs the VM-only cells, a developer one cell.
+fn selected(only: &str, victim: &str, phase: Phase) -> bool {
+    only.trim().is_empty()
+        || only.split(',').map(str::trim).any(|choice| {
+            let (v, p) = choice.split_once(':').unwrap_or((choice, ""));
+            v == victim && (p.is_empty() || p == phase.name())
+        })
+}
+
+#[test]
+fn kill_only_selects_the_named_cells() {
+    assert!(selected("", "eci-vmm", Phase::Running));
+    assert!(selected("eci-vmm,virtiofsd", "virtiofsd", Phase::AtCreate));
+    assert!(!selected(
+        "eci-vmm,virtiofsd",
+        "containerd",
+        Phase::AtCreate
+    ));
+    assert!(selected(
+        "eci-vmm:during exec",
+        "eci-vmm",
+        Phase::DuringExec
+    ));
+    assert!(!selected("eci-vmm:during exec", "eci-vmm", Phase::Running));
+}
+
 #[test]
 fn kill_matrix() {
     let mode = Mode::from_env();
@@ -455,14 +482,12 @@ fn kill_matrix() {
     let mut rows = Vec::new();
     let mut bad = Vec::new();
     let mut n = 0;
-    // ECI_KILL_ONLY=<victim>[:<phase>] narrows the matrix (debugging one cell).
     let only = std::env::var("ECI_KILL_ONLY").unwrap_or_default();
     for victim in VICTIMS {
         let mut cells = Vec::new();
         for phase in phases {
-            let (v, p) = only.split_once(':').unwrap_or((only.as_str(), ""));
-            if (!v.is_empty() && v != victim) || (!p.is_empty() && p != phase.name()) {
-                cells.push("skipped (ECI_KILL_ONLY)".into());
+            if !selected(&only, victim, phase) {
+                cells.push("not selected (ECI_KILL_ONLY)".into());
                 continue;
             }
             if !mode.has(victim) {
