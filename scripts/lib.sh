@@ -38,4 +38,9 @@ disabled_plugins = [$plugins]
 [plugins."io.containerd.internal.v1.opt"]
   path = "$work/opt"
 TOML
+  # containerd 2.x (config version 3) starts NRI at /var/run/nri/nri.sock by default; a second
+  # instance on the host then fails with "address already in use". Keep it in $work.
+  if [ "$version" -ge 3 ]; then
+    printf '[plugins."io.containerd.nri.v1.nri"]\n  socket_path = "%s/nri.sock"\n' "$work"
+  fi
 }

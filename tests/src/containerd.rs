@@ -60,6 +60,19 @@ impl Version {
         }
     }
 
+    /// Sockets the build would otherwise make at a fixed host path, kept in the instance's
+    /// `dir`: containerd 2.x starts NRI at /var/run/nri/nri.sock by default, and a second
+    /// instance (tests run side by side) then fails to start with "address already in use".
+    fn private_sockets(self, dir: &Path) -> String {
+        match self {
+            Self::V1_6 => String::new(),
+            Self::V2 => format!(
+                "[plugins.\"io.containerd.nri.v1.nri\"]\n  socket_path = \"{}\"\n",
+                dir.join("nri.sock").display()
+            ),
+        }
+    }
+
     /// The plugins that make up CRI (disabled when a test needs no CRI).
     fn cri_plugins(self) -> &'static [&'static str] {
         match self {
@@ -317,10 +330,11 @@ disabled_plugins = [{disabled} "io.containerd.snapshotter.v1.btrfs", "io.contain
   level = "info"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
-{cri}
+{private_sockets}{cri}
 {extra}
 "#,
             config_version = version.config_version(),
+            private_sockets = version.private_sockets(dir.path()),
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             socket = socket.display(),
