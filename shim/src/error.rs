@@ -93,7 +93,7 @@ pub fn rpc(call: &'static str) -> impl FnOnce(TtrpcError) -> ShimError {
 
 /// [`rpc`] for a call the guest may leave unanswered: one whose deadline elapsed or whose
 /// connection broke (the guest stalled or died under it) says what the sandbox printed last, as
-/// a failed boot does.
+/// a failed boot does, and in VM mode where its devices and threads stand.
 pub fn rpc_or_silence<'a>(
     call: &'static str,
     sandbox: &'a crate::sandbox::Sandbox,
@@ -102,7 +102,7 @@ pub fn rpc_or_silence<'a>(
         Some(why) => ShimError::Agent(crate::agent::AgentError::NoAnswer {
             call,
             why,
-            diagnostics: sandbox.diagnostics(),
+            diagnostics: sandbox.stall_diagnostics(),
         }),
         None => rpc(call)(source),
     }

@@ -127,6 +127,12 @@ pub trait Hypervisor: Send + Sync {
 
     /// What went on in the sandbox, for errors: the tails of its logs.
     fn diagnostics(&self, pod: &PodPaths) -> String;
+
+    /// What to quote when the sandbox leaves an agent call unanswered: the diagnostics, and in
+    /// VM mode where the VM's devices and threads stand.
+    fn stall_diagnostics(&self, pod: &PodPaths) -> String {
+        self.diagnostics(pod)
+    }
 }
 
 /// The hypervisor the configuration asks for.

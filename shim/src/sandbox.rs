@@ -163,6 +163,11 @@ impl Sandbox {
         self.hypervisor.diagnostics(&self.paths)
     }
 
+    /// [`Self::diagnostics`] for an agent call the sandbox left unanswered.
+    pub fn stall_diagnostics(&self) -> String {
+        self.hypervisor.stall_diagnostics(&self.paths)
+    }
+
     /// Resolves when the sandbox process exited.
     pub async fn wait_dead(&self) {
         let mut dead = self.dead.clone();

@@ -50,6 +50,7 @@ impl DeviceInfo {
             let t = lock(t);
             v["activated"] = json!(t.device().is_active());
             v["metrics"] = t.device().metrics();
+            v["progress"] = t.progress();
         }
         v
     }

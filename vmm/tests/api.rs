@@ -166,6 +166,13 @@ fn info_reports_live_device_metrics() {
         "{info}"
     );
     assert_eq!(m["capacity_sectors"], 128, "{info}");
+    // Its five requests went through the avail ring and all were answered.
+    let queue = &dev["progress"]["queues"][0];
+    assert_eq!(
+        (queue["avail"].as_u64(), queue["used"].as_u64()),
+        (Some(5), Some(5)),
+        "{info}"
+    );
     call(&mut s, &mut r, r#"{"op":"shutdown"}"#);
     let (status, err) = vmm.wait(DEADLINE);
     assert!(status.success(), "{err}");

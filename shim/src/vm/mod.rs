@@ -25,6 +25,7 @@ mod process;
 pub mod share;
 pub mod sizing;
 pub mod spec;
+mod stall;
 
 use std::{
     os::fd::AsRawFd,
@@ -170,7 +171,7 @@ impl EciVmm {
             "fs": [{"socket": "/sock/fs.sock", "tag": share::SHARE_TAG}],
             "net": net::vmm_config(nics, VMM_FIRST_TAP_FD),
             "block": block,
-            "api_sock": "/sock/vmm.sock",
+            "api_sock": format!("/sock/{}", stall::VMM_SOCKET),
             // eci-vmm binds what VFIO needs into its jail itself (its `vfio::jail_binds`).
             "vfio": devices.devices.iter().map(|d| d.bdf.clone()).collect::<Vec<_>>(),
             "jail": {"root": pod.jail_dir(), "binds": binds},
@@ -250,6 +251,10 @@ impl Hypervisor for EciVmm {
             tail(&pod.vmm_log(), 4),
             tail(&pod.virtiofsd_log(), 4)
         )
+    }
+
+    fn stall_diagnostics(&self, pod: &PodPaths) -> String {
+        format!("{}; {}", self.diagnostics(pod), stall::report(pod))
     }
 
     async fn launch(

@@ -82,6 +82,31 @@ impl MmioTransport {
         self.status
     }
 
+    /// Where driver and device are in each ready queue (the avail and used indexes, read from
+    /// guest memory) and the interrupt status the driver has not acknowledged: what tells a
+    /// guest that stopped asking from a device that stopped answering or an interrupt that was
+    /// never taken.
+    pub fn progress(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Acquire;
+        let queues: Vec<_> = self
+            .queues
+            .iter()
+            .map(|q| {
+                if !q.ready() {
+                    return serde_json::Value::Null;
+                }
+                let avail = q.avail_idx(&self.mem, Acquire).ok().map(|i| i.0);
+                let used = q.used_idx(&self.mem, Acquire).ok().map(|i| i.0);
+                serde_json::json!({"size": q.size(), "avail": avail, "used": used})
+            })
+            .collect();
+        serde_json::json!({
+            "driver_status": self.status,
+            "interrupt_status": self.interrupt.status(),
+            "queues": queues,
+        })
+    }
+
     fn offered_features(&self) -> u64 {
         self.device.features() | VIRTIO_F_VERSION_1
     }
@@ -269,9 +294,9 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, TYPE_RNG};
+    use crate::devices::virtio::{ActivateError, INT_VRING, TYPE_RNG};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     #[derive(Default)]
@@ -358,6 +383,21 @@ mod tests {
         w(&mut t, 0x70, 0xf);
         assert!(t.device().is_active());
         assert_eq!(act.read().unwrap(), 1);
+        // The driver made 5 requests, the device answered 3 and raised an interrupt the driver
+        // has not acknowledged yet.
+        t.mem.write_obj(5u16, GuestAddress(0x2002)).unwrap();
+        t.mem.write_obj(3u16, GuestAddress(0x3002)).unwrap();
+        t.interrupt.signal_used_queue();
+        assert_eq!(
+            t.progress(),
+            serde_json::json!({
+                "driver_status": 0xf,
+                "interrupt_status": INT_VRING,
+                "queues": [{"size": 8, "avail": 5, "used": 3}],
+            })
+        );
+        w(&mut t, 0x64, INT_VRING);
+        assert_eq!(t.progress()["interrupt_status"], 0, "acknowledged");
         // Queue setup is frozen while running.
         w(&mut t, 0x38, 4);
         let mut cfg = [0u8; 2];
