@@ -457,9 +457,12 @@ impl Hypervisor for EciVmm {
                     // virtiofsd also goes first when eci-vmm was killed elsewhere: a dying
                     // process closes its descriptors before its exit is reported. Say which.
                     let vmm_state = if process::is_exiting(vmm_pid) {
-                        "eci-vmm was already exiting (killed or failed on its own)"
+                        "eci-vmm was already exiting (killed or failed on its own)".to_owned()
                     } else {
-                        "eci-vmm still ran; ending the pod's VM"
+                        format!(
+                            "eci-vmm still ran, holding {}; ending the pod's VM",
+                            process::describe_fds(vmm_pid)
+                        )
                     };
                     let why = format!(
                         "virtiofsd (pid {fs_pid}) exited: {}; {vmm_state}",

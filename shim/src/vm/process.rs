@@ -166,9 +166,56 @@ pub fn is_exiting(pid: i32) -> bool {
         .any(|s| matches!(s.state, 'Z' | 'X') || s.flags & PF_EXITING != 0)
 }
 
+/// `fd:target` for each descriptor of `pid` (`3:socket:[81234] 4:anon_inode:[eventfd] ...`),
+/// for a note when eci-vmm's vhost-user peer saw its connection close while eci-vmm ran: whether
+/// eci-vmm still holds the socket it connected at start (its descriptors are numbered alike in
+/// every boot of one configuration).
+pub fn describe_fds(pid: i32) -> String {
+    use procfs::process::FDTarget;
+    let Ok(fds) = procfs::process::Process::new(pid).and_then(|p| p.fd()) else {
+        return "(unreadable)".into();
+    };
+    let mut entries: Vec<(i32, String)> = fds
+        .flatten()
+        .map(|f| {
+            let target = match f.target {
+                FDTarget::Path(path) => path.display().to_string(),
+                FDTarget::Socket(inode) => format!("socket:[{inode}]"),
+                FDTarget::Net(inode) => format!("net:[{inode}]"),
+                FDTarget::Pipe(inode) => format!("pipe:[{inode}]"),
+                FDTarget::AnonInode(name) => format!("anon_inode:{name}"),
+                FDTarget::MemFD(name) => format!("memfd:{name}"),
+                FDTarget::Other(kind, inode) => format!("{kind}:[{inode}]"),
+                FDTarget::Unknown(kind, data) => format!("{kind}:{data}"),
+            };
+            (f.fd, target)
+        })
+        .collect();
+    entries.sort();
+    entries
+        .iter()
+        .map(|(fd, target)| format!("{fd}:{target}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptors_are_listed_by_number_with_their_targets() {
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let listing = describe_fds(std::process::id() as i32);
+        let fd = reader.as_raw_fd();
+        assert!(
+            listing
+                .split(' ')
+                .any(|e| e.starts_with(&format!("{fd}:pipe:["))),
+            "fd {fd} is a pipe: {listing}"
+        );
+        assert_eq!(describe_fds(i32::MAX), "(unreadable)");
+    }
 
     #[test]
     fn a_running_process_is_not_exiting_and_a_zombie_is() {
