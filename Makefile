@@ -45,9 +45,9 @@ test: build kernel rootfs
 # the shim_ctr and containerd_restart tiers in VM mode), through CRI with the CNI bridge
 # (vm_cri_network: the pod IP, DNS, port-forward, ContainerStats), nerdctl on containerd 2.x
 # (its createRuntime hook's network), eci serve's groups as VMs (part of eci_e2e) and the VM
-# cells of the kill -9 matrix. The soak and the whole matrix with VM pods are `make soak-vm`. Linux guests boot one at a time there: two booting at
-# once in the emulated host occasionally triple-fault (docs/testhost.md), and on two cores they
-# are no faster.
+# cells of the kill -9 matrix. The soak and the whole matrix with VM pods are `make soak-vm`.
+# Linux guests boot one at a time there: two booting at once in the emulated host occasionally
+# triple-fault (docs/testhost.md), and on two cores they are no faster.
 VM_TIER_TIMEOUT ?= 2400
 # The eci end-to-end tests that also run with VM pods (eci serve in VM mode): a group with init
 # container, volumes, network, DNS, logs, exec and metrics; probes, hooks and sysctls with a

@@ -194,21 +194,19 @@ pub async fn cleanup(flags: &Flags) -> anyhow::Result<DeleteResponse> {
     })
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-}
-
 /// Kills the pod's sandbox processes recorded in the pod directory, if they are still ours:
 /// local mode's namespace init, or VM mode's eci-vmm and virtiofsd.
 async fn kill_sandbox(pod: &PodPaths) {
     let config = pod.vmm_config().display().to_string();
     let shared = pod.shared_dir().display().to_string();
     let candidates = [
-        (read_pid(&pod.pid_file()), "eci-vmm", config.as_str()),
         (
-            read_pid(&pod.virtiofsd_pid_file()),
+            crate::paths::read_pid(&pod.pid_file()),
+            "eci-vmm",
+            config.as_str(),
+        ),
+        (
+            crate::paths::read_pid(&pod.virtiofsd_pid_file()),
             "virtiofsd",
             shared.as_str(),
         ),
@@ -229,7 +227,7 @@ async fn kill_sandbox(pod: &PodPaths) {
         wait_gone(pid).await;
     }
     crate::vm::teardown(pod);
-    let Some(pid) = read_pid(&pod.pid_file()) else {
+    let Some(pid) = crate::paths::read_pid(&pod.pid_file()) else {
         return;
     };
     // The pid may have been reused: only kill the namespace init whose child is this pod's agent.

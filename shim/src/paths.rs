@@ -16,6 +16,11 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 /// Root of every pod's host state.
 pub const STATE_ROOT: &str = "/run/eci";
 
+/// The pid a pid file of the pod records (`sandbox.pid`, `virtiofsd.pid`), if it is readable.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// Host paths of one pod.
 #[derive(Debug, Clone)]
 pub struct PodPaths {

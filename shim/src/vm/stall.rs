@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::paths::PodPaths;
+use crate::paths::{read_pid, PodPaths};
 
 /// eci-vmm's control socket in the pod's socket directory.
 pub const VMM_SOCKET: &str = "vmm.sock";
@@ -46,10 +46,6 @@ pub fn report(pod: &PodPaths) -> String {
         SAMPLE.as_millis(),
         threads.join("; ")
     )
-}
-
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn query_info(socket: &Path) -> std::io::Result<serde_json::Value> {
