@@ -81,6 +81,10 @@ pub struct Fs {
     calls_registered: bool,
     /// Set when the backend failed after activation; the device stays inert until reset.
     failed: Option<String>,
+    /// Rings handed to the backend before a driver reset, still to be stopped: the reset comes
+    /// on a vCPU thread, whose seccomp filter allows no socket messages, so the event loop
+    /// stops them ([`Self::stop_reset_rings`]).
+    rings_to_stop: usize,
 }
 
 impl Fs {
@@ -130,7 +134,16 @@ impl Fs {
             calls,
             calls_registered: false,
             failed: None,
+            rings_to_stop: 0,
         })
+    }
+
+    /// GET_VRING_BASE for each ring a driver reset left running: it stops the ring in the
+    /// backend before the driver may hand it new ones (event loop thread).
+    fn stop_reset_rings(&mut self) {
+        for index in 0..std::mem::take(&mut self.rings_to_stop) {
+            let _ = self.frontend.get_vring_base(index);
+        }
     }
 
     /// Hands the memory table and the rings to the backend.
@@ -225,12 +238,11 @@ impl VirtioDevice for Fs {
     }
 
     fn reset(&mut self) {
+        // The transport then wakes the event loop, which stops the rings (settle_backend, or
+        // register_backend when the driver is already back).
         if let Some(active) = self.active.take() {
             if active.started {
-                // GET_VRING_BASE stops each ring in the backend.
-                for index in 0..active.state.queues.len() {
-                    let _ = self.frontend.get_vring_base(index);
-                }
+                self.rings_to_stop = active.state.queues.len();
             }
         }
         for call in &self.calls {
@@ -240,6 +252,7 @@ impl VirtioDevice for Fs {
     }
 
     fn settle_backend(&mut self, ops: &mut EventOps) {
+        self.stop_reset_rings();
         if !self.calls_registered {
             return;
         }
@@ -267,6 +280,7 @@ impl VirtioDevice for Fs {
     }
 
     fn register_backend(&mut self, ops: &mut EventOps) {
+        self.stop_reset_rings();
         let Some(mut active) = self.active.take() else {
             return;
         };
@@ -342,4 +356,91 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// vhost-user's GET_VRING_BASE request code.
+    const GET_VRING_BASE: u32 = 11;
+    /// Header flags of a reply: protocol version 1 and REPLY.
+    const REPLY_FLAGS: u32 = 0x1 | 0x4;
+
+    /// A device whose rings were handed to a backend that is the other end of a socket pair
+    /// (the test plays virtiofsd).
+    fn started(mem: &vm_memory::GuestMemoryMmap) -> (Fs, UnixStream) {
+        let (ours, backend) = UnixStream::pair().unwrap();
+        let queues = QUEUE_SIZES.len();
+        let fs = Fs {
+            frontend: Frontend::from_stream(ours, queues as u64),
+            config: [0; TAG_LEN + 4],
+            offered: 0,
+            acked: 0,
+            protocol: VhostUserProtocolFeatures::empty(),
+            active: Some(Active {
+                state: crate::fuzzing::active_state(mem, queues),
+                started: true,
+            }),
+            calls: (0..queues)
+                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+                .collect(),
+            calls_registered: false,
+            failed: None,
+            rings_to_stop: 0,
+        };
+        (fs, backend)
+    }
+
+    /// Answers `count` GET_VRING_BASE requests; returns the ring indexes asked for.
+    fn answer_vring_base(mut backend: UnixStream, count: usize) -> Vec<u32> {
+        let word = |b: &[u8], i: usize| u32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
+        (0..count)
+            .map(|_| {
+                let mut request = [0u8; 20]; // header (code, flags, size) and vring state
+                backend.read_exact(&mut request).unwrap();
+                assert_eq!(word(&request, 0), GET_VRING_BASE);
+                let index = word(&request, 3);
+                let mut reply = Vec::new();
+                for w in [GET_VRING_BASE, REPLY_FLAGS, 8, index, 0] {
+                    reply.extend_from_slice(&w.to_le_bytes());
+                }
+                backend.write_all(&reply).unwrap();
+                index
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_driver_reset_leaves_stopping_the_rings_to_the_event_loop() {
+        let mem = crate::fuzzing::memory_from(&[]);
+        let (fs, backend) = started(&mem);
+        // The guest's reset arrives on a vCPU thread. Under its seccomp filter a vhost-user
+        // message kills the whole process (SIGSYS): a guest could end its VM by resetting the
+        // device.
+        let filter = crate::seccomp::vcpu_filter().unwrap();
+        let mut fs = std::thread::spawn(move || {
+            seccompiler::apply_filter(&filter).unwrap();
+            let mut fs = fs;
+            fs.reset();
+            fs
+        })
+        .join()
+        .unwrap();
+        assert!(!fs.is_active());
+        backend.set_nonblocking(true).unwrap();
+        let sent = (&backend).read(&mut [0u8; 1]);
+        assert!(
+            matches!(&sent, Err(e) if e.kind() == ErrorKind::WouldBlock),
+            "the reset itself sent the backend something: {sent:?}"
+        );
+        // The event loop then stops each ring.
+        backend.set_nonblocking(false).unwrap();
+        let answering = std::thread::spawn(move || answer_vring_base(backend, QUEUE_SIZES.len()));
+        fs.stop_reset_rings();
+        assert_eq!(answering.join().unwrap(), vec![0, 1]);
+    }
 }
