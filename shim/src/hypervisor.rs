@@ -128,10 +128,19 @@ pub trait Hypervisor: Send + Sync {
     /// What went on in the sandbox, for errors: the tails of its logs.
     fn diagnostics(&self, pod: &PodPaths) -> String;
 
-    /// What to quote when the sandbox leaves an agent call unanswered: the diagnostics, and in
-    /// VM mode where the VM's devices and threads stand.
+    /// Where a running sandbox stands (VM mode: the VM's devices and threads), for an agent
+    /// that does not answer. Blocks for about half a second: error paths only.
+    fn running_state(&self, _pod: &PodPaths) -> Option<String> {
+        None
+    }
+
+    /// What to quote when the sandbox leaves an agent call unanswered: the diagnostics and the
+    /// running state.
     fn stall_diagnostics(&self, pod: &PodPaths) -> String {
-        self.diagnostics(pod)
+        match self.running_state(pod) {
+            Some(state) => format!("{}; {state}", self.diagnostics(pod)),
+            None => self.diagnostics(pod),
+        }
     }
 }
 

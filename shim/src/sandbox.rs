@@ -109,8 +109,14 @@ impl Sandbox {
                 })
             }
             Err(e) => {
+                // Before the kill: where a sandbox whose agent never answered stands.
+                let state = hypervisor.running_state(&paths);
                 kill_and_reap(pid, dead).await;
-                let diagnostics = hypervisor.diagnostics(&paths);
+                // The logs after it, with what the shim noted about the exits.
+                let mut diagnostics = hypervisor.diagnostics(&paths);
+                if let Some(state) = state {
+                    diagnostics = format!("{diagnostics}; {state}");
+                }
                 let _ = paths.remove();
                 return Err(ShimError::Internal(format!(
                     "{}; {diagnostics}",

@@ -253,8 +253,8 @@ impl Hypervisor for EciVmm {
         )
     }
 
-    fn stall_diagnostics(&self, pod: &PodPaths) -> String {
-        format!("{}; {}", self.diagnostics(pod), stall::report(pod))
+    fn running_state(&self, pod: &PodPaths) -> Option<String> {
+        Some(stall::report(pod))
     }
 
     async fn launch(
@@ -449,9 +449,18 @@ impl Hypervisor for EciVmm {
             let mut fs = fs_exit.watch(fs_pid);
             let code = tokio::select! {
                 code = &mut vmm => {
+                    let code = code.unwrap_or(255);
+                    if code > 128 {
+                        // A signal leaves eci-vmm no chance to say why it ended: say it for
+                        // it, where a failed boot's or a stalled call's error quotes its log.
+                        note_in_log(
+                            &pod_paths.vmm_log(),
+                            &format!("eci-vmm (pid {vmm_pid}) ended: {}", exit_text(code)),
+                        );
+                    }
                     process::kill(fs_pid);
                     let _ = fs.await;
-                    code.unwrap_or(255)
+                    code
                 }
                 code = &mut fs => {
                     // virtiofsd also goes first when eci-vmm was killed elsewhere: a dying
