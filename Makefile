@@ -24,7 +24,7 @@ CONTAINERD_TIERS := --test shim_ctr --test shim_lifecycle --test shim_cri --test
 # Every tier runs even when an earlier one failed; the target fails if any did. The log goes to
 # build/test.log too; the run ends with the tests that skipped (only hardware the machine lacks may
 # skip; a missing prerequisite fails under CI=true) and their count, then the VM-tier tests that
-# failed once and passed on their second run (scripts/vm-tier) and their count.
+# failed and then passed on a rerun (scripts/vm-tier) and their count.
 test: SHELL := /bin/bash
 test: build kernel rootfs
 	@mkdir -p $(BUILD_DIR)
