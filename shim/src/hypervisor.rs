@@ -137,7 +137,12 @@ pub trait Hypervisor: Send + Sync {
     /// What to quote when the sandbox leaves an agent call unanswered: the diagnostics and the
     /// running state.
     fn stall_diagnostics(&self, pod: &PodPaths) -> String {
-        match self.running_state(pod) {
+        self.diagnostics_with(pod, self.running_state(pod))
+    }
+
+    /// The diagnostics, followed by a running state taken earlier (before a kill).
+    fn diagnostics_with(&self, pod: &PodPaths, state: Option<String>) -> String {
+        match state {
             Some(state) => format!("{}; {state}", self.diagnostics(pod)),
             None => self.diagnostics(pod),
         }

@@ -113,10 +113,7 @@ impl Sandbox {
                 let state = hypervisor.running_state(&paths);
                 kill_and_reap(pid, dead).await;
                 // The logs after it, with what the shim noted about the exits.
-                let mut diagnostics = hypervisor.diagnostics(&paths);
-                if let Some(state) = state {
-                    diagnostics = format!("{diagnostics}; {state}");
-                }
+                let diagnostics = hypervisor.diagnostics_with(&paths, state);
                 let _ = paths.remove();
                 return Err(ShimError::Internal(format!(
                     "{}; {diagnostics}",

@@ -81,10 +81,10 @@ pub struct Fs {
     calls_registered: bool,
     /// Set when the backend failed after activation; the device stays inert until reset.
     failed: Option<String>,
-    /// Rings handed to the backend before a driver reset, still to be stopped: the reset comes
-    /// on a vCPU thread, whose seccomp filter allows no socket messages, so the event loop
-    /// stops them ([`Self::stop_reset_rings`]).
-    rings_to_stop: usize,
+    /// Whether a driver reset left rings with the backend that are still to be stopped: the
+    /// reset comes on a vCPU thread, whose seccomp filter allows no socket messages, so the
+    /// event loop stops them ([`Self::stop_reset_rings`]).
+    rings_to_stop: bool,
 }
 
 impl Fs {
@@ -134,15 +134,17 @@ impl Fs {
             calls,
             calls_registered: false,
             failed: None,
-            rings_to_stop: 0,
+            rings_to_stop: false,
         })
     }
 
     /// GET_VRING_BASE for each ring a driver reset left running: it stops the ring in the
     /// backend before the driver may hand it new ones (event loop thread).
     fn stop_reset_rings(&mut self) {
-        for index in 0..std::mem::take(&mut self.rings_to_stop) {
-            let _ = self.frontend.get_vring_base(index);
+        if std::mem::take(&mut self.rings_to_stop) {
+            for index in 0..QUEUE_SIZES.len() {
+                let _ = self.frontend.get_vring_base(index);
+            }
         }
     }
 
@@ -241,9 +243,7 @@ impl VirtioDevice for Fs {
         // The transport then wakes the event loop, which stops the rings (settle_backend, or
         // register_backend when the driver is already back).
         if let Some(active) = self.active.take() {
-            if active.started {
-                self.rings_to_stop = active.state.queues.len();
-            }
+            self.rings_to_stop |= active.started;
         }
         for call in &self.calls {
             let _ = call.read();
@@ -390,7 +390,7 @@ mod tests {
                 .collect(),
             calls_registered: false,
             failed: None,
-            rings_to_stop: 0,
+            rings_to_stop: false,
         };
         (fs, backend)
     }
