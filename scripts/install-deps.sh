@@ -19,8 +19,8 @@ packages=(
   e2fsprogs
   # python venv for the OpenAPI schema checker of eci/tests/openapi.rs
   python3-venv
-  # guest kernel, initramfs and the qemu TCG tier
-  linux-source-6.12 bc bison flex libelf-dev libssl-dev cpio xz-utils zstd qemu-system-x86
+  # guest kernel, initramfs and the qemu TCG tier (qemu itself below)
+  linux-source-6.12 bc bison flex libelf-dev libssl-dev cpio xz-utils zstd
 )
 
 sudo_cmd=()
@@ -34,6 +34,20 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+fi
+
+# qemu for the test host (scripts/testhost) from Debian's bookworm-backports: its emulation of
+# SVM in 10.0 replaces 7.2's, under which the emulated host's kernel crashed or wedged in every
+# CI run (docs/testhost.md).
+qemu_min=1:10.0
+qemu_version=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+if [ -z "$qemu_version" ] || dpkg --compare-versions "$qemu_version" lt "$qemu_min"; then
+  echo "install-deps: installing qemu-system-x86 >= $qemu_min from bookworm-backports"
+  echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+    "${sudo_cmd[@]}" tee /etc/apt/sources.list.d/eci-bookworm-backports.list >/dev/null
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
+    -t bookworm-backports qemu-system-x86 >/dev/null
 fi
 
 targets=(x86_64-unknown-linux-musl x86_64-unknown-none)
