@@ -323,7 +323,8 @@ fn killing_the_shim_ends_the_task_and_releases_everything() {
 
 /// A guest kernel panic (here the compulsory one of `vm.panic_on_oom = 2` when a container's
 /// memory cgroup runs out) ends the VM: ctr sees a failed task, the shim's log says that the
-/// sandbox ended under its containers with the guest console's panic line, and nothing is left.
+/// sandbox ended under its containers with the guest console's panic line and eci-vmm's own
+/// reason, and nothing is left.
 #[test]
 #[ignore = "VM tier: needs /dev/kvm backed by VMX or SVM; `make test` runs it in scripts/testhost"]
 fn a_guest_kernel_panic_ends_the_pod_and_the_shim_reports_it() {
@@ -346,6 +347,12 @@ fn a_guest_kernel_panic_ends_the_pod_and_the_shim_reports_it() {
     assert!(
         report.contains("Kernel panic"),
         "the report carries the console's panic line: {report}"
+    );
+    // The guest's reset ends eci-vmm on its own, and the reason is in its log: the shim did not
+    // end it for virtiofsd going first while it released the guest's memory.
+    assert!(
+        report.contains("eci-vmm: guest stopped: "),
+        "the report carries eci-vmm's reason: {report}"
     );
     let _ = ctd.ctr(&["container", "delete", &id]);
     assert_nothing_left(&ctd, &[id]);

@@ -21,17 +21,10 @@ fn run() -> anyhow::Result<i32> {
     cfg.validate().context("configuration")?;
     let mut vm = Vm::new(cfg).context("creating the VM")?;
     vm.attach_configured_devices().context("creating devices")?;
-    let exit = vm.run().context("running the VM")?;
-    Ok(match exit {
-        VmExit::GuestStopped(reason) => {
-            eprintln!("eci-vmm: guest stopped: {reason}");
-            0
-        }
-        VmExit::Requested => 0,
-        VmExit::Failed(reason) => {
-            eprintln!("eci-vmm: error: {reason}");
-            1
-        }
+    // `run` has said how the VM ended.
+    Ok(match vm.run().context("running the VM")? {
+        VmExit::GuestStopped(_) | VmExit::Requested => 0,
+        VmExit::Failed(_) => 1,
     })
 }
 

@@ -21,7 +21,8 @@ pub enum SeccompError {
     Caps(#[from] caps::errors::CapsError),
 }
 
-/// `KVM_RUN`, the only ioctl a vCPU thread issues once running.
+/// `KVM_RUN`, what a vCPU thread issues once running (besides reading its registers when the
+/// guest stops).
 const KVM_RUN: u64 = 0xae80;
 /// `FIONBIO`, used by std's set_nonblocking.
 const FIONBIO: u64 = 0x5421;
@@ -124,6 +125,11 @@ const fn vfio_io(n: u32) -> u64 {
     use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE};
     ioctl_expr(_IOC_NONE, b';' as u32, 100 + n, 0)
 }
+/// `_IOR(KVMIO, nr, T)` (linux/kvm.h).
+const fn kvm_ior<T>(nr: u32) -> u64 {
+    use vmm_sys_util::ioctl::{ioctl_expr, _IOC_READ};
+    ioctl_expr(_IOC_READ, 0xae, nr, std::mem::size_of::<T>() as u32)
+}
 /// `_IOW(KVMIO, nr, T)` (linux/kvm.h).
 const fn kvm_iow<T>(nr: u32) -> u64 {
     use vmm_sys_util::ioctl::{ioctl_expr, _IOC_WRITE};
@@ -132,6 +138,9 @@ const fn kvm_iow<T>(nr: u32) -> u64 {
 const VFIO_GROUP_UNSET_CONTAINER: u64 = vfio_io(5);
 const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
 const VFIO_DEVICE_RESET: u64 = vfio_io(11);
+/// Read when the guest stops by shutdown, to say where it stood.
+const KVM_GET_REGS: u64 = kvm_ior::<kvm_bindings::kvm_regs>(0x81);
+const KVM_GET_SREGS: u64 = kvm_ior::<kvm_bindings::kvm_sregs>(0x83);
 const KVM_SET_USER_MEMORY_REGION: u64 = kvm_iow::<kvm_bindings::kvm_userspace_memory_region>(0x46);
 const KVM_SET_GSI_ROUTING: u64 = kvm_iow::<kvm_bindings::kvm_irq_routing>(0x6a);
 const KVM_SET_DEVICE_ATTR: u64 = kvm_iow::<kvm_bindings::kvm_device_attr>(0xe1);
@@ -155,7 +164,8 @@ const EVENT_LOOP_VFIO_IOCTLS: &[u64] = &[
     KVM_SET_DEVICE_ATTR,
 ];
 
-/// Filter for vCPU threads: KVM_RUN and the exits' device work (serial output, eventfds).
+/// Filter for vCPU threads: KVM_RUN, the exits' device work (serial output, eventfds), and
+/// reading the registers when the guest shuts down.
 pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
     vcpu_filter_for(false)
 }
@@ -163,7 +173,7 @@ pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
 /// The vCPU filter, with what VFIO devices need when `vfio`.
 pub fn vcpu_filter_for(vfio: bool) -> Result<BpfProgram, SeccompError> {
     let mut cond = BTreeMap::new();
-    let mut ioctls = vec![KVM_RUN];
+    let mut ioctls = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS];
     if vfio {
         ioctls.extend_from_slice(VCPU_VFIO_IOCTLS);
     }
@@ -242,6 +252,8 @@ mod tests {
         assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET, 0x3b6f);
         assert_eq!(VFIO_GROUP_UNSET_CONTAINER, 0x3b69);
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
         assert_eq!(KVM_SET_DEVICE_ATTR, 0x4018_aee1);

@@ -178,6 +178,17 @@ impl Vcpu {
         }
     }
 
+    /// `at rip 0x... (cs 0x.., cr0 .., cr3 .., cr4 .., efer ..)`: where the vCPU stopped.
+    fn cpu_state(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                "at rip {:#x} (cs {:#x}, rsp {:#x}, cr0 {:#x}, cr2 {:#x}, cr3 {:#x}, cr4 {:#x}, efer {:#x})",
+                r.rip, s.cs.selector, r.rsp, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("(registers unreadable: {e})"),
+        }
+    }
+
     fn run_once(&mut self) -> State {
         let id = self.id;
         match self.fd.run() {
@@ -206,10 +217,10 @@ impl Vcpu {
                     State::Paused
                 }
                 VcpuExit::Shutdown => {
-                    self.report(VcpuEvent::GuestStopped {
-                        id,
-                        reason: "shutdown (triple fault or reset)".into(),
-                    });
+                    // Where it stood tells a guest bug (or an emulation's) from a reset asked
+                    // for on purpose, which Linux does by triple fault with `reboot=t`.
+                    let reason = format!("shutdown (triple fault or reset) {}", self.cpu_state());
+                    self.report(VcpuEvent::GuestStopped { id, reason });
                     State::Paused
                 }
                 VcpuExit::SystemEvent(kind, _) => {

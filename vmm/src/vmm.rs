@@ -100,6 +100,16 @@ pub enum VmExit {
     Failed(String),
 }
 
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::GuestStopped(reason) => write!(f, "guest stopped: {reason}"),
+            VmExit::Requested => f.write_str("stopped on request"),
+            VmExit::Failed(reason) => write!(f, "error: {reason}"),
+        }
+    }
+}
+
 /// Shared control surface of a running VM (vCPU channels and kicks), used by the event loop
 /// and the control socket.
 pub struct VcpuHandles {
@@ -718,6 +728,11 @@ impl Vm {
                 break Err(VmmError::EventLoop(e));
             }
         };
+        // Said before the teardown: closing the devices ends virtiofsd at once, and the shim
+        // may end a VMM still releasing its guest memory; the reason must be in the log by then.
+        if let Ok(exit) = &res {
+            eprintln!("eci-vmm: {exit}");
+        }
         lock(&handles).join();
         if let Some(pci) = &self.pci {
             pci.vfio.shutdown();

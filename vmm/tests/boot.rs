@@ -45,6 +45,39 @@ fn boot_guest_reads_zero_page_at_cpl3_and_resets() {
 }
 
 #[test]
+fn a_triple_fault_stops_the_guest_and_says_where() {
+    let Some(_kind) = kvm_or_skip("triple-fault") else {
+        return;
+    };
+    let kernel = guest("boot");
+    let out = run_vmm(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory-mib",
+            "64",
+            "--cmdline",
+            "fault=ud2",
+        ],
+        DEADLINE,
+    );
+    let (text, err) = (stdout(&out), stderr(&out));
+    let at = text
+        .lines()
+        .find_map(|l| l.strip_prefix("boot: ud2 at "))
+        .unwrap_or_else(|| panic!("the guest did not reach its fault: {text}"));
+    // A guest's own end, as a reset is: status 0, the reason and the place in the log.
+    assert!(out.status.success(), "exit {:?}: {err}", out.status);
+    assert!(
+        err.contains(&format!(
+            "guest stopped: vCPU 0: shutdown (triple fault or reset) at rip {at} (cs 0x2b,"
+        )),
+        "{err}"
+    );
+    assert!(!text.contains("boot: done"), "{text}");
+}
+
+#[test]
 fn serial_goes_to_a_file_when_asked() {
     let Some(_kind) = kvm_or_skip("serial-file") else {
         return;

@@ -17,6 +17,7 @@
 //! (the namespace and interfaces with tc redirects), `netns-holder.pid` (while a holder lives).
 
 pub mod disks;
+mod ending;
 pub mod kvm;
 pub mod net;
 pub mod netns;
@@ -445,47 +446,22 @@ impl Hypervisor for EciVmm {
         let (exited_tx, exited) = oneshot::channel();
         let pod_paths = pod.clone();
         tokio::spawn(async move {
-            let mut vmm = vmm_exit.watch(vmm_pid);
-            let mut fs = fs_exit.watch(fs_pid);
-            let code = tokio::select! {
-                code = &mut vmm => {
-                    let code = code.unwrap_or(255);
-                    if code > 128 {
-                        // A signal leaves eci-vmm no chance to say why it ended: say it for
-                        // it, where a failed boot's or a stalled call's error quotes its log.
-                        note_in_log(
-                            &pod_paths.vmm_log(),
-                            &format!("eci-vmm (pid {vmm_pid}) ended: {}", exit_text(code)),
-                        );
-                    }
-                    process::kill(fs_pid);
-                    let _ = fs.await;
-                    code
-                }
-                code = &mut fs => {
-                    // virtiofsd also goes first when eci-vmm was killed elsewhere: a dying
-                    // process closes its descriptors before its exit is reported. Say which.
-                    let vmm_state = if process::is_exiting(vmm_pid) {
-                        "eci-vmm was already exiting (killed or failed on its own)".to_owned()
-                    } else {
-                        format!(
-                            "eci-vmm still ran, holding {}; ending the pod's VM",
-                            process::describe_fds(vmm_pid)
-                        )
-                    };
-                    let why = format!(
-                        "virtiofsd (pid {fs_pid}) exited: {}; {vmm_state}",
-                        exit_text(code.unwrap_or(255))
-                    );
-                    log::error!("{why}");
-                    // Also where the diagnostics of a failed boot look: a VMM killed for this
-                    // reads as status 137 there, like a kill from outside.
-                    note_in_log(&pod_paths.vmm_log(), &why);
-                    process::kill(vmm_pid);
-                    vmm.await.unwrap_or(255)
-                }
-            };
-            log::info!("eci-vmm (pid {vmm_pid}) exited: {}", exit_text(code));
+            let code = ending::both_ended(
+                ending::Watched {
+                    pid: vmm_pid,
+                    exit: vmm_exit.watch(vmm_pid),
+                },
+                ending::Watched {
+                    pid: fs_pid,
+                    exit: fs_exit.watch(fs_pid),
+                },
+                &pod_paths.vmm_log(),
+            )
+            .await;
+            log::info!(
+                "eci-vmm (pid {vmm_pid}) exited: {}",
+                ending::exit_text(code)
+            );
             drop(forwarder);
             teardown(&pod_paths);
             let _ = exited_tx.send(code);
@@ -501,23 +477,6 @@ impl Hypervisor for EciVmm {
             },
             vfio: devices,
         })
-    }
-}
-
-/// Appends a line of the shim's to a log its child writes (best effort: a diagnostic).
-fn note_in_log(log: &Path, line: &str) {
-    use std::io::Write;
-    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(log) {
-        let _ = writeln!(file, "containerd-shim-eci-v2: {line}");
-    }
-}
-
-/// An exit status as the shell reports it (128 + signal), said in words.
-fn exit_text(code: i32) -> String {
-    match code {
-        159 => "killed by SIGSYS (a seccomp filter refused a system call)".into(),
-        c if c > 128 => format!("killed by signal {}", c - 128),
-        c => format!("exit status {c}"),
     }
 }
 

@@ -151,21 +151,6 @@ pub fn is_ours(pid: i32, program: &str, needle: &str) -> bool {
         && args.iter().any(|a| a.contains(needle))
 }
 
-/// Whether `pid` is already on its way out (a zombie, or a thread in `do_exit`): a process
-/// killed elsewhere closes its descriptors before its exit is reported, so its peers (virtiofsd
-/// on the vhost-user socket) may see it go first.
-pub fn is_exiting(pid: i32) -> bool {
-    /// PF_EXITING in /proc/<pid>/task/<tid>/stat's flags: set as a thread enters `do_exit`.
-    const PF_EXITING: u32 = 0x4;
-    let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) else {
-        return true;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| t.stat().ok())
-        .any(|s| matches!(s.state, 'Z' | 'X') || s.flags & PF_EXITING != 0)
-}
-
 /// `fd:target` for each descriptor of `pid` (`3:socket:[81234] 4:anon_inode:[eventfd] ...`),
 /// for a note when eci-vmm's vhost-user peer saw its connection close while eci-vmm ran: whether
 /// eci-vmm still holds the socket it connected at start (its descriptors are numbered alike in
@@ -215,27 +200,5 @@ mod tests {
             "fd {fd} is a pipe: {listing}"
         );
         assert_eq!(describe_fds(i32::MAX), "(unreadable)");
-    }
-
-    #[test]
-    fn a_running_process_is_not_exiting_and_a_zombie_is() {
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id() as i32;
-        assert!(!is_exiting(pid), "a sleeping child");
-        child.kill().unwrap();
-        // Not reaped yet: a zombie once the kill has landed.
-        let zombie = (0..500).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            procfs::process::Process::new(pid)
-                .and_then(|p| p.stat())
-                .is_ok_and(|s| s.state == 'Z')
-        });
-        assert!(zombie, "the killed child never turned zombie");
-        assert!(is_exiting(pid));
-        child.wait().unwrap();
-        assert!(
-            is_exiting(pid),
-            "a reaped process is gone, which counts as exiting"
-        );
     }
 }

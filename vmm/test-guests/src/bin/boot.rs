@@ -1,4 +1,5 @@
-//! Guest (1): reports the boot state (CPL, IOPL, e820, command line) on serial, then resets.
+//! Guest (1): reports the boot state (CPL, IOPL, e820, command line) on serial, then resets
+//! (or, with `fault=ud2`, triple-faults on a `ud2`).
 #![no_std]
 #![no_main]
 
@@ -64,6 +65,17 @@ fn guest_main(zero_page: u64, cpu: u32) -> ! {
             core::str::from_utf8(&line[..n]).unwrap_or("?")
         );
     }
+    if zp.cmdline_value("fault").is_some() {
+        // No IDT is ever loaded, so the #UD cannot be delivered: a triple fault.
+        println!("boot: ud2 at {:#x}", invalid_opcode as *const () as usize);
+        invalid_opcode()
+    }
     println!("boot: done");
     reset()
+}
+
+/// A function that is nothing but `ud2`, so its address is where the guest faults.
+#[unsafe(naked)]
+extern "C" fn invalid_opcode() -> ! {
+    core::arch::naked_asm!("ud2")
 }
