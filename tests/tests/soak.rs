@@ -2,7 +2,8 @@
 //!
 //! - `soak_cycles_leave_nothing`: `ECI_SOAK_CYCLES` (40 here; `make soak`: 1,000) cycles of
 //!   `ctr run --rm` (create, start, exit, delete), `ECI_SOAK_PARALLEL` (4) at a time, then a
-//!   census of what the runtime holds; prints the cycle p50/p99 and `leaks: N`.
+//!   census of what the runtime holds; prints the cycle p50/p99 and `leaks: N`. Under
+//!   `scripts/vm-tier`, a fresh test host after a failed one runs only the cycles left.
 //! - `kill_matrix`: kill -9 of each runtime process (shim, pod init, agent; eci-vmm and
 //!   virtiofsd in VM mode) and of containerd, at create, while the task runs and during an exec;
 //!   each time the task must report an exit (or the create fail) and the census be clean after
@@ -141,6 +142,66 @@ fn remove_namespace_cgroups(ctd: &Containerd) {
     }
 }
 
+/// The cycles already run by earlier test hosts of this `scripts/vm-tier` run, which ended with
+/// their host (`$VM_TIER_PROGRESS.soak`: a line per finished cycle, `ok MS` or `failed TEXT`).
+/// A fresh host runs only the cycles left; its census covers the cycles it ran, since what a
+/// failed host held went with it.
+struct Ledger {
+    file: Option<std::fs::File>,
+    samples: Vec<Duration>,
+    failures: Vec<String>,
+}
+
+impl Ledger {
+    fn open() -> Ledger {
+        let Ok(progress) = std::env::var("VM_TIER_PROGRESS") else {
+            return Ledger {
+                file: None,
+                samples: Vec::new(),
+                failures: Vec::new(),
+            };
+        };
+        let path = format!("{progress}.soak");
+        let (mut samples, mut failures) = (Vec::new(), Vec::new());
+        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+            match line.split_once(' ') {
+                Some(("ok", ms)) => samples.push(Duration::from_millis(ms.parse().unwrap())),
+                Some(("failed", text)) => failures.push(text.to_owned()),
+                _ => panic!("{path}: not a cycle record: {line:?}"),
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        Ledger {
+            file: Some(file),
+            samples,
+            failures,
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.samples.len() + self.failures.len()
+    }
+
+    fn record(&mut self, outcome: Result<Duration, String>) {
+        use std::io::Write;
+        let line = match &outcome {
+            Ok(took) => format!("ok {}", took.as_millis()),
+            Err(text) => format!("failed {}", text.replace('\n', " ")),
+        };
+        if let Some(file) = &mut self.file {
+            writeln!(file, "{line}").unwrap();
+        }
+        match outcome {
+            Ok(took) => self.samples.push(took),
+            Err(text) => self.failures.push(text),
+        }
+    }
+}
+
 #[test]
 fn soak_cycles_leave_nothing() {
     let mode = Mode::from_env();
@@ -149,18 +210,19 @@ fn soak_cycles_leave_nothing() {
     };
     let cycles = env_number("ECI_SOAK_CYCLES", 40);
     let parallel = env_number("ECI_SOAK_PARALLEL", 4).max(1);
+    let ledger = Mutex::new(Ledger::open());
+    let earlier = ledger.lock().unwrap().done().min(cycles);
+    let here = cycles - earlier;
     let baseline = warm_up(&ctd, &config);
 
     let next = Mutex::new(0usize);
-    let samples = Mutex::new(Vec::with_capacity(cycles));
-    let failures = Mutex::new(Vec::new());
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..parallel {
             s.spawn(|| loop {
                 let i = {
                     let mut n = next.lock().unwrap();
-                    if *n >= cycles {
+                    if *n >= here {
                         return;
                     }
                     *n += 1;
@@ -172,30 +234,39 @@ fn soak_cycles_leave_nothing() {
                     .wait_with_output()
                     .unwrap();
                 let took = t.elapsed();
-                if out.status.success() {
-                    samples.lock().unwrap().push(took);
+                ledger.lock().unwrap().record(if out.status.success() {
+                    Ok(took)
                 } else {
-                    failures.lock().unwrap().push(format!(
+                    Err(format!(
                         "{id}: {}",
                         String::from_utf8_lossy(&out.stderr).trim()
-                    ));
-                }
+                    ))
+                });
             });
         }
     });
     let wall = started.elapsed();
-    let pod_dirs: Vec<PathBuf> = (0..cycles)
+    let pod_dirs: Vec<PathBuf> = (0..here)
         .map(|i| pod_dir(&ctd, &format!("soak-{}-{i}", std::process::id())))
         .collect();
     let (after, leaks) = census::settle(&ctd, &pod_dirs, &baseline, Duration::from_secs(60));
-    let mut samples = samples.into_inner().unwrap();
+    let Ledger {
+        mut samples,
+        failures,
+        ..
+    } = ledger.into_inner().unwrap();
     samples.sort();
-    let failures = failures.into_inner().unwrap();
     println!(
         "soak ({} mode): {cycles} cycles of `ctr run --rm ... true`, {parallel} at a time, {:.1} s",
         mode.name,
         wall.as_secs_f64()
     );
+    if earlier > 0 {
+        println!(
+            "  {earlier} of them ran in earlier test hosts that failed; this host ran {here} in \
+             that time, and its census covers those"
+        );
+    }
     if !samples.is_empty() {
         println!(
             "cycle p50 {:.0} ms, p99 {:.0} ms, failed cycles {}",
