@@ -152,9 +152,8 @@ pub fn is_ours(pid: i32, program: &str, needle: &str) -> bool {
 }
 
 /// `fd:target` for each descriptor of `pid` (`3:socket:[81234] 4:anon_inode:[eventfd] ...`),
-/// for a note when eci-vmm's vhost-user peer saw its connection close while eci-vmm ran: whether
-/// eci-vmm still holds the socket it connected at start (its descriptors are numbered alike in
-/// every boot of one configuration).
+/// for the note when eci-vmm still runs well after virtiofsd ended: what it still holds says how
+/// far it got (its descriptors are numbered alike in every boot of one configuration).
 pub fn describe_fds(pid: i32) -> String {
     use procfs::process::FDTarget;
     let Ok(fds) = procfs::process::Process::new(pid).and_then(|p| p.fd()) else {
