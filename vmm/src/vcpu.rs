@@ -181,6 +181,11 @@ impl Vcpu {
     /// `at rip 0x... (cs 0x.., cr0 .., cr3 .., cr4 .., efer ..)`: where the vCPU stopped.
     fn cpu_state(&self) -> String {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
+            // KVM on AMD SVM puts the vCPU in its INIT state before it reports the shutdown
+            // (the VMCB is undefined after one): the place is lost there.
+            (Ok(r), Ok(s)) if (s.cs.selector, r.rip) == (0xf000, 0xfff0) => {
+                "(where it stood is lost: KVM reset the vCPU, as it does on AMD SVM)".into()
+            }
             (Ok(r), Ok(s)) => format!(
                 "at rip {:#x} (cs {:#x}, rsp {:#x}, cr0 {:#x}, cr2 {:#x}, cr3 {:#x}, cr4 {:#x}, efer {:#x})",
                 r.rip, s.cs.selector, r.rsp, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
