@@ -175,6 +175,7 @@ install: deps kernel rootfs
 # same with 40 cycles. `make soak-vm`: SOAK_VM_CYCLES (50) VM
 # pods, SOAK_VM_PARALLEL (4) at a time, inside the test host where /dev/kvm cannot boot a Linux
 # guest (four at a time there since the test host runs with kvm_amd.vgif=0; docs/testhost.md).
+# A fresh test host after a failed one runs only the cycles left.
 .PHONY: soak soak-vm
 soak: build
 	ECI_SOAK_CYCLES=$${SOAK_CYCLES:-1000} ECI_SOAK_PARALLEL=$${SOAK_PARALLEL:-4} \
