@@ -145,7 +145,8 @@ fn remove_namespace_cgroups(ctd: &Containerd) {
 /// The cycles already run by earlier test hosts of this `scripts/vm-tier` run, which ended with
 /// their host (`$VM_TIER_PROGRESS.soak`: a line per finished cycle, `ok MS` or `failed TEXT`).
 /// A fresh host runs only the cycles left; its census covers the cycles it ran, since what a
-/// failed host held went with it.
+/// failed host held went with it. vm-tier's rerun N of a failed soak is a whole soak again, with
+/// a ledger of its own (`.soak.rerunN`).
 struct Ledger {
     file: Option<std::fs::File>,
     samples: Vec<Duration>,
@@ -161,7 +162,10 @@ impl Ledger {
                 failures: Vec::new(),
             };
         };
-        let path = format!("{progress}.soak");
+        let path = match std::env::var("VM_TIER_RERUN") {
+            Ok(rerun) => format!("{progress}.soak.rerun{rerun}"),
+            Err(_) => format!("{progress}.soak"),
+        };
         let (mut samples, mut failures) = (Vec::new(), Vec::new());
         for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
             match line.split_once(' ') {
