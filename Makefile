@@ -121,6 +121,14 @@ bench-vm: deps kernel rootfs
 	ECI_VMM_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-vmm ECI_BUILD_DIR=$(BUILD_DIR) \
 		scripts/bench-vm.sh
 
+# Guest deaths during boot under eci-vmm and under qemu's microvm, booted side by side on the
+# same KVM (the test host here): the control for the test host's guest stops (docs/testhost.md).
+.PHONY: vmm-stops
+vmm-stops: deps kernel rootfs
+	$(CARGO) build --release --locked -p eci-vmm --target x86_64-unknown-linux-musl
+	ECI_VMM_BIN=$(TARGET_DIR)/x86_64-unknown-linux-musl/release/eci-vmm ECI_BUILD_DIR=$(BUILD_DIR) \
+		scripts/vmm-stops.sh
+
 # Agent create+start+exit(+remove) latency vs `runc run` of the same bundle, p50/p99 over
 # BENCH_RUNS (100) runs, with the static musl agent that ships; ends with `ratio: X.XX`.
 .PHONY: bench-agent
