@@ -414,6 +414,14 @@ fn oom_kill_publishes_tasks_oom() {
         "the OOM killer must end the task"
     );
     let text = collect_events(events, std::time::Duration::from_millis(800));
+    // A run that failed before its task started (say, a pod whose VM never came up) is not the
+    // OOM path under test: say what ctr said instead of blaming the missing event.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("/tasks/start") && l.contains(&id)),
+        "the task never started; ctr: {}\nevents: {text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.lines()
             .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
