@@ -14,6 +14,8 @@
 # `ratio` (the ready ratio), eci-vmm over qemu. Absolute times under emulation mean nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. scripts/lib.sh
 
 runs=${RUNS:-10}
 vmm=${ECI_VMM_BIN:?ECI_VMM_BIN: the eci-vmm binary to measure}
@@ -26,10 +28,7 @@ for f in "$vmm" "$kernel" "$initrd"; do
 	[ -f "$f" ] || { echo "bench-vm: $f missing (make kernel rootfs; the release eci-vmm)" >&2; exit 1; }
 done
 
-kvm_module=none
-for m in kvm_pvm kvm_intel kvm_amd; do
-	[ -e "/sys/module/$m" ] && kvm_module=$m && break
-done
+kvm_module=$(kvm_module)
 if [ $kvm_module != kvm_intel ] && [ $kvm_module != kvm_amd ]; then
 	echo "bench-vm: /dev/kvm here is $kvm_module: measuring inside the test host (scripts/testhost)"
 	exec scripts/testhost --timeout 3600 -- env RUNS="$runs" ECI_VMM_BIN="$(realpath "$vmm")" \
@@ -75,17 +74,8 @@ measure() {
 
 # Each VMM execs in the background subshell that `measure` starts, so that `$!` is the VMM's own
 # pid (a function left as a subshell would measure that shell's memory).
-eci_vmm() {
-	exec "$vmm" --kernel "$kernel" --initrd "$initrd" --cmdline "$cmdline" --vcpus 1 \
-		--memory-mib "$memory_mib" --serial stdout
-}
-
-qemu_microvm() {
-	exec qemu-system-x86_64 -accel kvm -cpu host -M microvm,acpi=off,rtc=off,memory-backend=mem \
-		-object "memory-backend-memfd,id=mem,size=${memory_mib}M,share=on" \
-		-smp 1 -m "${memory_mib}M" -nodefaults -no-user-config -no-reboot -display none \
-		-serial stdio -kernel "$kernel" -initrd "$initrd" -append "$cmdline"
-}
+eci_vmm() { exec_eci_vmm "$vmm" "$kernel" "$initrd" "$cmdline" "$memory_mib"; }
+qemu_microvm() { exec_qemu_microvm "$kernel" "$initrd" "$cmdline" "$memory_mib"; }
 
 echo "bench-vm: KVM $kvm_module; $runs boots each, interleaved; 1 vCPU, $memory_mib MiB, same kernel and initramfs"
 for i in $(seq "$runs"); do

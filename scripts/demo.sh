@@ -30,10 +30,7 @@ for b in "$bin_dir/containerd-shim-eci-v2" "$bin_dir/eci-agent" "$vmm_bin"; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "demo: containerd needs root" >&2; exit 1; }
 
-kvm_module=none
-for m in kvm_pvm kvm_intel kvm_amd; do
-  [ -e "/sys/module/$m" ] && kvm_module=$m && break
-done
+kvm_module=$(kvm_module)
 if [ "$mode" = bench-vm ] && { [ ! -e /dev/kvm ] || { [ $kvm_module != kvm_intel ] && [ $kvm_module != kvm_amd ]; }; }; then
   echo "== /dev/kvm here is backed by $kvm_module: measuring inside the test host (scripts/testhost)"
   exec scripts/testhost --timeout 3600 -- env BIN_DIR="$bin_dir" ECI_BUILD_DIR="$build_dir" RUNS="$runs" \

@@ -1,5 +1,5 @@
-# Shell helpers shared by scripts/demo.sh, scripts/critest.sh, scripts/vm-tier and
-# scripts/vmm-stops.sh (sourced, not run).
+# Shell helpers shared by scripts/demo.sh, scripts/critest.sh, scripts/vm-tier, scripts/bench-vm.sh
+# and scripts/vmm-stops.sh (sourced, not run).
 
 # busybox_rootfs DIR: a root filesystem of Debian's static busybox in DIR, every applet a hard
 # link at its usual path (as in the upstream busybox image), the usual empty mount points, and a
@@ -89,4 +89,27 @@ for line in open(sys.argv[1]):
     event = f", delivering vector {info & 0xff}" if info >> 31 else ""
     print(f"at {time} s: vCPU {vcpu} ({thread}) rip {rip} ({where}){event}")
 ' "$1" "$2" || true
+}
+
+# kvm_module: the module behind /dev/kvm (kvm_pvm, kvm_intel, kvm_amd), or none.
+kvm_module() {
+	local m
+	for m in kvm_pvm kvm_intel kvm_amd; do
+		[ -e "/sys/module/$m" ] && { echo "$m"; return; }
+	done
+	echo none
+}
+
+# exec_eci_vmm VMM KERNEL INITRD CMDLINE MIB and exec_qemu_microvm KERNEL INITRD CMDLINE MIB:
+# the two VMMs as `make bench-vm` and `make vmm-stops` compare them: 1 vCPU, MIB of memfd guest
+# memory, the serial console on stdout, no other device. Each replaces the calling shell.
+exec_eci_vmm() {
+	exec "$1" --kernel "$2" --initrd "$3" --cmdline "$4" --vcpus 1 --memory-mib "$5" --serial stdout
+}
+
+exec_qemu_microvm() {
+	exec qemu-system-x86_64 -accel kvm -cpu host -M microvm,acpi=off,rtc=off,memory-backend=mem \
+		-object "memory-backend-memfd,id=mem,size=${4}M,share=on" \
+		-smp 1 -m "${4}M" -nodefaults -no-user-config -no-reboot -display none \
+		-serial stdio -kernel "$1" -initrd "$2" -append "$3"
 }

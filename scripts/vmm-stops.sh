@@ -37,17 +37,8 @@ for f in "$vmm" "$kernel" "$initrd"; do
 	[ -f "$f" ] || { echo "vmm-stops: $f missing (make kernel rootfs; the release eci-vmm)" >&2; exit 1; }
 done
 
-eci_vmm() {
-	exec "$vmm" --kernel "$kernel" --initrd "$initrd" --cmdline "$cmdline" --vcpus 1 \
-		--memory-mib 256 --serial stdout
-}
-
-qemu_microvm() {
-	exec qemu-system-x86_64 -accel kvm -cpu host -M microvm,acpi=off,rtc=off,memory-backend=mem \
-		-object memory-backend-memfd,id=mem,size=256M,share=on \
-		-smp 1 -m 256M -nodefaults -no-user-config -no-reboot -display none \
-		-serial stdio -kernel "$kernel" -initrd "$initrd" -append "$cmdline"
-}
+eci_vmm() { exec_eci_vmm "$vmm" "$kernel" "$initrd" "$cmdline" 256; }
+qemu_microvm() { exec_qemu_microvm "$kernel" "$initrd" "$cmdline" 256; }
 
 # boot LOOP N VMM: one boot; appends "VMM LOOP.N ready|died|hung SECONDS" to the results.
 boot() {
@@ -108,10 +99,7 @@ if [ -n "${VMM_STOPS_DIR:-}" ]; then
 fi
 mkdir -p target
 work=$(mktemp -d -p "$PWD/target" vmm-stops.XXXXXX)
-kvm_module=none
-for m in kvm_pvm kvm_intel kvm_amd; do
-	[ -e "/sys/module/$m" ] && kvm_module=$m && break
-done
+kvm_module=$(kvm_module)
 if [ $kvm_module = kvm_intel ] || [ $kvm_module = kvm_amd ]; then
 	boot_loops
 else
